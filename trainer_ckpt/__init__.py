@@ -1,0 +1,45 @@
+"""
+trainer_ckpt: a crash-safe, registrable checkpointer for AllenNLP training loops.
+
+Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer registry as
+`"trainer_ckpt"` (AllenNLP's own `"default"` is left alone), so a config can say
+`trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
+"""
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
+from trainer_ckpt.retention_policies import (
+    KeepAll,
+    KeepAny,
+    KeepMostRecentByAge,
+    KeepMostRecentByCount,
+    KeepOnePerTimeWindow,
+    RetentionPolicy,
+)
+from trainer_ckpt.save_policies import (
+    SaveAny,
+    SaveCompletedEpochs,
+    SaveEveryNumBatches,
+    SaveEveryNumSeconds,
+    SaveNever,
+    SavePolicy,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointInfo",
+    "Checkpointer",
+    "DefaultCheckpointer",
+    "KeepAll",
+    "KeepAny",
+    "KeepMostRecentByAge",
+    "KeepMostRecentByCount",
+    "KeepOnePerTimeWindow",
+    "RetentionPolicy",
+    "SaveAny",
+    "SaveCompletedEpochs",
+    "SaveEveryNumBatches",
+    "SaveEveryNumSeconds",
+    "SaveNever",
+    "SavePolicy",
+]

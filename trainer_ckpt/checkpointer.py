@@ -1,0 +1,485 @@
+import contextlib
+import inspect
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch.distributed as dist
+from allennlp.common.checks import ConfigurationError
+from allennlp.common.util import is_distributed
+from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
+from allennlp.training.trainer import Trainer, TrainerCheckpoint
+
+from trainer_ckpt import storage
+from trainer_ckpt._validate import positive_int, positive_seconds
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.retention_policies import (
+    KeepAll,
+    KeepAny,
+    KeepMostRecentByAge,
+    KeepMostRecentByCount,
+    KeepOnePerTimeWindow,
+    RetentionPolicy,
+)
+from trainer_ckpt.save_policies import (
+    SaveAny,
+    SaveCompletedEpochs,
+    SaveEveryNumBatches,
+    SaveEveryNumSeconds,
+    SaveNever,
+    SavePolicy,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer(AllenNlpCheckpointer):
+    """
+    trainer_ckpt's registrable base: the trainer contract of AllenNLP 2.10.1
+    (`maybe_save_checkpoint`, `save_checkpoint`, `find_latest_checkpoint`, `load_checkpoint`,
+    `state_is_sharded`) plus 2.4's `restore_checkpoint` and `best_model_state`, which are
+    derived here from the others. A subclass of AllenNLP's `Checkpointer`, so the trainer's type
+    hints hold, with a registry of its own: `"default"` is `DefaultCheckpointer`, and
+    `@Checkpointer.register("mine")` adds yours without touching AllenNLP's names.
+    """
+
+    default_implementation = "default"
+
+    def __init__(self, serialization_dir: Union[str, os.PathLike]) -> None:
+        # AllenNLP's __init__ is deliberately not called: it would build its own flat-key state.
+        self._serialization_dir = str(serialization_dir)
+        self._rank = dist.get_rank() if is_distributed() else 0
+        self._world_size = dist.get_world_size() if is_distributed() else 1
+        self.state_is_sharded = False
+
+    def maybe_save_checkpoint(
+        self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
+    ) -> bool:
+        raise NotImplementedError
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def find_latest_checkpoint(self) -> Optional[Tuple[str, str]]:
+        raise NotImplementedError
+
+    def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
+        raise NotImplementedError
+
+    def restore_checkpoint(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """AllenNLP 2.4's API: `(model_state, training_state)`, or two empty dicts when there is nothing."""
+        checkpoint = self.load_checkpoint()
+        if checkpoint is None:
+            return {}, {}
+        return checkpoint.model_state, checkpoint.trainer_state
+
+    def best_model_state(self) -> Dict[str, Any]:
+        """AllenNLP 2.4's API: the model state in `best.th`, or an empty dict when there is none."""
+        path = os.path.join(self._serialization_dir, "best.th")
+        if not os.path.isfile(path):
+            return {}
+        logger.info("Loading best weights from %s", path)
+        return storage.load(path)
+
+
+class _Unset:
+    """The default of flat keys whose own default (or null) means something, to spot conflicts.
+    In a `Union` annotation it also lets `from_params` pass the default through untouched."""
+
+    def __repr__(self) -> str:
+        return "<not set>"
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "_Unset":
+        return self  # from_params deep-copies arguments; the sentinel must stay itself
+
+
+_UNSET: Any = _Unset()
+_WHERE = "trainer_ckpt checkpointer"
+
+# save_checkpoint's two generations, bound (never called) to tell them apart.
+_P = inspect.Parameter
+_SAVE_2_10 = inspect.Signature([_P("trainer", _P.POSITIONAL_OR_KEYWORD)])
+_SAVE_2_4 = inspect.Signature(
+    [
+        _P("epoch", _P.POSITIONAL_OR_KEYWORD),
+        _P("trainer", _P.POSITIONAL_OR_KEYWORD),
+        _P("is_best_so_far", _P.POSITIONAL_OR_KEYWORD, default=False),
+    ]
+)
+
+
+@AllenNlpCheckpointer.register("trainer_ckpt")
+@Checkpointer.register("default")
+class DefaultCheckpointer(Checkpointer):
+    """
+    Saves model state and training state in separate files with AllenNLP's names
+    (`model_state_e{E}_b{B}.th`, `training_state_e{E}_b{B}.th`, `_w{rank}` per rank when the
+    state is sharded), crash-safely: a checkpoint counts once both files are complete, and
+    retention never deletes the newest complete checkpoint, `best.th`, or any other file.
+
+    When to save and what to keep are policies. AllenNLP's flat keys (both generations) are
+    shorthand that builds the same policies; give either a policy or its flat keys, not both.
+
+    # Parameters
+
+    serialization_dir : `str`
+        Given by the trainer; not a config key.
+    save_policy : `SavePolicy`, optional (default=`"completed_epochs"`)
+        When to save, e.g. `{"type": "any", "policies": ["completed_epochs",
+        {"type": "every_num_batches", "num_batches": 100}]}`.
+    retention_policy : `RetentionPolicy`, optional (default=`{"type": "most_recent_by_count", "count": 2}`)
+        Which checkpoints to keep, e.g. `"all"`.
+    save_completed_epochs : `bool`, optional (default=`True`)
+        AllenNLP 2.10: save at the end of every epoch.
+    save_every_num_seconds : `float`, optional (default=`None`)
+        AllenNLP 2.10: save when this many seconds passed since the last save. Not in distributed runs.
+    save_every_num_batches : `int`, optional (default=`None`)
+        AllenNLP 2.10: save every this many batches within an epoch.
+    keep_most_recent_by_count : `int`, optional (default=`2`)
+        AllenNLP 2.10: keep this many newest checkpoints; `null` keeps all (unless an age is set).
+    keep_most_recent_by_age : `float`, optional (default=`None`)
+        AllenNLP 2.10: also keep checkpoints younger than this many seconds.
+    num_serialized_models_to_keep : `int`, optional
+        AllenNLP 2.4's name for `keep_most_recent_by_count`; `null` or `-1` keeps all.
+    keep_serialized_model_every_num_seconds : `float`, optional (default=`None`)
+        AllenNLP 2.4: also keep, permanently, checkpoints at least this many seconds apart.
+    model_save_interval : `float`, optional (default=`None`)
+        AllenNLP 2.4's name for `save_every_num_seconds`.
+    clock : `Callable[[], float]`, optional (default=`time.time`)
+        For tests and embedding only, not a config key: the clock policies see.
+    """
+
+    def __init__(
+        self,
+        serialization_dir: Union[str, os.PathLike],
+        save_policy: Optional[SavePolicy] = None,
+        retention_policy: Optional[RetentionPolicy] = None,
+        save_completed_epochs: Union[bool, _Unset] = _UNSET,
+        save_every_num_seconds: Optional[float] = None,
+        save_every_num_batches: Optional[int] = None,
+        keep_most_recent_by_count: Union[int, None, _Unset] = _UNSET,
+        keep_most_recent_by_age: Optional[float] = None,
+        num_serialized_models_to_keep: Union[int, None, _Unset] = _UNSET,
+        keep_serialized_model_every_num_seconds: Optional[float] = None,
+        model_save_interval: Optional[float] = None,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
+        super().__init__(serialization_dir)
+        if clock is not None and not callable(clock):
+            raise ConfigurationError(
+                f"{_WHERE}: `clock` must be a callable returning seconds, got {clock!r}. "
+                "It is for code and tests only; remove it from the config."
+            )
+        self._clock: Callable[[], float] = clock or time.time
+        self._save_policy = _save_policy(
+            save_policy,
+            save_completed_epochs,
+            save_every_num_seconds,
+            save_every_num_batches,
+            model_save_interval,
+        )
+        self._retention_policy = _retention_policy(
+            retention_policy,
+            keep_most_recent_by_count,
+            keep_most_recent_by_age,
+            num_serialized_models_to_keep,
+            keep_serialized_model_every_num_seconds,
+        )
+        if self._world_size > 1 and self._save_policy.depends_on_clock:
+            # Ranks would decide at different batches; a sharded checkpoint would never complete.
+            raise ConfigurationError(
+                f"{_WHERE}: time-based saving is not supported in distributed training, got "
+                f"save policy {type(self._save_policy).__name__} with world size "
+                f"{self._world_size}. Save by batches or epochs instead."
+            )
+        # Where this run saved, oldest first; starts with the point it (re)started from.
+        self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
+
+    # ---- saving --------------------------------------------------------------------------
+
+    def maybe_save_checkpoint(
+        self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
+    ) -> bool:
+        """Called by the trainer after every batch and epoch; saves when the save policy says so."""
+        current = CheckpointInfo(num_epochs_completed, num_batches_in_epoch_completed, self._clock())
+        if not self._save_policy.should_save(current, self._previous):
+            return False
+        self._save(trainer, current)
+        return True
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """
+        Saves now. `save_checkpoint(trainer)` (AllenNLP 2.10) or
+        `save_checkpoint(epoch, trainer, is_best_so_far=False)` (AllenNLP 2.4: `epoch` is the
+        0-based index of the epoch just finished; `is_best_so_far` also links `best.th`).
+        """
+        try:
+            bound = _SAVE_2_10.bind(*args, **kwargs)
+        except TypeError:
+            bound = _SAVE_2_4.bind(*args, **kwargs)
+        arguments = bound.arguments
+        paths = self._save(arguments["trainer"], None, arguments.get("epoch"))
+        if arguments.get("is_best_so_far") and paths is not None:
+            _link_or_copy(paths[0], os.path.join(self._serialization_dir, "best.th"))
+
+    def _save(
+        self, trainer: Trainer, current: Optional[CheckpointInfo], epoch: Optional[int] = None
+    ) -> Optional[Tuple[str, str]]:
+        now = current.time if current is not None else self._clock()
+        with _checkpoint_state(trainer) as state:
+            if state is None:
+                # A non-primary rank with unsharded state: the primary writes. The cadence still
+                # advances here, so every rank keeps deciding alike.
+                if current is not None:
+                    self._previous.append(current)
+                return None
+            model_state, training_state = state
+            progress = _progress(training_state, current, epoch)
+            if epoch is not None:
+                training_state = {**training_state, "epoch": epoch}
+            model_path, training_path = self._paths(progress)
+            os.makedirs(self._serialization_dir, exist_ok=True)
+            storage.atomic_save(model_state, model_path)
+            storage.atomic_save(training_state, training_path, mtime=now)
+        logger.debug("Saved checkpoint e%d_b%d in %s", *progress, self._serialization_dir)
+        self._previous.append(CheckpointInfo(*progress, time=now))
+        if self._is_primary:
+            self._apply_retention(now)
+        return model_path, training_path
+
+    def _apply_retention(self, now: float) -> None:
+        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
+        checkpoints = [CheckpointInfo(*p, time=listing.times[p]) for p in listing.complete]
+        if not checkpoints:
+            return
+        keep = list(self._retention_policy.should_keep(checkpoints, now))
+        if len(keep) != len(checkpoints):
+            raise ValueError(
+                f"{type(self._retention_policy).__name__}.should_keep: must return one flag per "
+                f"checkpoint, got {len(keep)} flags for {len(checkpoints)} checkpoints. "
+                "Return a list as long as its `checkpoints` argument."
+            )
+        keep[-1] = True  # the newest complete checkpoint survives whatever the policy says
+        for checkpoint, kept in zip(checkpoints, keep):
+            if not kept:
+                logger.info(
+                    "Deleting checkpoint e%d_b%d in %s: not kept by retention policy %s",
+                    *checkpoint.progress,
+                    self._serialization_dir,
+                    type(self._retention_policy).__name__,
+                )
+                storage.remove_checkpoint(self._serialization_dir, checkpoint.progress, self._ranks())
+
+    # ---- finding and loading -------------------------------------------------------------
+
+    def find_latest_checkpoint(self) -> Optional[Tuple[str, str]]:
+        """Paths `(model_state, training_state)` of the newest complete checkpoint, or None."""
+        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
+        if not listing.complete:
+            return None
+        return self._paths(listing.complete[-1])
+
+    def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
+        """
+        Loads the newest complete checkpoint (onto the CPU), or returns None when there is none.
+        Incomplete checkpoints and temp files left by a crash are ignored, and removed.
+        """
+        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
+        if self._is_primary:
+            self._clean_up(listing)
+        if not listing.complete:
+            return None
+        progress = listing.complete[-1]
+        model_path, training_path = self._paths(progress)
+        logger.info("Restoring checkpoint e%d_b%d from %s", *progress, self._serialization_dir)
+        model_state = storage.load(model_path)
+        training_state = storage.load(training_path)
+        # Cadence restarts from the restored point, at restart time: time spent dead does not count.
+        self._previous = [CheckpointInfo(*progress, time=self._clock())]
+        return TrainerCheckpoint(model_state, training_state)
+
+    def _clean_up(self, listing: storage.Listing) -> None:
+        for path in listing.stale_temps:
+            logger.info("Removing temp file %s left by an interrupted save", path)
+            storage.remove_file(path)
+        if not listing.complete:
+            # Nothing complete: maybe the world size changed. Delete nothing we cannot replace.
+            return
+        for progress in listing.incomplete:
+            logger.warning(
+                "Removing incomplete checkpoint e%d_b%d in %s (an interrupted save or deletion)",
+                *progress,
+                self._serialization_dir,
+            )
+            storage.remove_checkpoint(self._serialization_dir, progress, self._ranks())
+
+    # ---- names ---------------------------------------------------------------------------
+
+    def _ranks(self) -> Optional[range]:
+        return range(self._world_size) if self.state_is_sharded else None
+
+    def _paths(self, progress: Tuple[int, int]) -> Tuple[str, str]:
+        rank = self._rank if self.state_is_sharded else None
+        return (
+            os.path.join(self._serialization_dir, storage.file_name(storage.MODEL, *progress, rank)),
+            os.path.join(self._serialization_dir, storage.file_name(storage.TRAINING, *progress, rank)),
+        )
+
+
+@contextlib.contextmanager
+def _checkpoint_state(trainer: Trainer) -> Iterator[Optional[Tuple[Dict[str, Any], Dict[str, Any]]]]:
+    """The trainer's state; AllenNLP 2.4's trainers return it as a context manager."""
+    state = trainer.get_checkpoint_state()
+    if hasattr(state, "__enter__"):
+        with state as inner:
+            yield inner
+    else:
+        yield state
+
+
+def _progress(
+    training_state: Dict[str, Any], current: Optional[CheckpointInfo], epoch: Optional[int]
+) -> Tuple[int, int]:
+    if "epochs_completed" in training_state:
+        return training_state["epochs_completed"], training_state["batches_in_epoch_completed"]
+    if current is not None:
+        return current.progress
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        return epoch + 1, 0  # AllenNLP 2.4 numbered the epoch just finished from 0
+    raise ValueError(
+        f"save_checkpoint: cannot tell which point in training this is, got epoch={epoch!r} and a "
+        "training state without `epochs_completed`. Pass the 0-based index of the finished epoch."
+    )
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Points `target` at `source`'s content atomically (a hard link where possible)."""
+    tmp = f"{target}.tmp-{os.getpid()}"
+    storage.remove_file(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+# ---- flat keys -> policies (the one code path underneath) ------------------------------------
+
+
+def _save_policy(
+    policy: Optional[SavePolicy],
+    save_completed_epochs: Any,
+    save_every_num_seconds: Optional[float],
+    save_every_num_batches: Optional[int],
+    model_save_interval: Optional[float],
+) -> SavePolicy:
+    flat = {
+        "save_completed_epochs": save_completed_epochs,
+        "save_every_num_seconds": save_every_num_seconds,
+        "save_every_num_batches": save_every_num_batches,
+        "model_save_interval": model_save_interval,
+    }
+    given = {k: v for k, v in flat.items() if v is not None and v is not _UNSET}
+    if policy is not None:
+        _no_flat_keys("save_policy", policy, given)
+        return policy
+    if save_every_num_seconds is not None and model_save_interval is not None:
+        raise ConfigurationError(
+            f"{_WHERE}: `save_every_num_seconds` and `model_save_interval` both set the save "
+            f"interval, got {save_every_num_seconds!r} and {model_save_interval!r}. "
+            "Keep only `save_every_num_seconds` (model_save_interval is AllenNLP 2.4's name)."
+        )
+    if save_completed_epochs is _UNSET:
+        save_completed_epochs = True
+    if not isinstance(save_completed_epochs, bool):
+        raise ConfigurationError(
+            f"{_WHERE}: `save_completed_epochs` must be true or false, got "
+            f"{save_completed_epochs!r}. Use a JSON boolean."
+        )
+    policies: List[SavePolicy] = []
+    if save_completed_epochs:
+        policies.append(SaveCompletedEpochs())
+    for key in ("save_every_num_seconds", "model_save_interval"):
+        if flat[key] is not None:
+            policies.append(SaveEveryNumSeconds(positive_seconds(_WHERE, key, flat[key])))
+    if save_every_num_batches is not None:
+        policies.append(
+            SaveEveryNumBatches(positive_int(_WHERE, "save_every_num_batches", save_every_num_batches))
+        )
+    if not policies:
+        return SaveNever()
+    return policies[0] if len(policies) == 1 else SaveAny(policies)
+
+
+def _retention_policy(
+    policy: Optional[RetentionPolicy],
+    keep_most_recent_by_count: Any,
+    keep_most_recent_by_age: Optional[float],
+    num_serialized_models_to_keep: Any,
+    keep_serialized_model_every_num_seconds: Optional[float],
+) -> RetentionPolicy:
+    flat = {
+        "keep_most_recent_by_count": keep_most_recent_by_count,
+        "keep_most_recent_by_age": keep_most_recent_by_age,
+        "num_serialized_models_to_keep": num_serialized_models_to_keep,
+        "keep_serialized_model_every_num_seconds": keep_serialized_model_every_num_seconds,
+    }
+    # The count keys default to _UNSET, so a null there was written on purpose.
+    nullable = ("keep_most_recent_by_count", "num_serialized_models_to_keep")
+    given = {k: v for k, v in flat.items() if v is not _UNSET and (v is not None or k in nullable)}
+    if policy is not None:
+        _no_flat_keys("retention_policy", policy, given)
+        return policy
+    if keep_most_recent_by_count is not _UNSET and num_serialized_models_to_keep is not _UNSET:
+        raise ConfigurationError(
+            f"{_WHERE}: `keep_most_recent_by_count` and `num_serialized_models_to_keep` both set "
+            f"how many checkpoints to keep, got {keep_most_recent_by_count!r} and "
+            f"{num_serialized_models_to_keep!r}. Keep only `keep_most_recent_by_count` "
+            "(num_serialized_models_to_keep is AllenNLP 2.4's name)."
+        )
+    count_key = "keep_most_recent_by_count"
+    count = keep_most_recent_by_count
+    if num_serialized_models_to_keep is not _UNSET:
+        count_key, count = "num_serialized_models_to_keep", num_serialized_models_to_keep
+        if count == -1:
+            count = None  # AllenNLP 2.4: -1 keeps all
+    elif count is _UNSET:
+        count = 2
+    fix = (
+        "The newest checkpoint is always kept (the trainer links best.th to it); "
+        "use 1 to keep only the newest, or null to keep all."
+    )
+    if count is not None:
+        positive_int(_WHERE, count_key, count, fix)
+    policies: List[RetentionPolicy] = []
+    if count is not None:
+        policies.append(KeepMostRecentByCount(count))
+    if keep_most_recent_by_age is not None:
+        seconds = positive_seconds(_WHERE, "keep_most_recent_by_age", keep_most_recent_by_age)
+        policies.append(KeepMostRecentByAge(seconds))
+    if keep_serialized_model_every_num_seconds is not None:
+        key = "keep_serialized_model_every_num_seconds"
+        if count is None:
+            raise ConfigurationError(
+                f"{_WHERE}: `{key}` only thins out checkpoints that `{count_key}` would delete, "
+                f"got {key}={keep_serialized_model_every_num_seconds!r} with {count_key}=null, "
+                f"which keeps all. Set {count_key} to a number, or remove {key}."
+            )
+        policies.append(
+            KeepOnePerTimeWindow(positive_seconds(_WHERE, key, keep_serialized_model_every_num_seconds))
+        )
+    if not policies:
+        return KeepAll()
+    return policies[0] if len(policies) == 1 else KeepAny(policies)
+
+
+def _no_flat_keys(policy_key: str, policy: Any, given: Dict[str, Any]) -> None:
+    if given:
+        listed = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ConfigurationError(
+            f"{_WHERE}: `{policy_key}` and the flat key(s) {', '.join(given)} both say the same "
+            f"thing, got {policy_key}={type(policy).__name__} and {listed}. Use one: express the "
+            f'whole rule in `{policy_key}` (combine rules with {{"type": "any", "policies": [...]}}).'
+        )
