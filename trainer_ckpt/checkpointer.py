@@ -250,10 +250,14 @@ class DefaultCheckpointer(Checkpointer):
         return model_path, training_path
 
     def _apply_retention(self, now: float) -> None:
-        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
-        checkpoints = [CheckpointInfo(*p, time=listing.times[p]) for p in listing.complete]
-        if not checkpoints:
-            return
+        ranks = self._ranks()
+        # Candidates are judged by this rank's own files (when sharded, other ranks may still be
+        # writing the newest checkpoint); the newest checkpoint complete on every rank is kept too.
+        own = storage.list_checkpoints(self._serialization_dir, None if ranks is None else [self._rank])
+        protected = set(own.complete[-1:])
+        if ranks is not None:
+            protected.update(storage.list_checkpoints(self._serialization_dir, ranks).complete[-1:])
+        checkpoints = [CheckpointInfo(*p, time=own.times[p]) for p in own.complete]
         keep = list(self._retention_policy.should_keep(checkpoints, now))
         if len(keep) != len(checkpoints):
             raise ValueError(
@@ -261,16 +265,15 @@ class DefaultCheckpointer(Checkpointer):
                 f"checkpoint, got {len(keep)} flags for {len(checkpoints)} checkpoints. "
                 "Return a list as long as its `checkpoints` argument."
             )
-        keep[-1] = True  # the newest complete checkpoint survives whatever the policy says
         for checkpoint, kept in zip(checkpoints, keep):
-            if not kept:
+            if not kept and checkpoint.progress not in protected:
                 logger.info(
                     "Deleting checkpoint e%d_b%d in %s: not kept by retention policy %s",
                     *checkpoint.progress,
                     self._serialization_dir,
                     type(self._retention_policy).__name__,
                 )
-                storage.remove_checkpoint(self._serialization_dir, checkpoint.progress, self._ranks())
+                storage.remove_checkpoint(self._serialization_dir, checkpoint.progress, ranks)
 
     # ---- finding and loading -------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+from allennlp.common import Registrable
+from allennlp.training.trainer import Trainer, TrainerCheckpoint
+
+from trainer_ckpt import storage
+
+
+class FakeTrainer(Trainer):
+    """Five lines: all the checkpointer asks of a trainer."""
+
+    def __init__(self, model_state, training_state):
+        self._model_state, self._training_state = model_state, training_state
+
+    def get_checkpoint_state(self) -> TrainerCheckpoint:
+        return TrainerCheckpoint(self._model_state, self._training_state)
+
+
+def trainer_at(epochs: int, batches: int, **extra) -> FakeTrainer:
+    """A trainer whose state says where it is, with a tensor that encodes the same point."""
+    weight = torch.full((3,), float(epochs * 1000 + batches))
+    training = {"epochs_completed": epochs, "batches_in_epoch_completed": batches, **extra}
+    return FakeTrainer({"weight": weight}, training)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def saved(directory) -> List[tuple]:
+    """Progress points of the complete checkpoints in `directory`, oldest first."""
+    return storage.list_checkpoints(str(directory), None).complete
+
+
+def listing(directory) -> List[str]:
+    return sorted(os.listdir(directory))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def restore_registry():
+    """Undo registrations made by a test, so a second run in the same process works."""
+    before = {cls: dict(names) for cls, names in Registrable._registry.items()}
+    yield
+    for cls in list(Registrable._registry):
+        if cls in before:
+            Registrable._registry[cls] = type(Registrable._registry[cls])(before[cls])
+        else:
+            del Registrable._registry[cls]
+
+
+ROOT = Path(__file__).resolve().parent.parent
