@@ -96,6 +96,11 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+# Flat-key annotations. The `_Unset` member also makes `from_params` hand a value of the wrong
+# type through to our validation, which names the key, the value and the fix.
+_Flag = Union[bool, _Unset]
+_Count = Union[int, None, _Unset]
+_Seconds = Union[float, None, _Unset]
 _WHERE = "trainer_ckpt checkpointer"
 
 # save_checkpoint's two generations, bound (never called) to tell them apart.
@@ -156,14 +161,14 @@ class DefaultCheckpointer(Checkpointer):
         serialization_dir: Union[str, os.PathLike],
         save_policy: Optional[SavePolicy] = None,
         retention_policy: Optional[RetentionPolicy] = None,
-        save_completed_epochs: Union[bool, _Unset] = _UNSET,
-        save_every_num_seconds: Optional[float] = None,
-        save_every_num_batches: Optional[int] = None,
-        keep_most_recent_by_count: Union[int, None, _Unset] = _UNSET,
-        keep_most_recent_by_age: Optional[float] = None,
-        num_serialized_models_to_keep: Union[int, None, _Unset] = _UNSET,
-        keep_serialized_model_every_num_seconds: Optional[float] = None,
-        model_save_interval: Optional[float] = None,
+        save_completed_epochs: _Flag = _UNSET,
+        save_every_num_seconds: _Seconds = None,
+        save_every_num_batches: _Count = None,
+        keep_most_recent_by_count: _Count = _UNSET,
+        keep_most_recent_by_age: _Seconds = None,
+        num_serialized_models_to_keep: _Count = _UNSET,
+        keep_serialized_model_every_num_seconds: _Seconds = None,
+        model_save_interval: _Seconds = None,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         super().__init__(serialization_dir)

@@ -1,0 +1,87 @@
+"""
+Real `allennlp train` subprocesses on the shipped fixture (20 batches per epoch, 3 epochs),
+interrupted by a real SIGKILL (fixtures/plugins/kill_switch.py) and resumed with `--recover`.
+"""
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from scripts.main_job import MAIN_CONFIG, allennlp_train, checkpoint_files
+from tests.conftest import ROOT
+from tests.test_checkpointer import names
+
+CUSTOM_INTERRUPTED = ROOT / "fixtures" / "configs" / "custom_policy_interrupted.jsonnet"
+
+
+def finished(serialization_dir: Path, run) -> None:
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((serialization_dir / "metrics.json").read_text())["epoch"] == 2
+    assert (serialization_dir / "model.tar.gz").exists() and (serialization_dir / "best.th").exists()
+
+
+def killed(run) -> None:
+    assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+
+
+def test_sigkill_mid_epoch_then_recover_keeps_what_an_uninterrupted_run_keeps(tmp_path):
+    # every 5 batches and at epoch ends, keep 3
+    full = tmp_path / "full"
+    finished(full, allennlp_train(MAIN_CONFIG, full))
+
+    out = tmp_path / "interrupted"
+    killed(allennlp_train(MAIN_CONFIG, out, kill_at="1:12"))
+    assert checkpoint_files(out) == names((1, 0), (1, 5), (1, 10))
+
+    recovered = allennlp_train(MAIN_CONFIG, out, recover=True)
+    finished(out, recovered)
+    assert "Restoring checkpoint e1_b10" in (out / "out.log").read_text()
+    assert checkpoint_files(out) == checkpoint_files(full) == names((2, 15), (2, 20), (3, 0))
+
+
+def test_custom_policy_from_a_user_package_survives_a_kill(tmp_path):
+    # after_warmup(warmup_epochs=1, num_batches=5) + epoch_ends_and_latest, from fixtures/plugins/my_policies.py
+    packages = ("trainer_ckpt", "kill_switch", "my_policies")
+    killed(allennlp_train(CUSTOM_INTERRUPTED, tmp_path, kill_at="1:12", packages=packages))
+    assert checkpoint_files(tmp_path) == names((1, 0), (1, 10))
+    finished(tmp_path, allennlp_train(CUSTOM_INTERRUPTED, tmp_path, recover=True, packages=packages))
+    assert checkpoint_files(tmp_path) == names((1, 0), (2, 0), (3, 0))
+
+
+def test_kill_during_the_first_epoch_and_recover_twice(tmp_path):
+    killed(allennlp_train(MAIN_CONFIG, tmp_path, kill_at="0:7"))
+    assert checkpoint_files(tmp_path) == names((0, 5))
+    killed(allennlp_train(MAIN_CONFIG, tmp_path, recover=True, kill_at="2:1"))
+    assert checkpoint_files(tmp_path) == names((1, 20), (2, 0), (1, 15))
+    finished(tmp_path, allennlp_train(MAIN_CONFIG, tmp_path, recover=True))
+    assert checkpoint_files(tmp_path) == names((2, 15), (2, 20), (3, 0))
+
+
+EXPECTED_AFTER_TRAINING = {
+    "epoch_saves": names((2, 0), (3, 0)),
+    "every_n_batches_keep_3": names((2, 15), (2, 20), (3, 0)),
+    "hourly_keep": names((1, 0), (2, 0), (3, 0)),  # 3 newest; the oldest is also its hour's keeper
+    "allennlp_2_4_keys": names((1, 0), (2, 0), (3, 0)),  # 2 newest + one per 2 hours (the oldest)
+    "custom_policy": names((1, 0), (2, 0), (3, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_AFTER_TRAINING))
+def test_every_example_config_trains(tmp_path, name):
+    config = ROOT / "training_configs" / f"{name}.jsonnet"
+    out = tmp_path / "run"
+    if name == "custom_policy":
+        # The user package is loaded through a .allennlp_plugins file in the working directory.
+        (tmp_path / ".allennlp_plugins").write_text("trainer_ckpt\nmy_policies\n")
+        os.symlink(ROOT / "fixtures", tmp_path / "fixtures")
+        run = allennlp_train(config, out, packages=(), cwd=tmp_path)
+    else:
+        run = allennlp_train(config, out, packages=("trainer_ckpt",))
+    finished(out, run)
+    assert checkpoint_files(out) == EXPECTED_AFTER_TRAINING[name]
+
+
+def test_example_configs_are_all_trained():
+    assert set(EXPECTED_AFTER_TRAINING) == {p.stem for p in (ROOT / "training_configs").glob("*.jsonnet")}
