@@ -85,3 +85,31 @@ def test_every_example_config_trains(tmp_path, name):
 
 def test_example_configs_are_all_trained():
     assert set(EXPECTED_AFTER_TRAINING) == {p.stem for p in (ROOT / "training_configs").glob("*.jsonnet")}
+
+
+ALLENNLP_DEFAULT = ROOT / "fixtures" / "configs" / "allennlp_default_interrupted.jsonnet"
+
+
+def switch_checkpointer(serialization_dir: Path, config: Path) -> None:
+    """What a user does to change checkpointers mid-run: AllenNLP's --recover insists that the
+    run directory's config.json matches the config it is given."""
+    from allennlp.common import Params
+
+    params = Params.from_file(str(config)).as_dict(quiet=True)
+    (serialization_dir / "config.json").write_text(json.dumps(params, indent=2))
+
+
+@pytest.mark.parametrize(
+    "first, then",
+    [(ALLENNLP_DEFAULT, MAIN_CONFIG), (MAIN_CONFIG, ALLENNLP_DEFAULT)],
+    ids=["allennlp_then_ours", "ours_then_allennlp"],
+)
+def test_a_run_directory_moves_between_allennlps_checkpointer_and_ours(tmp_path, first, then):
+    killed(allennlp_train(first, tmp_path, kill_at="1:12"))
+    assert checkpoint_files(tmp_path) == names((1, 0), (1, 5), (1, 10))
+    epoch_0 = (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns
+    switch_checkpointer(tmp_path, then)
+    finished(tmp_path, allennlp_train(then, tmp_path, recover=True))
+    # Resumed, not restarted: a restarted run would have trained and logged epoch 0 again.
+    assert (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns == epoch_0
+    assert checkpoint_files(tmp_path) == names((2, 15), (2, 20), (3, 0))
