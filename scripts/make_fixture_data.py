@@ -14,9 +14,9 @@ NEUTRAL = "the a movie book film plot story actor scene it was is very quite rat
 
 def sentence(rng: random.Random, label: str) -> str:
     cue, other = (POSITIVE, NEGATIVE) if label == "pos" else (NEGATIVE, POSITIVE)
-    words = rng.choices(NEUTRAL, k=rng.randint(4, 9)) + rng.choices(cue, k=2)
-    if rng.random() < 0.3:  # some noise, so the task is not trivially separable
-        words.append(rng.choice(other))
+    words = rng.choices(NEUTRAL, k=rng.randint(4, 9)) + rng.choices(cue, k=rng.randint(1, 2))
+    if rng.random() < 0.4:  # noise, so the task is not trivially separable
+        words += rng.choices(other, k=rng.randint(1, 2))
     rng.shuffle(words)
     return " ".join(words)
 

@@ -37,6 +37,6 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
   pytest
 # pip then reports "allennlp 2.10.1 requires torch<1.13.0, ..." resolver conflicts: expected, harmless.
 "${pip[@]}" --no-deps -e "$root"
-"$venv/bin/python" -c 'import allennlp.training, torch, trainer_ckpt; print("ok", torch.__version__)' >/dev/null
+PYTHONWARNINGS=ignore "$venv/bin/python" -c 'import allennlp.training, torch, trainer_ckpt; print("ok", torch.__version__)' >/dev/null
 echo "$want" > "$stamp"
 echo "setup_env.sh: done" >&2
