@@ -44,7 +44,15 @@ def allennlp_train(
 
 
 def checkpoint_files(serialization_dir: Path) -> List[str]:
-    return sorted(p.name for p in Path(serialization_dir).iterdir() if "_state_e" in p.name)
+    """The checkpoint files (state files and their records) in a run directory."""
+    from trainer_ckpt.storage import CheckpointDir
+
+    layout = CheckpointDir(str(serialization_dir))
+    return sorted(p.name for p in Path(serialization_dir).iterdir() if layout.parse(p.name))
+
+
+def states(serialization_dir: Path) -> List[str]:
+    return [n for n in checkpoint_files(serialization_dir) if n.startswith("model_state")]
 
 
 def main() -> int:
@@ -57,7 +65,7 @@ def main() -> int:
         print(first.stderr[-3000:])
         print(f"expected the run to die of SIGKILL, got return code {first.returncode}")
         return 1
-    print("   killed; checkpoints on disk:", " ".join(checkpoint_files(out)))
+    print("   killed; checkpoints on disk:", " ".join(states(out)))
     print("2. allennlp train ... --recover")
     second = allennlp_train(MAIN_CONFIG, out, recover=True)
     if second.returncode != 0:
@@ -67,7 +75,7 @@ def main() -> int:
     log = (second.stdout + second.stderr).splitlines()
     restored = [line for line in log if "Restoring checkpoint" in line]
     print("  ", restored[0].split(" - ")[-1] if restored else "(no restore logged)")
-    print("   finished; checkpoints on disk:", " ".join(checkpoint_files(out)))
+    print("   finished; checkpoints on disk:", " ".join(states(out)))
     metrics = json.loads((out / "metrics.json").read_text())
     print(
         f"   epochs trained: {metrics['epoch'] + 1}, best validation accuracy "

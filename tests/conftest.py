@@ -35,9 +35,16 @@ class FakeClock:
         return self.now
 
 
-def saved(directory) -> List[tuple]:
+def saved(directory, prefix: str = "") -> List[tuple]:
     """Progress points of the complete checkpoints in `directory`, oldest first."""
-    return storage.list_checkpoints(str(directory), None).complete
+    return [f.progress for f in storage.CheckpointDir(str(directory), prefix).list(None).complete]
+
+
+def names(*points, prefix: str = "", record: bool = True, rank=None) -> List[str]:
+    """The file names of checkpoints at `points`: two state files and (ours) the JSON record."""
+    kinds = (storage.MODEL, storage.TRAINING) + ((storage.RECORD,) if record else ())
+    layout = storage.CheckpointDir("", prefix)
+    return sorted(layout.name(kind, p, rank) for p in points for kind in kinds)
 
 
 def listing(directory) -> List[str]:

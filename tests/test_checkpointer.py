@@ -6,7 +6,7 @@ import pytest
 import torch
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 
-from tests.conftest import FakeTrainer, listing, saved, trainer_at
+from tests.conftest import FakeTrainer, listing, names, saved, trainer_at
 from trainer_ckpt import CheckpointInfo, DefaultCheckpointer, KeepAll, RetentionPolicy, SaveNever
 from trainer_ckpt import storage
 
@@ -22,12 +22,6 @@ def epochs(n, batches=(5, 10, 15, 20)):
     for e in range(n):
         points += [(e, b) for b in batches] + [(e + 1, 0)]
     return points
-
-
-def names(*points):
-    return sorted(
-        storage.file_name(kind, e, b) for e, b in points for kind in (storage.MODEL, storage.TRAINING)
-    )
 
 
 def test_default_saves_epochs_and_keeps_two(tmp_path):
@@ -184,7 +178,8 @@ def test_allennlp_reads_ours_and_we_read_allennlps(tmp_path):
     ours_dir.mkdir(), theirs_dir.mkdir()
     run(DefaultCheckpointer(ours_dir, save_every_num_batches=10), epochs(2))
     run(AllenNlpCheckpointer(str(theirs_dir), save_every_num_batches=10), epochs(2))
-    assert listing(ours_dir) == listing(theirs_dir)
+    assert listing(theirs_dir) == names((1, 20), (2, 0), record=False)
+    assert listing(ours_dir) == names((1, 20), (2, 0))
     for reader_cls, directory in ((AllenNlpCheckpointer, ours_dir), (DefaultCheckpointer, theirs_dir)):
         model_state, training_state = reader_cls(str(directory)).load_checkpoint()
         torch.testing.assert_close(model_state["weight"], torch.full((3,), 2000.0))
@@ -228,10 +223,7 @@ def test_sharded_state_one_file_pair_per_rank(tmp_path):
     for e, b in epochs(3):
         for rank, c in enumerate(ranks):
             c.maybe_save_checkpoint(trainer_at(e, b, rank=rank), e, b)
-    expected = sorted(
-        storage.file_name(kind, e, 0, r) for e in (2, 3) for r in (0, 1) for kind in (storage.MODEL, storage.TRAINING)
-    )
-    assert listing(tmp_path) == expected
+    assert listing(tmp_path) == sorted(names((2, 0), (3, 0), rank=0) + names((2, 0), (3, 0), rank=1))
     # Rank 0 finished e4_b0, rank 1 was killed before: both must restore e3_b0.
     ranks[0].save_checkpoint(trainer_at(4, 0, rank=0))
     for rank, c in enumerate(sharded_pair(tmp_path)):

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from tests.conftest import ROOT, listing
+from tests.conftest import ROOT, listing, names
 from trainer_ckpt import storage
 
 RANK = """
@@ -58,8 +58,10 @@ def test_two_gloo_ranks_save_and_restore_their_own_shards(tmp_path):
     ]
     outputs = [p.communicate(timeout=180)[0] for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    found = storage.list_checkpoints(str(run_dir), range(2))
+    layout = storage.CheckpointDir(str(run_dir))
+    found = layout.list(range(2))
     assert found.incomplete == []
     # Keep 2: the two newest survive; one older may linger while the slower rank was still writing.
-    assert found.complete[-2:] == [(1, 10), (2, 0)] and len(found.complete) <= 3
-    assert all(storage.parse_name(n).rank in (0, 1) for n in listing(run_dir))
+    kept = [f.progress for f in found.complete]
+    assert kept[-2:] == [(1, 10), (2, 0)] and len(kept) <= 3
+    assert listing(run_dir) == sorted(names(*kept, rank=0) + names(*kept, rank=1))

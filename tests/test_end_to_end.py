@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from scripts.main_job import MAIN_CONFIG, allennlp_train, checkpoint_files
-from tests.conftest import ROOT
-from tests.test_checkpointer import names
+from tests.conftest import ROOT, names
 
 CUSTOM_INTERRUPTED = ROOT / "fixtures" / "configs" / "custom_policy_interrupted.jsonnet"
 
@@ -106,10 +105,14 @@ def switch_checkpointer(serialization_dir: Path, config: Path) -> None:
 )
 def test_a_run_directory_moves_between_allennlps_checkpointer_and_ours(tmp_path, first, then):
     killed(allennlp_train(first, tmp_path, kill_at="1:12"))
-    assert checkpoint_files(tmp_path) == names((1, 0), (1, 5), (1, 10))
+    ours_first = first == MAIN_CONFIG
+    assert checkpoint_files(tmp_path) == names((1, 0), (1, 5), (1, 10), record=ours_first)
     epoch_0 = (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns
     switch_checkpointer(tmp_path, then)
     finished(tmp_path, allennlp_train(then, tmp_path, recover=True))
     # Resumed, not restarted: a restarted run would have trained and logged epoch 0 again.
     assert (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns == epoch_0
-    assert checkpoint_files(tmp_path) == names((2, 15), (2, 20), (3, 0))
+    final = names((2, 15), (2, 20), (3, 0), record=not ours_first)
+    if ours_first:  # AllenNLP's retention deletes state files only; our records of those remain
+        final = sorted(final + [f"checkpoint_e1_b{b}.json" for b in (0, 5, 10)])
+    assert checkpoint_files(tmp_path) == final

@@ -86,7 +86,7 @@ def test_string_shorthand_and_nested_config():
         ({"type": "every_num_seconds", "seconds": float("inf")}, r"got inf\. Use a positive, finite number\."),
         ({"type": "every_num_seconds", "seconds": -1.5}, r"got -1\.5\."),
         ({"type": "any", "policies": []}, r"any: `policies` must list at least one save policy, got \[\]\."),
-        ({"type": "every_num_batch", "num_batches": 3}, r"every_num_batch not in acceptable choices for type: \['completed_epochs', 'every_num_batches'"),
+        ({"type": "every_num_batch", "num_batches": 3}, r"every_num_batch not in acceptable choices for type: \['completed_epochs', 'every_num_epochs', 'every_num_batches'"),
     ],
 )
 def test_bad_parameters_are_configuration_errors(params, message):

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 
@@ -5,20 +6,27 @@ import pytest
 import torch
 
 from trainer_ckpt import storage
-from trainer_ckpt.storage import StateFile
+from trainer_ckpt.storage import CheckpointDir, StateFile
+
+LAYOUT = CheckpointDir("")
 
 
 @pytest.mark.parametrize(
-    "kind, e, b, rank, name",
+    "kind, progress, rank, name",
     [
-        ("model_state", 3, 0, None, "model_state_e3_b0.th"),
-        ("training_state", 0, 125, None, "training_state_e0_b125.th"),
-        ("model_state", 2, 10, 1, "model_state_e2_b10_w1.th"),
+        ("model_state", (3, 0), None, "model_state_e3_b0.th"),
+        ("training_state", (0, 125), None, "training_state_e0_b125.th"),
+        ("model_state", (2, 10), 1, "model_state_e2_b10_w1.th"),
+        ("checkpoint", (2, 10), None, "checkpoint_e2_b10.json"),
     ],
 )
-def test_names_round_trip(kind, e, b, rank, name):
-    assert storage.file_name(kind, e, b, rank) == name
-    assert storage.parse_name(name) == StateFile(kind, e, b, rank)
+def test_names_round_trip(kind, progress, rank, name):
+    assert LAYOUT.name(kind, progress, rank) == name
+    assert LAYOUT.parse(name) == StateFile(kind, *progress, rank)
+    prefixed = CheckpointDir("", "best_")
+    assert prefixed.name(kind, progress, rank) == "best_" + name
+    assert prefixed.parse("best_" + name) == StateFile(kind, *progress, rank)
+    assert prefixed.parse(name) is None and LAYOUT.parse("best_" + name) is None
 
 
 @pytest.mark.parametrize(
@@ -30,11 +38,13 @@ def test_names_round_trip(kind, e, b, rank, name):
         "my_model_state_e1_b0.th",
         ".model_state_e1_b0.th.tmp-123-abcd",
         "model_state_e1_b0",
+        "model_state_e1_b0.json",
+        "checkpoint_e1_b0.th",
         "/run/model_state_e1_b0.th",  # a path, not a basename
     ],
 )
 def test_only_exact_basenames_parse(name):
-    assert storage.parse_name(name) is None
+    assert LAYOUT.parse(name) is None
 
 
 def test_atomic_save_failure_keeps_old_content_and_leaves_no_temp(tmp_path):
@@ -61,23 +71,35 @@ def dead_pid() -> int:
 def test_listing(tmp_path):
     d = str(tmp_path)
     for name in [
-        "model_state_e1_b0.th", "training_state_e1_b0.th",  # complete
+        "model_state_e1_b0.th", "training_state_e1_b0.th",  # complete, AllenNLP-style (no record)
         "model_state_e1_b5.th",  # model only: killed before the training state was renamed
         "training_state_e0_b5.th",  # training only: killed while deleting
+        "checkpoint_e0_b3.json",  # a record whose files are gone
         "model_state_e2_b0_w0.th", "training_state_e2_b0_w0.th",  # sharded: not ours unsharded
         "best.th",
         f".training_state_e1_b5.th.tmp-{dead_pid()}-00ff",
         f".training_state_e1_b5.th.tmp-{os.getppid()}-00ff",  # its writer is alive
     ]:
         storage.atomic_save({}, os.path.join(d, name), mtime=50.0)
-    got = storage.list_checkpoints(d, None)
-    assert got.complete == [(1, 0)]
-    assert got.incomplete == [(0, 5), (1, 5)]
-    assert got.times == {(1, 0): 50.0}
+    layout = CheckpointDir(d)
+    layout.write((3, 0), None, {"w": torch.ones(2)}, {}, storage.record((3, 0), 70.0, {"acc": 0.5, "note": "x"}, 60, True))
+    got = layout.list(None)
+    assert [(f.progress, f.time, f.record.get("metrics")) for f in got.complete] == [
+        ((1, 0), 50.0, None),
+        ((3, 0), 70.0, {"acc": 0.5}),
+    ]
+    assert got.complete[1].record["total_batches_completed"] == 60 and got.complete[1].record["is_best_so_far"]
+    assert got.complete[1].size_bytes == sum(
+        os.path.getsize(os.path.join(d, n)) for n in ("model_state_e3_b0.th", "training_state_e3_b0.th")
+    )
+    assert json.loads((tmp_path / "checkpoint_e3_b0.json").read_text())["time"] == 70.0
+    assert got.incomplete == [(0, 3), (0, 5), (1, 5)]
     assert [os.path.basename(p).split("-")[0] for p in got.stale_temps] == [".training_state_e1_b5.th.tmp"]
     assert f"-{os.getppid()}-" not in got.stale_temps[0]
 
-    sharded = storage.list_checkpoints(d, range(2))
-    assert sharded.complete == [] and sharded.incomplete == [(2, 0)]
-    assert storage.list_checkpoints(d, range(1)).complete == [(2, 0)]
-    assert storage.list_checkpoints(str(tmp_path / "missing"), None).complete == []
+    assert layout.list(range(2)).incomplete == [(2, 0)]
+    assert [f.progress for f in layout.list(range(1)).complete] == [(2, 0)]
+    assert CheckpointDir(str(tmp_path / "missing")).list(None).complete == []
+
+    layout.remove((3, 0), None)
+    assert not [n for n in os.listdir(d) if "e3_b0" in n]

@@ -2,13 +2,15 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch.distributed as dist
 from allennlp.common.checks import ConfigurationError
 from allennlp.common.util import is_distributed
+from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
@@ -152,6 +154,10 @@ class DefaultCheckpointer(Checkpointer):
         AllenNLP 2.4: also keep, permanently, checkpoints at least this many seconds apart.
     model_save_interval : `float`, optional (default=`None`)
         AllenNLP 2.4's name for `save_every_num_seconds`.
+    filename_prefix : `str`, optional (default=`""`)
+        Put before every file name (`best_model_state_e3_b0.th`), so that several checkpointers
+        share a directory without touching each other's files. AllenNLP's own checkpointer reads
+        unprefixed names only.
     clock : `Callable[[], float]`, optional (default=`time.time`)
         For tests and embedding only, not a config key: the clock policies see.
     """
@@ -169,6 +175,7 @@ class DefaultCheckpointer(Checkpointer):
         num_serialized_models_to_keep: _Count = _UNSET,
         keep_serialized_model_every_num_seconds: _Seconds = None,
         model_save_interval: _Seconds = None,
+        filename_prefix: str = "",
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         super().__init__(serialization_dir)
@@ -199,6 +206,13 @@ class DefaultCheckpointer(Checkpointer):
                 f"save policy {type(self._save_policy).__name__} with world size "
                 f"{self._world_size}. Save by batches or epochs instead."
             )
+        if not isinstance(filename_prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", filename_prefix):
+            raise ConfigurationError(
+                f"{_WHERE}: `filename_prefix` must be letters, digits, '_' or '-', got "
+                f"{filename_prefix!r}. Use e.g. \"best_\"."
+            )
+        self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
+        self._listener = _MetricsListener()
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
 
@@ -208,11 +222,36 @@ class DefaultCheckpointer(Checkpointer):
         self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
     ) -> bool:
         """Called by the trainer after every batch and epoch; saves when the save policy says so."""
-        current = CheckpointInfo(num_epochs_completed, num_batches_in_epoch_completed, self._clock())
+        current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not self._save_policy.should_save(current, self._previous):
             return False
         self._save(trainer, current)
         return True
+
+    def _moment(self, trainer: Trainer, epochs: int, batches: int) -> CheckpointInfo:
+        """Stamps the point the trainer reached, with what the trainer knows there."""
+        listener = self._listener.attach(trainer)
+        metrics, is_best, ends = {}, False, False
+        if batches == 0 and listener.epochs_validated == epochs:
+            # Validation ran for the epoch that just ended (the trainer saves after validating).
+            metrics = listener.metrics
+            tracker = getattr(trainer, "_metric_tracker", None)
+            is_best = tracker is not None and tracker.is_best_so_far()
+        if batches == 0:
+            tracker = getattr(trainer, "_metric_tracker", None)
+            num_epochs = getattr(trainer, "_num_epochs", None)
+            ends = (num_epochs is not None and epochs >= num_epochs) or (
+                tracker is not None and tracker.should_stop_early()
+            )
+        return CheckpointInfo(
+            epochs,
+            batches,
+            time=self._clock(),
+            metrics=metrics,
+            total_batches_completed=getattr(trainer, "_total_batches_completed", None),
+            is_best_so_far=is_best,
+            training_ends=ends,
+        )
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         """
@@ -225,14 +264,17 @@ class DefaultCheckpointer(Checkpointer):
         except TypeError:
             bound = _SAVE_2_4.bind(*args, **kwargs)
         arguments = bound.arguments
-        paths = self._save(arguments["trainer"], None, arguments.get("epoch"))
+        paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
         if arguments.get("is_best_so_far") and paths is not None:
             _link_or_copy(paths[0], os.path.join(self._serialization_dir, "best.th"))
 
     def _save(
-        self, trainer: Trainer, current: Optional[CheckpointInfo], epoch: Optional[int] = None
+        self,
+        trainer: Trainer,
+        current: Optional[CheckpointInfo],
+        epoch: Optional[int] = None,
+        is_best_so_far: bool = False,
     ) -> Optional[Tuple[str, str]]:
-        now = current.time if current is not None else self._clock()
         with _checkpoint_state(trainer) as state:
             if state is None:
                 # A non-primary rank with unsharded state: the primary writes. The cadence still
@@ -242,64 +284,95 @@ class DefaultCheckpointer(Checkpointer):
                 return None
             model_state, training_state = state
             progress = _progress(training_state, current, epoch)
+            if current is None:
+                current = CheckpointInfo(*progress, time=self._clock(), is_best_so_far=bool(is_best_so_far))
             if epoch is not None:
                 training_state = {**training_state, "epoch": epoch}
-            model_path, training_path = self._paths(progress)
-            os.makedirs(self._serialization_dir, exist_ok=True)
-            storage.atomic_save(model_state, model_path)
-            storage.atomic_save(training_state, training_path, mtime=now)
-        logger.debug("Saved checkpoint e%d_b%d in %s", *progress, self._serialization_dir)
-        self._previous.append(CheckpointInfo(*progress, time=now))
+            record = storage.record(
+                progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
+            )
+            self._dir.write(progress, self._own_rank(), model_state, training_state, record)
+        logger.debug("Saved checkpoint %s in %s", current.name, self._serialization_dir)
+        self._previous.append(current)
         if self._is_primary:
-            self._apply_retention(now)
-        return model_path, training_path
+            self._apply_retention(current.time)
+        return self._paths(progress)
 
-    def _apply_retention(self, now: float) -> None:
+    def _on_disk(self, ranks: Optional[Sequence[int]]) -> Tuple[storage.Listing, List[CheckpointInfo]]:
+        listing = self._dir.list(ranks)
+        infos = [
+            CheckpointInfo(
+                *found.progress,
+                time=found.time,
+                metrics=found.record.get("metrics", {}),
+                total_batches_completed=found.record.get("total_batches_completed"),
+                is_best_so_far=found.record.get("is_best_so_far", False),
+                size_bytes=found.size_bytes,
+            )
+            for found in listing.complete
+        ]
+        return listing, infos
+
+    def _judge(self, now: float) -> Tuple[List[CheckpointInfo], List[List[str]]]:
+        """The checkpoints retention judges, oldest first, with the rules that keep each."""
         ranks = self._ranks()
         # Candidates are judged by this rank's own files (when sharded, other ranks may still be
         # writing the newest checkpoint); the newest checkpoint complete on every rank is kept too.
-        own = storage.list_checkpoints(self._serialization_dir, None if ranks is None else [self._rank])
-        protected = set(own.complete[-1:])
+        _, checkpoints = self._on_disk(None if ranks is None else [self._rank])
+        protected = {c.progress for c in checkpoints[-1:]}
         if ranks is not None:
-            protected.update(storage.list_checkpoints(self._serialization_dir, ranks).complete[-1:])
-        checkpoints = [CheckpointInfo(*p, time=own.times[p]) for p in own.complete]
-        keep = list(self._retention_policy.should_keep(checkpoints, now))
-        if len(keep) != len(checkpoints):
+            protected.update(f.progress for f in self._dir.list(ranks).complete[-1:])
+        reasons = list(self._retention_policy.explain(checkpoints, now))
+        if len(reasons) != len(checkpoints):
             raise ValueError(
                 f"{type(self._retention_policy).__name__}.should_keep: must return one flag per "
-                f"checkpoint, got {len(keep)} flags for {len(checkpoints)} checkpoints. "
+                f"checkpoint, got {len(reasons)} flags for {len(checkpoints)} checkpoints. "
                 "Return a list as long as its `checkpoints` argument."
             )
-        for checkpoint, kept in zip(checkpoints, keep):
-            if not kept and checkpoint.progress not in protected:
+        for checkpoint, reason in zip(checkpoints, reasons):
+            if checkpoint.progress in protected:
+                reason.append("newest complete checkpoint (always kept)")
+        return checkpoints, reasons
+
+    def _apply_retention(self, now: float) -> None:
+        for checkpoint, reasons in zip(*self._judge(now)):
+            if not reasons:
                 logger.info(
-                    "Deleting checkpoint e%d_b%d in %s: not kept by retention policy %s",
-                    *checkpoint.progress,
+                    "Deleting checkpoint %s in %s: retention policy %s does not keep it",
+                    self._dir.name(storage.MODEL, checkpoint.progress).replace("model_state_", "").replace(".th", ""),
                     self._serialization_dir,
-                    type(self._retention_policy).__name__,
+                    self._retention_policy.describe(),
                 )
-                storage.remove_checkpoint(self._serialization_dir, checkpoint.progress, ranks)
+                self._dir.remove(checkpoint.progress, self._ranks())
+
+    def explain(self) -> List[Tuple[str, List[str]]]:
+        """
+        A dry run of retention: for each checkpoint on disk, oldest first, its name and the rules
+        that keep it (an empty list: the next save deletes it). Deletes nothing.
+        """
+        checkpoints, reasons = self._judge(self._clock())
+        return [(c.name, r) for c, r in zip(checkpoints, reasons)]
 
     # ---- finding and loading -------------------------------------------------------------
 
     def find_latest_checkpoint(self) -> Optional[Tuple[str, str]]:
         """Paths `(model_state, training_state)` of the newest complete checkpoint, or None."""
-        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
+        listing = self._dir.list(self._ranks())
         if not listing.complete:
             return None
-        return self._paths(listing.complete[-1])
+        return self._paths(listing.complete[-1].progress)
 
     def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
         """
         Loads the newest complete checkpoint (onto the CPU), or returns None when there is none.
         Incomplete checkpoints and temp files left by a crash are ignored, and removed.
         """
-        listing = storage.list_checkpoints(self._serialization_dir, self._ranks())
+        listing = self._dir.list(self._ranks())
         if self._is_primary:
             self._clean_up(listing)
         if not listing.complete:
             return None
-        progress = listing.complete[-1]
+        progress = listing.complete[-1].progress
         model_path, training_path = self._paths(progress)
         logger.info("Restoring checkpoint e%d_b%d from %s", *progress, self._serialization_dir)
         model_state = storage.load(model_path)
@@ -321,19 +394,46 @@ class DefaultCheckpointer(Checkpointer):
                 *progress,
                 self._serialization_dir,
             )
-            storage.remove_checkpoint(self._serialization_dir, progress, self._ranks())
+            self._dir.remove(progress, self._ranks())
 
     # ---- names ---------------------------------------------------------------------------
 
     def _ranks(self) -> Optional[range]:
         return range(self._world_size) if self.state_is_sharded else None
 
+    def _own_rank(self) -> Optional[int]:
+        return self._rank if self.state_is_sharded else None
+
     def _paths(self, progress: Tuple[int, int]) -> Tuple[str, str]:
-        rank = self._rank if self.state_is_sharded else None
-        return (
-            os.path.join(self._serialization_dir, storage.file_name(storage.MODEL, *progress, rank)),
-            os.path.join(self._serialization_dir, storage.file_name(storage.TRAINING, *progress, rank)),
-        )
+        rank = self._own_rank()
+        return self._dir.path(storage.MODEL, progress, rank), self._dir.path(storage.TRAINING, progress, rank)
+
+
+class _MetricsListener(TrainerCallback):
+    """
+    Attached by the checkpointer to the trainer's callbacks: the trainer hands validation
+    metrics to callbacks (`on_epoch`) right before its end-of-epoch save, and nowhere else.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(serialization_dir="")
+        self.trainer: Optional[Trainer] = None
+        self.metrics: Dict[str, float] = {}
+        self.epochs_validated = -1  # epochs completed when `metrics` were measured
+
+    def attach(self, trainer: Trainer) -> "_MetricsListener":
+        if self.trainer is not trainer:
+            self.trainer = trainer
+            callbacks = getattr(trainer, "_callbacks", None)
+            if isinstance(callbacks, list) and self not in callbacks:
+                callbacks.append(self)
+        return self
+
+    def on_epoch(self, trainer, metrics: Dict[str, Any], epoch: int, is_primary: bool = True, **kwargs) -> None:
+        prefix = "validation_"
+        validated = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if validated:
+            self.metrics, self.epochs_validated = validated, epoch + 1
 
 
 @contextlib.contextmanager

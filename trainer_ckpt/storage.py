@@ -1,13 +1,15 @@
 """
 Everything that touches checkpoint files: AllenNLP's names, parsing (of basenames only), crash-safe
-writes, listing complete checkpoints, and deleting.
+writes, listing checkpoints, and deleting.
 
 A crash at any instant leaves either the old set of checkpoints or the old set plus one complete
 new one: every file is written to a hidden temp file in the same directory, flushed, fsynced and
-renamed over its final name, and the directory is fsynced; the model state goes first and the
-training state last, so a checkpoint is complete exactly when its training-state file exists next
-to its model-state file.
+renamed over its final name, and the directory is fsynced. The model state goes first and the
+training state after it, so a checkpoint is complete exactly when its training-state file exists
+next to its model-state file (AllenNLP's pairs included). A small JSON record written last keeps
+what retention needs without loading the state files: the save time and the validation metrics.
 """
+import json
 import logging
 import os
 import re
@@ -20,31 +22,33 @@ logger = logging.getLogger(__name__)
 
 MODEL = "model_state"
 TRAINING = "training_state"
+RECORD = "checkpoint"
+_KINDS = (MODEL, TRAINING, RECORD)
+_SUFFIX = {MODEL: ".th", TRAINING: ".th", RECORD: ".json"}
 
-_NAME_RE = re.compile(r"^(model_state|training_state)_e(\d+)_b(\d+)(?:_w(\d+))?\.th$")
-# Temp files: hidden (AllenNLP's globs and ours never see them) and tagged with the writer's pid.
-_TEMP_RE = re.compile(r"^\.(?:model_state|training_state)_e\d+_b\d+(?:_w\d+)?\.th\.tmp-(\d+)-[0-9a-f]+$")
+Progress = Tuple[int, int]
 
 
 class StateFile(NamedTuple):
-    kind: str  # MODEL or TRAINING
+    kind: str  # MODEL, TRAINING or RECORD
     epochs_completed: int
     batches_in_epoch_completed: int
     rank: Optional[int]  # None when the state is not sharded
 
 
-def file_name(kind: str, epochs_completed: int, batches: int, rank: Optional[int] = None) -> str:
-    shard = "" if rank is None else f"_w{rank}"
-    return f"{kind}_e{epochs_completed}_b{batches}{shard}.th"
+class Found(NamedTuple):
+    """One checkpoint in a directory listing."""
+
+    progress: Progress
+    time: float  # save time: from the record, else the training state's mtime
+    size_bytes: int  # model + training state, this rank's files
+    record: Dict[str, Any]  # {} for pairs written without one (AllenNLP's checkpointer)
 
 
-def parse_name(name: str) -> Optional[StateFile]:
-    """Parses a basename such as `model_state_e3_b0_w1.th`; None for anything else."""
-    match = _NAME_RE.match(name)
-    if match is None:
-        return None
-    kind, e, b, rank = match.groups()
-    return StateFile(kind, int(e), int(b), None if rank is None else int(rank))
+class Listing(NamedTuple):
+    complete: List[Found]  # oldest first
+    incomplete: List[Progress]
+    stale_temps: List[str]  # temp files whose writer is gone
 
 
 def fsync_dir(directory: str) -> None:
@@ -55,28 +59,30 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> None:
+def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
     """
-    `torch.save`s `obj` so that `path` is either its old content or the complete new one.
-    `mtime`, when given, is stamped on the file: it is the save time retention reads back.
+    Calls `write(file)` on a temp file next to `path`, then makes it `path`, so that `path` is
+    either its old content or the complete new one. `mtime`, when given, is stamped on the file.
     """
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
+        remove_file(tmp)
         raise
     fsync_dir(directory or ".")
+
+
+def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> None:
+    """`torch.save`s `obj` with `atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f), mtime)
 
 
 def load(path: str) -> Dict[str, Any]:
@@ -84,64 +90,144 @@ def load(path: str) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class Listing(NamedTuple):
-    complete: List[Tuple[int, int]]  # (epochs, batches), oldest first
-    incomplete: List[Tuple[int, int]]
-    times: Dict[Tuple[int, int], float]  # save time (mtime of the training state) of complete ones
-    stale_temps: List[str]  # temp files whose writer is gone
-
-
-def list_checkpoints(directory: str, ranks: Optional[Iterable[int]]) -> Listing:
-    """
-    Lists checkpoints in `directory`. `ranks=None`: unsharded files only; otherwise a checkpoint
-    is complete when every listed rank has both files.
-    """
-    wanted = [None] if ranks is None else list(ranks)
-    found: Dict[Tuple[int, int], set] = {}
-    stale = []
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return Listing([], [], {}, [])
-    for entry in entries:
-        parsed = parse_name(entry.name)
-        if parsed is not None:
-            if parsed.rank in wanted:
-                key = (parsed.epochs_completed, parsed.batches_in_epoch_completed)
-                found.setdefault(key, set()).add((parsed.kind, parsed.rank))
-            continue
-        temp = _TEMP_RE.match(entry.name)
-        if temp is not None and not _pid_alive(int(temp.group(1))):
-            stale.append(entry.path)
-    need = {(kind, r) for kind in (MODEL, TRAINING) for r in wanted}
-    complete = sorted(k for k, have in found.items() if have >= need)
-    incomplete = sorted(k for k, have in found.items() if not have >= need)
-    times = {
-        k: os.stat(os.path.join(directory, file_name(TRAINING, *k, wanted[0]))).st_mtime
-        for k in complete
-    }
-    return Listing(complete, incomplete, times, stale)
-
-
-def remove_checkpoint(directory: str, progress: Tuple[int, int], ranks: Optional[Iterable[int]]) -> None:
-    """
-    Deletes one checkpoint's files: model states first, so that a crash half-way leaves a bare
-    training-state file, which neither we nor AllenNLP's checkpointer would take for a checkpoint.
-    """
-    wanted = [None] if ranks is None else list(ranks)
-    for kind in (MODEL, TRAINING):
-        for r in wanted:
-            try:
-                os.remove(os.path.join(directory, file_name(kind, *progress, r)))
-            except FileNotFoundError:
-                pass
-
-
 def remove_file(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+class CheckpointDir:
+    """
+    The checkpoint files of one checkpointer in `directory`: AllenNLP's names, behind an
+    optional `prefix` so that several checkpointers share a directory without touching each
+    other's files (`best_model_state_e3_b0.th`).
+    """
+
+    def __init__(self, directory: str, prefix: str = "") -> None:
+        self.directory = directory
+        self.prefix = prefix
+        kinds = "|".join(_KINDS)
+        p = re.escape(prefix)
+        self._name_re = re.compile(rf"^{p}({kinds})_e(\d+)_b(\d+)(?:_w(\d+))?\.(th|json)$")
+        self._temp_re = re.compile(rf"^\.{p}(?:{kinds})_e\d+_b\d+(?:_w\d+)?\.(?:th|json)\.tmp-(\d+)-[0-9a-f]+$")
+        self._records: Dict[str, Dict[str, Any]] = {}  # records never change once written
+
+    def name(self, kind: str, progress: Progress, rank: Optional[int] = None) -> str:
+        shard = "" if rank is None else f"_w{rank}"
+        return f"{self.prefix}{kind}_e{progress[0]}_b{progress[1]}{shard}{_SUFFIX[kind]}"
+
+    def path(self, kind: str, progress: Progress, rank: Optional[int] = None) -> str:
+        return os.path.join(self.directory, self.name(kind, progress, rank))
+
+    def parse(self, name: str) -> Optional[StateFile]:
+        """Parses a basename such as `model_state_e3_b0_w1.th`; None for anything else."""
+        match = self._name_re.match(name)
+        if match is None or _SUFFIX[match.group(1)] != "." + match.group(5):
+            return None
+        kind, e, b, rank, _ = match.groups()
+        return StateFile(kind, int(e), int(b), None if rank is None else int(rank))
+
+    def write(
+        self,
+        progress: Progress,
+        rank: Optional[int],
+        model_state: Dict[str, Any],
+        training_state: Dict[str, Any],
+        record: Dict[str, Any],
+    ) -> None:
+        """Writes one checkpoint: model state, training state, then its record."""
+        os.makedirs(self.directory, exist_ok=True)
+        atomic_save(model_state, self.path(MODEL, progress, rank))
+        # The training state's mtime is the save time, as for AllenNLP's files.
+        atomic_save(training_state, self.path(TRAINING, progress, rank), mtime=record["time"])
+        payload = json.dumps(record, sort_keys=True).encode()
+        atomic_write(self.path(RECORD, progress, rank), lambda f: f.write(payload))
+
+    def list(self, ranks: Optional[Iterable[int]]) -> Listing:
+        """
+        Lists the checkpoints: `ranks=None` for unsharded files only; otherwise a checkpoint is
+        complete when every listed rank has both state files. Times, sizes and records are those
+        of the first listed rank.
+        """
+        wanted = [None] if ranks is None else list(ranks)
+        found: Dict[Progress, Dict[Tuple[str, Optional[int]], os.DirEntry]] = {}
+        stale = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return Listing([], [], [])
+        for entry in entries:
+            parsed = self.parse(entry.name)
+            if parsed is not None:
+                if parsed.rank in wanted:
+                    key = (parsed.epochs_completed, parsed.batches_in_epoch_completed)
+                    found.setdefault(key, {})[(parsed.kind, parsed.rank)] = entry
+                continue
+            temp = self._temp_re.match(entry.name)
+            if temp is not None and not _pid_alive(int(temp.group(1))):
+                stale.append(entry.path)
+        need = {(kind, r) for kind in (MODEL, TRAINING) for r in wanted}
+        complete, incomplete = [], []
+        for progress in sorted(found):
+            files = found[progress]
+            if need <= files.keys():
+                complete.append(self._found(progress, files, wanted[0]))
+            else:
+                incomplete.append(progress)
+        return Listing(complete, incomplete, stale)
+
+    def _found(self, progress: Progress, files: Dict, rank: Optional[int]) -> Found:
+        training = files[(TRAINING, rank)].stat()
+        size = files[(MODEL, rank)].stat().st_size + training.st_size
+        record = {}
+        if (RECORD, rank) in files:
+            record = self._read_record(files[(RECORD, rank)].path)
+        return Found(progress, record.get("time", training.st_mtime), size, record)
+
+    def _read_record(self, path: str) -> Dict[str, Any]:
+        name = os.path.basename(path)
+        if name not in self._records:
+            try:
+                with open(path, "rb") as f:
+                    self._records[name] = json.loads(f.read())
+            except (OSError, ValueError) as e:
+                logger.warning("Ignoring unreadable checkpoint record %s: %s", path, e)
+                return {}
+        return self._records[name]
+
+    def remove(self, progress: Progress, ranks: Optional[Iterable[int]]) -> None:
+        """
+        Deletes one checkpoint's files: model states first, so that a crash half-way leaves a
+        lone training state, which neither we nor AllenNLP's checkpointer take for a checkpoint.
+        """
+        wanted = [None] if ranks is None else list(ranks)
+        for kind in (MODEL, TRAINING, RECORD):
+            for r in wanted:
+                name = self.name(kind, progress, r)
+                self._records.pop(name, None)
+                remove_file(os.path.join(self.directory, name))
+
+
+def record(
+    progress: Progress,
+    time: float,
+    metrics: Dict[str, float],
+    total_batches_completed: Optional[int],
+    is_best_so_far: bool,
+) -> Dict[str, Any]:
+    """What a checkpoint's JSON record holds (numbers only among the metrics; NaN stays NaN)."""
+    return {
+        "format": 1,
+        "epochs_completed": progress[0],
+        "batches_in_epoch_completed": progress[1],
+        "total_batches_completed": total_batches_completed,
+        "time": time,
+        "metrics": {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        "is_best_so_far": is_best_so_far,
+    }
 
 
 def _pid_alive(pid: int) -> bool:
