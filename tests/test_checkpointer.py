@@ -7,7 +7,8 @@ import torch
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 
 from tests.conftest import FakeTrainer, listing, names, saved, trainer_at
-from trainer_ckpt import CheckpointInfo, DefaultCheckpointer, KeepAll, RetentionPolicy, SaveNever
+from trainer_ckpt import CheckpointInfo, DefaultCheckpointer, KeepAny, KeepBest, KeepMostRecentByCount, RetentionPolicy, SaveAny
+from trainer_ckpt.save_policies import SaveBestSoFar, SaveLastEpoch
 from trainer_ckpt import storage
 
 
@@ -230,3 +231,94 @@ def test_sharded_state_one_file_pair_per_rank(tmp_path):
         model_state, training_state = c.load_checkpoint()
         assert training_state == {"epochs_completed": 3, "batches_in_epoch_completed": 0, "rank": rank}
     assert not (tmp_path / "model_state_e4_b0_w0.th").exists()  # the incomplete one was cleaned up
+
+
+class EpochTrainer(FakeTrainer):
+    """A fake trainer that also has what AllenNLP's trainer exposes about validation."""
+
+    def __init__(self, num_epochs, metric="+accuracy", patience=None):
+        from allennlp.training.metric_tracker import MetricTracker
+
+        super().__init__(None, None)
+        self._callbacks, self._num_epochs, self._total_batches_completed = [], num_epochs, 0
+        self._metric_tracker = MetricTracker(metric, patience)
+
+    def train(self, checkpointer, accuracies, batches=4):
+        """Runs epochs the way GradientDescentTrainer calls its checkpointer and callbacks."""
+        for e, accuracy in enumerate(accuracies):
+            for b in range(1, batches + 1):
+                self._total_batches_completed += 1
+                self._model_state, self._training_state = trainer_at(e, b).get_checkpoint_state()
+                checkpointer.maybe_save_checkpoint(self, e, b)
+            metrics = {"accuracy": accuracy, "loss": 1 - accuracy}
+            self._metric_tracker.add_metrics(metrics)
+            for callback in self._callbacks:
+                callback.on_epoch(self, metrics={f"validation_{k}": v for k, v in metrics.items()}, epoch=e)
+            self._model_state, self._training_state = trainer_at(e + 1, 0).get_checkpoint_state()
+            checkpointer.maybe_save_checkpoint(self, e + 1, 0)
+            if self._metric_tracker.should_stop_early():
+                break
+
+
+def records(directory, prefix=""):
+    return {f.progress: f.record for f in storage.CheckpointDir(str(directory), prefix).list(None).complete}
+
+
+def test_records_hold_what_the_trainer_knew(tmp_path, clock):
+    checkpointer = DefaultCheckpointer(tmp_path, save_every_num_batches=2, keep_most_recent_by_count=None, clock=clock)
+    EpochTrainer(num_epochs=2).train(checkpointer, [0.5, 0.4])
+    got = records(tmp_path)
+    assert list(got) == [(0, 2), (0, 4), (1, 0), (1, 2), (1, 4), (2, 0)]
+    assert got[(1, 0)]["metrics"] == {"accuracy": 0.5, "loss": 0.5} and got[(1, 0)]["is_best_so_far"]
+    assert got[(2, 0)]["metrics"] == {"accuracy": 0.4, "loss": 0.6} and not got[(2, 0)]["is_best_so_far"]
+    assert got[(1, 2)]["metrics"] == {} and got[(1, 2)]["total_batches_completed"] == 6
+    assert {r["time"] for r in got.values()} == {clock.now}
+
+
+def test_best_k_and_last_epoch_from_a_trainer(tmp_path):
+    checkpointer = DefaultCheckpointer(
+        tmp_path,
+        save_policy=SaveAny([SaveBestSoFar(), SaveLastEpoch()]),
+        retention_policy=KeepAny([KeepBest("+accuracy", count=2), KeepMostRecentByCount(1)]),
+    )
+    trainer = EpochTrainer(num_epochs=10, patience=2)
+    trainer.train(checkpointer, [0.5, 0.7, 0.6, 0.8, 0.75, 0.7, 0.9])  # patience runs out after epoch 6
+    # Saved when best (e1, e2, e4) and at the last epoch run (e6, early stopping); kept: the best 2 + the newest.
+    assert saved(tmp_path) == [(2, 0), (4, 0), (6, 0)]
+    explained = {c.name: reasons for c, reasons in checkpointer.explain()}
+    assert explained == {
+        "e2_b0": ["best(+accuracy, count=2)"],
+        "e4_b0": ["best(+accuracy, count=2)"],
+        "e6_b0": ["most_recent_by_count(1)", "newest complete checkpoint (always kept)"],
+    }
+
+
+def test_deletions_are_logged_with_the_rule(tmp_path, caplog):
+    checkpointer = DefaultCheckpointer(tmp_path, keep_most_recent_by_count=1)
+    with caplog.at_level("INFO", logger="trainer_ckpt.checkpointer"):
+        run(checkpointer, epochs(2))
+    assert f"Deleting checkpoint e1_b0 in {tmp_path}: retention policy most_recent_by_count(1) does not keep it" in caplog.text
+
+
+def test_two_checkpointers_share_a_directory(tmp_path):
+    periodic = DefaultCheckpointer(tmp_path, save_every_num_batches=5, keep_most_recent_by_count=1)
+    best = DefaultCheckpointer(tmp_path, filename_prefix="best_", retention_policy=KeepBest("+accuracy"),
+                               save_policy=SaveBestSoFar())
+    (tmp_path / "best.th").write_bytes(b"x")
+    trainer = EpochTrainer(num_epochs=3)
+    trainer._callbacks = []
+
+    class Both:
+        def maybe_save_checkpoint(self, t, e, b):
+            return [c.maybe_save_checkpoint(t, e, b) for c in (periodic, best)]
+
+    trainer.train(Both(), [0.5, 0.7, 0.6], batches=10)
+    assert listing(tmp_path) == sorted(names((3, 0)) + names((2, 0), prefix="best_") + ["best.th"])
+    assert periodic.find_latest_checkpoint()[0].endswith("/model_state_e3_b0.th")
+    assert best.find_latest_checkpoint()[0].endswith("/best_model_state_e2_b0.th")
+    # Each one's load and clean-up sees only its own files.
+    (tmp_path / "best_model_state_e3_b5.th").write_bytes(b"torn")
+    assert DefaultCheckpointer(tmp_path).load_checkpoint().trainer_state["epochs_completed"] == 3
+    assert (tmp_path / "best_model_state_e3_b5.th").exists()
+    assert DefaultCheckpointer(tmp_path, filename_prefix="best_").load_checkpoint().trainer_state["epochs_completed"] == 2
+    assert not (tmp_path / "best_model_state_e3_b5.th").exists()

@@ -338,20 +338,20 @@ class DefaultCheckpointer(Checkpointer):
         for checkpoint, reasons in zip(*self._judge(now)):
             if not reasons:
                 logger.info(
-                    "Deleting checkpoint %s in %s: retention policy %s does not keep it",
-                    self._dir.name(storage.MODEL, checkpoint.progress).replace("model_state_", "").replace(".th", ""),
+                    "Deleting checkpoint %s%s in %s: retention policy %s does not keep it",
+                    self._dir.prefix,
+                    checkpoint.name,
                     self._serialization_dir,
                     self._retention_policy.describe(),
                 )
                 self._dir.remove(checkpoint.progress, self._ranks())
 
-    def explain(self) -> List[Tuple[str, List[str]]]:
+    def explain(self) -> List[Tuple[CheckpointInfo, List[str]]]:
         """
-        A dry run of retention: for each checkpoint on disk, oldest first, its name and the rules
+        A dry run of retention: each complete checkpoint on disk, oldest first, with the rules
         that keep it (an empty list: the next save deletes it). Deletes nothing.
         """
-        checkpoints, reasons = self._judge(self._clock())
-        return [(c.name, r) for c, r in zip(checkpoints, reasons)]
+        return list(zip(*self._judge(self._clock())))
 
     # ---- finding and loading -------------------------------------------------------------
 

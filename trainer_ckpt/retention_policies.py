@@ -251,7 +251,7 @@ class KeepBest(RetentionPolicy):
     def explain(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[List[str]]:
         reasons: List[List[str]] = [[] for _ in checkpoints]
         for (name, sign), mask in zip(self.metrics, self.explain_masks(checkpoints)):
-            label = _described("best", ("+" if sign > 0 else "-") + name + (f", {self.count}" if self.count > 1 else ""))
+            label = _described("best", ("+" if sign > 0 else "-") + name + self._count_suffix())
             for reason, kept in zip(reasons, mask):
                 if kept:
                     reason.append(label)
@@ -259,7 +259,10 @@ class KeepBest(RetentionPolicy):
 
     def describe(self) -> str:
         signs = ", ".join(("+" if s > 0 else "-") + n for n, s in self.metrics)
-        return _described("best", signs + (f", count={self.count}" if self.count > 1 else ""))
+        return _described("best", signs + self._count_suffix())
+
+    def _count_suffix(self) -> str:
+        return f", count={self.count}" if self.count > 1 else ""
 
 
 @RetentionPolicy.register("disk_quota")
