@@ -43,12 +43,12 @@ def allennlp_train(
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True)
 
 
-def checkpoint_files(serialization_dir: Path) -> List[str]:
+def checkpoint_files(serialization_dir: Path, prefixes: Sequence[str] = ("",)) -> List[str]:
     """The checkpoint files (state files and their records) in a run directory."""
     from trainer_ckpt.storage import CheckpointDir
 
-    layout = CheckpointDir(str(serialization_dir))
-    return sorted(p.name for p in Path(serialization_dir).iterdir() if layout.parse(p.name))
+    layouts = [CheckpointDir(str(serialization_dir), prefix) for prefix in prefixes]
+    return sorted(p.name for p in Path(serialization_dir).iterdir() if any(l.parse(p.name) for l in layouts))
 
 
 def states(serialization_dir: Path) -> List[str]:

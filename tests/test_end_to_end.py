@@ -17,7 +17,8 @@ CUSTOM_INTERRUPTED = ROOT / "fixtures" / "configs" / "custom_policy_interrupted.
 
 def finished(serialization_dir: Path, run) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((serialization_dir / "metrics.json").read_text())["epoch"] == 2
+    num_epochs = json.loads((serialization_dir / "config.json").read_text())["trainer"]["num_epochs"]
+    assert json.loads((serialization_dir / "metrics.json").read_text())["epoch"] == num_epochs - 1
     assert (serialization_dir / "model.tar.gz").exists() and (serialization_dir / "best.th").exists()
 
 
@@ -64,6 +65,8 @@ EXPECTED_AFTER_TRAINING = {
     "hourly_keep": names((1, 0), (2, 0), (3, 0)),  # 3 newest; the oldest is also its hour's keeper
     "allennlp_2_4_keys": names((1, 0), (2, 0), (3, 0)),  # 2 newest + one per 2 hours (the oldest)
     "custom_policy": names((1, 0), (2, 0), (3, 0)),
+    "best_and_latest": None,  # depends on the accuracies: see below
+    "best_and_periodic_group": None,
 }
 
 
@@ -79,7 +82,43 @@ def test_every_example_config_trains(tmp_path, name):
     else:
         run = allennlp_train(config, out, packages=("trainer_ckpt",))
     finished(out, run)
-    assert checkpoint_files(out) == EXPECTED_AFTER_TRAINING[name]
+    if EXPECTED_AFTER_TRAINING[name] is not None:
+        assert checkpoint_files(out) == EXPECTED_AFTER_TRAINING[name]
+    elif name == "best_and_latest":
+        best_two = sorted(validation_accuracies(out), key=lambda ea: (-ea[1], ea[0]))[:2]
+        kept = {(e, 0) for e, _ in best_two} | {(4, 20), (5, 0)}
+        assert checkpoint_files(out) == names(*kept)
+    else:
+        accuracies = validation_accuracies(out)
+        bests = [e for e, a in accuracies if a > max([b for f, b in accuracies if f < e], default=-1)]
+        best_two = sorted((e for e in bests), key=lambda e: -dict(accuracies)[e])[:2]
+        assert checkpoint_files(out, ("", "best_")) == sorted(
+            names((2, 20), (3, 0)) + names(*[(e, 0) for e in best_two], prefix="best_")
+        )
+
+
+def validation_accuracies(serialization_dir: Path):
+    """[(epochs completed, validation accuracy)] from AllenNLP's metrics_epoch_*.json files."""
+    return [
+        (json.loads(p.read_text())["epoch"] + 1, json.loads(p.read_text())["validation_accuracy"])
+        for p in sorted(serialization_dir.glob("metrics_epoch_*.json"))
+    ]
+
+
+BEST_INTERRUPTED = ROOT / "fixtures" / "configs" / "best_and_latest_interrupted.jsonnet"
+
+
+def test_best_k_after_recover_is_what_an_uninterrupted_run_keeps(tmp_path):
+    full, out = tmp_path / "full", tmp_path / "interrupted"
+    finished(full, allennlp_train(BEST_INTERRUPTED, full))
+    killed(allennlp_train(BEST_INTERRUPTED, out, kill_at="3:7"))
+    finished(out, allennlp_train(BEST_INTERRUPTED, out, recover=True))
+    assert validation_accuracies(out) == validation_accuracies(full)
+    assert checkpoint_files(out) == checkpoint_files(full)
+    # The recovered run judged best-K from the records on disk, metrics included.
+    for name in checkpoint_files(out):
+        if name.startswith("checkpoint_") and name.endswith("_b0.json"):
+            assert json.loads((out / name).read_text())["metrics"] == json.loads((full / name).read_text())["metrics"]
 
 
 def test_example_configs_are_all_trained():

@@ -6,7 +6,7 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
 """
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
+from trainer_ckpt.checkpointer import Checkpointer, CheckpointerGroup, DefaultCheckpointer
 from trainer_ckpt.retention_policies import (
     KeepAll,
     KeepAllOf,
@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointInfo",
     "Checkpointer",
+    "CheckpointerGroup",
     "DefaultCheckpointer",
     "KeepAll",
     "KeepAllOf",
