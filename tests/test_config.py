@@ -10,6 +10,7 @@ import my_policies  # noqa: F401  (the custom-policy example's user package, as 
 from tests.conftest import ROOT
 from trainer_ckpt import (
     Checkpointer,
+    CheckpointerGroup,
     DefaultCheckpointer,
     KeepAll,
     KeepAny,
@@ -152,4 +153,35 @@ def test_every_example_config_builds(tmp_path, config: Path):
     checkpointer = AllenNlpCheckpointer.from_params(
         params["trainer"].pop("checkpointer"), serialization_dir=str(tmp_path)
     )
-    assert isinstance(checkpointer, DefaultCheckpointer)
+    assert isinstance(checkpointer, (DefaultCheckpointer, CheckpointerGroup))
+
+
+def test_an_unregistered_policy_by_its_fully_qualified_name(tmp_path):
+    from tests.conftest import saved, trainer_at
+
+    checkpointer = build(tmp_path, retention_policy={"type": "my_policies.KeepEvenEpochs"})
+    for e in range(1, 6):
+        checkpointer.save_checkpoint(trainer_at(e, 0))
+    assert saved(tmp_path) == [(2, 0), (4, 0), (5, 0)]
+    assert checkpointer._retention_policy.describe() == "KeepEvenEpochs"
+
+
+def test_a_group_builds_from_config(tmp_path):
+    group = build(tmp_path, type="trainer_ckpt_group", checkpointers=[
+        {"save_every_num_batches": 5}, {"filename_prefix": "best_", "save_policy": "best_so_far"}])
+    assert [m._dir.prefix for m in group.members] == ["", "best_"]
+    group.state_is_sharded = True
+    assert all(m.state_is_sharded for m in group.members)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"type": "trainer_ckpt_group", "checkpointers": []}, r"group: `checkpointers` must list at least one checkpointer, got \[\]\."),
+        ({"type": "trainer_ckpt_group", "checkpointers": [{}, {"keep_most_recent_by_count": 3}]}, r"group: every checkpointer needs its own `filename_prefix`, got \['', ''\]\."),
+        ({"filename_prefix": "../x"}, r"`filename_prefix` must be letters, digits, '_' or '-', got '\.\./x'\."),
+    ],
+)
+def test_group_and_prefix_errors(tmp_path, params, message):
+    with pytest.raises(ConfigurationError, match=message):
+        AllenNlpCheckpointer.from_params(Params({"type": "trainer_ckpt", **params}), serialization_dir=str(tmp_path))
