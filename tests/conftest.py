@@ -8,6 +8,7 @@ from allennlp.common import Registrable
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import storage
+from trainer_ckpt.checkpointer import LOCK_FILE
 
 
 class FakeTrainer(Trainer):
@@ -48,7 +49,8 @@ def names(*points, prefix: str = "", record: bool = True, rank=None) -> List[str
 
 
 def listing(directory) -> List[str]:
-    return sorted(os.listdir(directory))
+    """The directory's files, but the writer's lock file, which stays for the directory's life."""
+    return sorted(n for n in os.listdir(directory) if n != LOCK_FILE)
 
 
 @pytest.fixture

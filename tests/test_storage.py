@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+import zlib
 
 import pytest
 import torch
@@ -82,7 +83,8 @@ def test_listing(tmp_path):
     ]:
         storage.atomic_save({}, os.path.join(d, name), mtime=50.0)
     layout = CheckpointDir(d)
-    layout.write((3, 0), None, {"w": torch.ones(2)}, {}, storage.record((3, 0), 70.0, {"acc": 0.5, "note": "x"}, 60, True))
+    files = layout.write_states((3, 0), None, {"w": torch.ones(2)}, {}, mtime=70.0)
+    layout.write_record((3, 0), None, storage.record((3, 0), 70.0, {"acc": 0.5, "note": "x"}, 60, True))
     got = layout.list(None)
     assert [(f.progress, f.time, f.record.get("metrics")) for f in got.complete] == [
         ((1, 0), 50.0, None),
@@ -93,7 +95,10 @@ def test_listing(tmp_path):
         os.path.getsize(os.path.join(d, n)) for n in ("model_state_e3_b0.th", "training_state_e3_b0.th")
     )
     assert json.loads((tmp_path / "checkpoint_e3_b0.json").read_text())["time"] == 70.0
-    assert got.incomplete == [(0, 3), (0, 5), (1, 5)]
+    assert got.incomplete == [(0, 5), (1, 5)] and got.orphan_records == [(0, 3)]
+    for kind in ("model_state", "training_state"):
+        data = (tmp_path / files[kind]["name"]).read_bytes()
+        assert files[kind]["size"] == len(data) and files[kind]["crc32"] == zlib.crc32(data)
     assert [os.path.basename(p).split("-")[0] for p in got.stale_temps] == [".training_state_e1_b5.th.tmp"]
     assert f"-{os.getppid()}-" not in got.stale_temps[0]
 

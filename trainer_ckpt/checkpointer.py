@@ -1,11 +1,17 @@
 import contextlib
+import errno
+import fcntl
+import hashlib
+import importlib
 import inspect
 import logging
 import os
 import re
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
+
+import torch
 
 import torch.distributed as dist
 from allennlp.common import Lazy
@@ -87,6 +93,62 @@ class Checkpointer(AllenNlpCheckpointer):
         return storage.load(path)
 
 
+class CheckpointSaveError(RuntimeError):
+    """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
+
+
+def _name(progress: Tuple[int, int]) -> str:
+    return f"e{progress[0]}_b{progress[1]}"
+
+
+def _versions() -> Dict[str, str]:
+    import allennlp.version
+
+    import trainer_ckpt
+
+    return {"trainer_ckpt": trainer_ckpt.__version__, "torch": torch.__version__, "allennlp": allennlp.version.VERSION}
+
+
+def _import_global(name: Any) -> Any:
+    """`"pkg.module.Class"` -> the class, for `safe_globals`."""
+    module, _, attribute = str(name).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigurationError(
+            f"{_WHERE}: `safe_globals` entries must be importable fully qualified names, got "
+            f"{name!r} ({e}). Write e.g. \"my_pkg.states.MyState\", and make its package importable."
+        ) from e
+
+
+# Directories this process holds the writer's lock on (realpath -> open file descriptor). The lock
+# is an flock: the kernel releases it when the process exits or is killed, so a crashed run never
+# blocks its own --recover. Checkpointers of one process share it (a group, a test, a restart).
+_LOCKS: Dict[str, int] = {}
+LOCK_FILE = ".trainer_ckpt.lock"
+
+
+def _lock_directory(directory: str) -> None:
+    key = os.path.realpath(directory)
+    if key in _LOCKS:
+        return
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigurationError(
+            f"{_WHERE}: serialization directory {directory} is in use by another training process, "
+            f"got its lock held by pid {holder}. Wait for that run to end or stop it, or give this "
+            "run another serialization directory; to only read checkpoints, use read_only=True."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[key] = fd
+
+
 class _Unset:
     """The default of flat keys whose own default (or null) means something, to spot conflicts.
     In a `Union` annotation it also lets `from_params` pass the default through untouched."""
@@ -155,6 +217,16 @@ class DefaultCheckpointer(Checkpointer):
         AllenNLP 2.4: also keep, permanently, checkpoints at least this many seconds apart.
     model_save_interval : `float`, optional (default=`None`)
         AllenNLP 2.4's name for `save_every_num_seconds`.
+    on_save_error : `str`, optional (default=`"raise"`)
+        What a save that fails (a full disk, an I/O error, a read-only directory) does, after it
+        removed its own partial files: `"raise"` stops training with a clear error; `"warn"` logs
+        it and lets training go on. Earlier checkpoints are untouched either way.
+    safe_globals : `List[str]`, optional (default=`[]`)
+        Fully qualified names of your own types that may be unpickled from checkpoints you trust,
+        e.g. `["my_pkg.MyState"]`. Everything else loads with `weights_only=True`.
+    read_only : `bool`, optional (default=`False`)
+        Only find and load: no lock on the directory, no saving, no clean-up. For tools that look
+        at a run while it trains.
     filename_prefix : `str`, optional (default=`""`)
         Put before every file name (`best_model_state_e3_b0.th`), so that several checkpointers
         share a directory without touching each other's files. AllenNLP's own checkpointer reads
@@ -177,9 +249,20 @@ class DefaultCheckpointer(Checkpointer):
         keep_serialized_model_every_num_seconds: _Seconds = None,
         model_save_interval: _Seconds = None,
         filename_prefix: str = "",
+        on_save_error: str = "raise",
+        safe_globals: Optional[List[str]] = None,
+        read_only: bool = False,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         super().__init__(serialization_dir)
+        if on_save_error not in ("raise", "warn"):
+            raise ConfigurationError(
+                f'{_WHERE}: `on_save_error` must be "raise" or "warn", got {on_save_error!r}. '
+                'Use "warn" to log a failed save and let training go on.'
+            )
+        self._on_save_error = on_save_error
+        self._safe_globals = [_import_global(name) for name in safe_globals or []]
+        self._read_only = read_only
         if clock is not None and not callable(clock):
             raise ConfigurationError(
                 f"{_WHERE}: `clock` must be a callable returning seconds, got {clock!r}. "
@@ -214,6 +297,11 @@ class DefaultCheckpointer(Checkpointer):
             )
         self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
         self._listener = _MetricsListener()
+        self._verified: set = set()  # checkpoints this process wrote or checked: no second read
+        self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
+        self._config_sha256: Optional[str] = None
+        if not read_only and self._is_primary:
+            _lock_directory(self._serialization_dir)
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
 
@@ -226,7 +314,13 @@ class DefaultCheckpointer(Checkpointer):
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not self._save_policy.should_save(current, self._previous):
             return False
-        self._save(trainer, current)
+        try:
+            self._save(trainer, current)
+        except CheckpointSaveError as e:
+            if self._on_save_error == "raise":
+                raise
+            logger.error("%s", e)
+            return False
         return True
 
     def _moment(self, trainer: Trainer, epochs: int, batches: int) -> CheckpointInfo:
@@ -265,7 +359,13 @@ class DefaultCheckpointer(Checkpointer):
         except TypeError:
             bound = _SAVE_2_4.bind(*args, **kwargs)
         arguments = bound.arguments
-        paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
+        try:
+            paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
+        except CheckpointSaveError as e:
+            if self._on_save_error == "raise":
+                raise
+            logger.error("%s", e)
+            return
         if arguments.get("is_best_so_far") and paths is not None:
             _link_or_copy(paths[0], os.path.join(self._serialization_dir, "best.th"))
 
@@ -276,6 +376,8 @@ class DefaultCheckpointer(Checkpointer):
         epoch: Optional[int] = None,
         is_best_so_far: bool = False,
     ) -> Optional[Tuple[str, str]]:
+        if self._read_only:
+            raise RuntimeError(f"{_WHERE}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
         with _checkpoint_state(trainer) as state:
             if state is None:
                 # A non-primary rank with unsharded state: the primary writes. The cadence still
@@ -289,15 +391,61 @@ class DefaultCheckpointer(Checkpointer):
                 current = CheckpointInfo(*progress, time=self._clock(), is_best_so_far=bool(is_best_so_far))
             if epoch is not None:
                 training_state = {**training_state, "epoch": epoch}
-            record = storage.record(
-                progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
-            )
-            self._dir.write(progress, self._own_rank(), model_state, training_state, record)
+            try:
+                self._check_free_space(progress)
+                files = self._dir.write_states(progress, self._own_rank(), model_state, training_state, current.time)
+                record = storage.record(
+                    progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
+                )
+                record.update(files=files, world_size=self._world_size, versions=_versions(),
+                              config_sha256=self._config_hash())
+                self._dir.write_record(progress, self._own_rank(), record)
+            except OSError as e:
+                return self._save_failed(progress, e)
+        self._last_size = files[storage.MODEL]["size"] + files[storage.TRAINING]["size"]
+        self._verified.add((progress, self._last_size, current.time))
         logger.debug("Saved checkpoint %s in %s", current.name, self._serialization_dir)
         self._previous.append(current)
         if self._is_primary:
             self._apply_retention(current.time)
         return self._paths(progress)
+
+    def _check_free_space(self, progress: Tuple[int, int]) -> None:
+        if self._last_size is None:  # the first save of this process: estimate from the newest on disk
+            complete = self._dir.list(None if self._ranks() is None else [self._rank]).complete
+            self._last_size = complete[-1].size_bytes if complete else 0
+        free = shutil.disk_usage(self._serialization_dir).free
+        if self._last_size > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"not enough free space for checkpoint e{progress[0]}_b{progress[1]}: it needs about "
+                f"{self._last_size} bytes (the size of the last one), got {free} bytes free",
+            )
+
+    def _save_failed(self, progress: Tuple[int, int], error: OSError) -> NoReturn:
+        # The temp file was removed where the error struck; a state file already renamed into
+        # place belongs to this incomplete checkpoint only, never to an earlier one.
+        for kind in (storage.MODEL, storage.TRAINING, storage.RECORD):
+            try:
+                storage.remove_file(self._dir.path(kind, progress, self._own_rank()))
+            except OSError:
+                pass
+        message = (
+            f"{_WHERE}: could not save checkpoint e{progress[0]}_b{progress[1]} in "
+            f"{self._serialization_dir}, got {type(error).__name__}: {error}. Earlier checkpoints "
+            "are untouched. Free disk space (or lower what retention keeps, or add a disk_quota "
+            "policy), check the directory is writable, or set on_save_error: \"warn\" to train on."
+        )
+        raise CheckpointSaveError(message) from error
+
+    def _config_hash(self) -> Optional[str]:
+        if self._config_sha256 is None:
+            try:
+                with open(os.path.join(self._serialization_dir, "config.json"), "rb") as f:
+                    self._config_sha256 = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                return None
+        return self._config_sha256
 
     def _on_disk(self, ranks: Optional[Sequence[int]]) -> Tuple[storage.Listing, List[CheckpointInfo]]:
         listing = self._dir.list(ranks)
@@ -357,41 +505,99 @@ class DefaultCheckpointer(Checkpointer):
     # ---- finding and loading -------------------------------------------------------------
 
     def find_latest_checkpoint(self) -> Optional[Tuple[str, str]]:
-        """Paths `(model_state, training_state)` of the newest complete checkpoint, or None."""
-        listing = self._dir.list(self._ranks())
-        if not listing.complete:
-            return None
-        return self._paths(listing.complete[-1].progress)
+        """
+        Paths `(model_state, training_state)` of the newest good checkpoint, or None when there is
+        none at all. Checkpoints this process wrote are trusted without reading them again.
+        """
+        found, _ = self._newest_good(load=False)
+        return None if found is None else self._paths(found.progress)
 
     def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
         """
-        Loads the newest complete checkpoint (onto the CPU), or returns None when there is none.
-        Incomplete checkpoints and temp files left by a crash are ignored, and removed.
+        Loads the newest good checkpoint (onto the CPU), or returns None when there is none.
+        Walks the checkpoints newest first, checking sizes and checksums against their records
+        (AllenNLP's pairs, which have none, by loading them); a bad one is moved into `corrupt/`
+        with a WARNING, and the next older one is tried. Leftovers of a crash are removed.
         """
-        listing = self._dir.list(self._ranks())
-        if self._is_primary:
-            self._clean_up(listing)
-        if not listing.complete:
+        found, states = self._newest_good(load=True)
+        if found is None:
             return None
-        progress = listing.complete[-1].progress
-        model_path, training_path = self._paths(progress)
-        logger.info("Restoring checkpoint e%d_b%d from %s", *progress, self._serialization_dir)
-        model_state = storage.load(model_path)
-        training_state = storage.load(training_path)
+        logger.info("Restoring checkpoint %s from %s", _name(found.progress), self._serialization_dir)
         # Cadence restarts from the restored point, at restart time: time spent dead does not count.
-        self._previous = [CheckpointInfo(*progress, time=self._clock())]
-        return TrainerCheckpoint(model_state, training_state)
+        self._previous = [CheckpointInfo(*found.progress, time=self._clock())]
+        return TrainerCheckpoint(*states)
+
+    def _newest_good(self, load: bool) -> Tuple[Optional[storage.Found], Optional[Tuple[Dict, Dict]]]:
+        listing = self._dir.list(self._ranks(), self._own_rank())
+        if self._may_write():
+            self._clean_up(listing)
+        rejected = []
+        for found in reversed(listing.complete):
+            try:
+                return found, self._check(found, load)
+            except storage.BadCheckpoint as e:
+                rejected.append(f"{_name(found.progress)} ({e})")
+                moved = self._may_write() and self._dir.quarantine(found.progress, self._ranks())
+                logger.warning(
+                    "Checkpoint %s in %s is not usable: %s. %s Falling back to an older checkpoint.",
+                    _name(found.progress),
+                    self._serialization_dir,
+                    e,
+                    f"Moved {', '.join(moved)} into corrupt/." if moved else "",
+                )
+        if rejected:
+            raise RuntimeError(
+                f"{_WHERE}: no usable checkpoint in {self._serialization_dir}, got "
+                f"{len(rejected)} bad one(s): {'; '.join(rejected)}. Their files are in "
+                f"{os.path.join(self._serialization_dir, 'corrupt')}; start a new run, or restore "
+                "a good copy of one of them."
+            )
+        return None, None
+
+    def _check(self, found: storage.Found, load: bool) -> Optional[Tuple[Dict, Dict]]:
+        """Loads (or only verifies) one checkpoint's files; raises BadCheckpoint."""
+        key = (found.progress, found.size_bytes, found.time)
+        expected = found.record.get("files")
+        if not load and key in self._verified:
+            return None
+        model_path, training_path = self._paths(found.progress)
+        if not load and expected:
+            storage.verify(model_path, expected[storage.MODEL])
+            storage.verify(training_path, expected[storage.TRAINING])
+            self._verified.add(key)
+            return None
+        try:
+            with torch.serialization.safe_globals(self._safe_globals):
+                states = (
+                    storage.load(model_path, expected and expected[storage.MODEL]),
+                    storage.load(training_path, expected and expected[storage.TRAINING]),
+                )
+        except storage.UnsafeCheckpoint as e:
+            raise ConfigurationError(
+                f"{_WHERE}: checkpoint {_name(found.progress)} in {self._serialization_dir} holds "
+                f"types that are not allowed to load, got: {e} Nothing in it was run. If you trust "
+                "this file, list those types in the checkpointer's `safe_globals`, e.g. "
+                '["my_pkg.MyState"].'
+            ) from e
+        self._verified.add(key)
+        return states
+
+    def _may_write(self) -> bool:
+        return self._is_primary and not self._read_only
 
     def restart_at(self, progress: Tuple[int, int]) -> None:
         """
         Resumes the save cadence from `progress`, where the trainer restarts (another
         checkpointer's restored checkpoint), removing what a crash left among this one's files.
         """
-        if self._is_primary:
+        if self._may_write():
             self._clean_up(self._dir.list(self._ranks()))
         self._previous = [CheckpointInfo(*progress, time=self._clock())]
 
     def _clean_up(self, listing: storage.Listing) -> None:
+        for progress in listing.orphan_records:
+            logger.info("Removing the record of %s, whose state files were deleted", _name(progress))
+            self._dir.remove(progress, self._ranks())
         for path in listing.stale_temps:
             logger.info("Removing temp file %s left by an interrupted save", path)
             storage.remove_file(path)

@@ -9,11 +9,14 @@ training state after it, so a checkpoint is complete exactly when its training-s
 next to its model-state file (AllenNLP's pairs included). A small JSON record written last keeps
 what retention needs without loading the state files: the save time and the validation metrics.
 """
+import io
 import json
 import logging
 import os
+import pickle
 import re
 import secrets
+import zlib
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -46,9 +49,10 @@ class Found(NamedTuple):
 
 
 class Listing(NamedTuple):
-    complete: List[Found]  # oldest first
-    incomplete: List[Progress]
+    complete: List[Found]  # both state files present on every rank; oldest first
+    incomplete: List[Progress]  # some files only: an interrupted save or deletion
     stale_temps: List[str]  # temp files whose writer is gone
+    orphan_records: List[Progress]  # a record whose state files both are gone (deleted elsewhere)
 
 
 def fsync_dir(directory: str) -> None:
@@ -80,14 +84,91 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
     fsync_dir(directory or ".")
 
 
-def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> None:
-    """`torch.save`s `obj` with `atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f), mtime)
+class _ChecksummingWriter:
+    """Passes writes through, computing the size and CRC32 of what was written on the way."""
+
+    def __init__(self, f) -> None:
+        self.f, self.size, self.crc32 = f, 0, 0
+
+    def write(self, data) -> int:
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
-def load(path: str) -> Dict[str, Any]:
-    """Loads a state file onto the CPU (the trainer moves tensors to its device when it restores)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str, Any]:
+    """`torch.save`s `obj` with `atomic_write`; returns the file's name, size and CRC32."""
+    written: List[_ChecksummingWriter] = []
+
+    def write(f) -> None:
+        writer = _ChecksummingWriter(f)
+        torch.save(obj, writer)
+        written.append(writer)
+
+    atomic_write(path, write, mtime)
+    return {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
+
+
+class BadCheckpoint(Exception):
+    """A checkpoint file that cannot be used: truncated, altered, missing, unreadable."""
+
+
+class UnsafeCheckpoint(Exception):
+    """A state file holds types that `weights_only` loading refuses: it was not unpickled."""
+
+
+def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """
+    Loads a state file onto the CPU (the trainer moves tensors to its device when it restores)
+    with `weights_only=True`. With `expected` (the record's size and CRC32), the bytes are
+    checked before anything is unpickled.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadCheckpoint(f"cannot read {os.path.basename(path)}: {e}") from e
+    if expected is not None:
+        problem = _mismatch(path, len(data), zlib.crc32(data), expected)
+        if problem:
+            raise BadCheckpoint(problem)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UnsafeCheckpoint(str(e)) from e
+        raise BadCheckpoint(f"{os.path.basename(path)} does not load: {e}") from e
+    except Exception as e:  # a torn zip archive, a truncated pickle, ...
+        raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {e}") from e
+
+
+def verify(path: str, expected: Dict[str, Any]) -> None:
+    """Checks a file's size, then its CRC32, against its record; raises BadCheckpoint."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise BadCheckpoint(f"{os.path.basename(path)} is missing: {e}") from e
+    if size != expected["size"]:
+        raise BadCheckpoint(_mismatch(path, size, None, expected))
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            crc = zlib.crc32(block, crc)
+    problem = _mismatch(path, size, crc, expected)
+    if problem:
+        raise BadCheckpoint(problem)
+
+
+def _mismatch(path: str, size: int, crc: Optional[int], expected: Dict[str, Any]) -> str:
+    name = os.path.basename(path)
+    if size != expected["size"]:
+        return f"{name} has {size} bytes, its record says {expected['size']} (truncated or overwritten)"
+    if crc is not None and crc != expected["crc32"]:
+        return f"{name} has CRC32 {crc:08x}, its record says {expected['crc32']:08x} (its content changed)"
+    return ""
 
 
 def remove_file(path: str) -> None:
@@ -128,27 +209,51 @@ class CheckpointDir:
         kind, e, b, rank, _ = match.groups()
         return StateFile(kind, int(e), int(b), None if rank is None else int(rank))
 
-    def write(
+    def write_states(
         self,
         progress: Progress,
         rank: Optional[int],
         model_state: Dict[str, Any],
         training_state: Dict[str, Any],
-        record: Dict[str, Any],
-    ) -> None:
-        """Writes one checkpoint: model state, training state, then its record."""
+        mtime: float,
+    ) -> Dict[str, Dict[str, Any]]:
+        """Writes the model state, then the training state; returns their names, sizes, CRC32s."""
         os.makedirs(self.directory, exist_ok=True)
-        atomic_save(model_state, self.path(MODEL, progress, rank))
+        files = {MODEL: atomic_save(model_state, self.path(MODEL, progress, rank))}
         # The training state's mtime is the save time, as for AllenNLP's files.
-        atomic_save(training_state, self.path(TRAINING, progress, rank), mtime=record["time"])
+        files[TRAINING] = atomic_save(training_state, self.path(TRAINING, progress, rank), mtime=mtime)
+        return files
+
+    def write_record(self, progress: Progress, rank: Optional[int], record: Dict[str, Any]) -> None:
+        """Writes a checkpoint's record, last: it commits the checkpoint."""
         payload = json.dumps(record, sort_keys=True).encode()
         atomic_write(self.path(RECORD, progress, rank), lambda f: f.write(payload))
 
-    def list(self, ranks: Optional[Iterable[int]]) -> Listing:
+    def quarantine(self, progress: Progress, ranks: Optional[Iterable[int]]) -> List[str]:
+        """Moves one checkpoint's files into `corrupt/`, never overwriting what is there."""
+        target = os.path.join(self.directory, "corrupt")
+        os.makedirs(target, exist_ok=True)
+        moved = []
+        for kind in (MODEL, TRAINING, RECORD):
+            for r in [None] if ranks is None else list(ranks):
+                name = self.name(kind, progress, r)
+                self._records.pop(name, None)
+                dest, n = os.path.join(target, name), 1
+                while os.path.exists(dest):
+                    dest, n = os.path.join(target, f"{name}.{n}"), n + 1
+                try:
+                    os.rename(os.path.join(self.directory, name), dest)
+                    moved.append(name)
+                except FileNotFoundError:
+                    pass
+        fsync_dir(self.directory)
+        return moved
+
+    def list(self, ranks: Optional[Iterable[int]], own_rank: Optional[int] = None) -> Listing:
         """
         Lists the checkpoints: `ranks=None` for unsharded files only; otherwise a checkpoint is
         complete when every listed rank has both state files. Times, sizes and records are those
-        of the first listed rank.
+        of `own_rank` (default: the first listed rank).
         """
         wanted = [None] if ranks is None else list(ranks)
         found: Dict[Progress, Dict[Tuple[str, Optional[int]], os.DirEntry]] = {}
@@ -156,7 +261,7 @@ class CheckpointDir:
         try:
             entries = list(os.scandir(self.directory))
         except FileNotFoundError:
-            return Listing([], [], [])
+            return Listing([], [], [], [])
         for entry in entries:
             parsed = self.parse(entry.name)
             if parsed is not None:
@@ -168,14 +273,16 @@ class CheckpointDir:
             if temp is not None and not _pid_alive(int(temp.group(1))):
                 stale.append(entry.path)
         need = {(kind, r) for kind in (MODEL, TRAINING) for r in wanted}
-        complete, incomplete = [], []
+        complete, incomplete, orphans = [], [], []
         for progress in sorted(found):
             files = found[progress]
             if need <= files.keys():
-                complete.append(self._found(progress, files, wanted[0]))
+                complete.append(self._found(progress, files, wanted[0] if own_rank is None else own_rank))
+            elif all(kind == RECORD for kind, _ in files):
+                orphans.append(progress)
             else:
                 incomplete.append(progress)
-        return Listing(complete, incomplete, stale)
+        return Listing(complete, incomplete, stale, orphans)
 
     def _found(self, progress: Progress, files: Dict, rank: Optional[int]) -> Found:
         training = files[(TRAINING, rank)].stat()
