@@ -121,17 +121,18 @@ def _import_global(name: Any) -> Any:
         ) from e
 
 
-# Directories this process holds the writer's lock on (realpath -> open file descriptor). The lock
-# is an flock: the kernel releases it when the process exits or is killed, so a crashed run never
-# blocks its own --recover. Checkpointers of one process share it (a group, a test, a restart).
-_LOCKS: Dict[str, int] = {}
+# Directories this process holds the writer's lock on: realpath -> [file descriptor, holders]. The
+# lock is an flock: the kernel releases it when the process exits or is killed, so a crashed run
+# never blocks its own --recover. Checkpointers of one process share it (a group, a restart).
+_LOCKS: Dict[str, List[int]] = {}
 LOCK_FILE = ".trainer_ckpt.lock"
 
 
-def _lock_directory(directory: str) -> None:
+def _lock_directory(directory: str) -> str:
     key = os.path.realpath(directory)
     if key in _LOCKS:
-        return
+        _LOCKS[key][1] += 1
+        return key
     os.makedirs(directory, exist_ok=True)
     fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -146,7 +147,17 @@ def _lock_directory(directory: str) -> None:
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    _LOCKS[key] = fd
+    _LOCKS[key] = [fd, 1]
+    return key
+
+
+def _unlock_directory(key: str) -> None:
+    held = _LOCKS.get(key)
+    if held is not None:
+        held[1] -= 1
+        if held[1] == 0:
+            del _LOCKS[key]
+            os.close(held[0])  # closing the only descriptor releases the flock
 
 
 class _Unset:
@@ -300,8 +311,7 @@ class DefaultCheckpointer(Checkpointer):
         self._verified: set = set()  # checkpoints this process wrote or checked: no second read
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         self._config_sha256: Optional[str] = None
-        if not read_only and self._is_primary:
-            _lock_directory(self._serialization_dir)
+        self._lock = _lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
 
@@ -582,6 +592,13 @@ class DefaultCheckpointer(Checkpointer):
         self._verified.add(key)
         return states
 
+    def close(self) -> None:
+        """Gives up this checkpointer's hold on the directory's writer lock (also at process exit)."""
+        if self._lock is not None:
+            _unlock_directory(self._lock)
+            self._lock = None
+            self._read_only = True
+
     def _may_write(self) -> bool:
         return self._is_primary and not self._read_only
 
@@ -605,9 +622,17 @@ class DefaultCheckpointer(Checkpointer):
             # Nothing complete: maybe the world size changed. Delete nothing we cannot replace.
             return
         for progress in listing.incomplete:
+            if os.path.exists(self._dir.path(storage.RECORD, progress, self._own_rank())):
+                # Committed once, so something else removed a state file: keep what is left.
+                moved = self._dir.quarantine(progress, self._ranks())
+                logger.warning(
+                    "Checkpoint %s in %s lost a state file its record lists; moved %s into corrupt/",
+                    _name(progress), self._serialization_dir, ", ".join(moved),
+                )
+                continue
             logger.warning(
-                "Removing incomplete checkpoint e%d_b%d in %s (an interrupted save or deletion)",
-                *progress,
+                "Removing incomplete checkpoint %s in %s (an interrupted save or deletion)",
+                _name(progress),
                 self._serialization_dir,
             )
             self._dir.remove(progress, self._ranks())

@@ -139,7 +139,9 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            raise UnsafeCheckpoint(str(e)) from e
+            # torch's message is long and suggests weights_only=False; keep what names the type.
+            lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+            raise UnsafeCheckpoint(f"{os.path.basename(path)}: {' '.join(lines) or str(e)}") from e
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {e}") from e
     except Exception as e:  # a torn zip archive, a truncated pickle, ...
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {e}") from e
@@ -305,11 +307,13 @@ class CheckpointDir:
 
     def remove(self, progress: Progress, ranks: Optional[Iterable[int]]) -> None:
         """
-        Deletes one checkpoint's files: model states first, so that a crash half-way leaves a
+        Deletes one checkpoint's files: the record first (a crash right after leaves an intact
+        pair, which is still a checkpoint), then the model state, so that a crash half-way leaves a
         lone training state, which neither we nor AllenNLP's checkpointer take for a checkpoint.
+        A state file missing while its record exists therefore never comes from us.
         """
         wanted = [None] if ranks is None else list(ranks)
-        for kind in (MODEL, TRAINING, RECORD):
+        for kind in (RECORD, MODEL, TRAINING):
             for r in wanted:
                 name = self.name(kind, progress, r)
                 self._records.pop(name, None)
