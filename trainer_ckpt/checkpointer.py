@@ -133,8 +133,14 @@ def _lock_directory(directory: str) -> str:
     if key in _LOCKS:
         _LOCKS[key][1] += 1
         return key
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ConfigurationError(
+            f"{_WHERE}: serialization directory {directory} is not writable, got "
+            f"{type(e).__name__}: {e}. Give a writable directory, or use read_only=True to only read."
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

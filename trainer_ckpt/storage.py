@@ -78,10 +78,23 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         remove_file(tmp)
+        cause = _os_error_in(e)
+        if cause is not None and cause is not e:
+            raise cause from e  # torch.save reports a full disk as a RuntimeError about zip offsets
         raise
     fsync_dir(directory or ".")
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class _ChecksummingWriter:
