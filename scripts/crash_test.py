@@ -1,0 +1,172 @@
+"""
+Crash-injection harness: a child process saves checkpoints of a given size in a loop (keeping 2,
+so retention deletes as it goes) and is SIGKILLed at a random moment: at a random time (mostly
+inside writes), or right before or after its k-th rename, or right before its k-th file deletion.
+Then a fresh checkpointer must restore the newest checkpoint the child had completed, with the
+contents its name promises; anything else counts as torn or unrecoverable.
+
+    .venv/bin/python scripts/crash_test.py --trials 200                         # trainer_ckpt
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer allennlp  # AllenNLP's, to compare
+
+Children are forked from this process (everything is imported once, so a trial takes well under a
+second); they die of a real SIGKILL, with no clean-up of any kind.
+"""
+import argparse
+import collections
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+MODES = ("random_time", "before_rename", "after_rename", "before_delete")
+
+
+class _Trainer:
+    """What the checkpointer asks of a trainer; checkpoint i holds tensors filled with i."""
+
+    def __init__(self, i: int, numel: int) -> None:
+        self.i, self.numel = i, numel
+
+    def get_checkpoint_state(self):
+        from allennlp.training.trainer import TrainerCheckpoint
+
+        return TrainerCheckpoint(
+            {"weight": torch.full((self.numel,), float(self.i))},
+            {"epochs_completed": self.i, "batches_in_epoch_completed": 0, "i": self.i,
+             "optimizer": {"exp_avg": torch.full((self.numel // 8,), float(self.i))}},
+        )
+
+
+def _make(which: str, directory: str, **kwargs):
+    if which == "ours":
+        from trainer_ckpt import DefaultCheckpointer
+
+        return DefaultCheckpointer(directory, keep_most_recent_by_count=2, **kwargs)
+    from allennlp.training.checkpointer import Checkpointer
+
+    return Checkpointer(directory, keep_most_recent_by_count=2)
+
+
+def _arm(mode: str, k: int) -> None:
+    """Makes this process SIGKILL itself around its k-th rename or deletion."""
+    name, when = {"before_rename": ("replace", "before"), "after_rename": ("replace", "after"),
+                  "before_delete": ("remove", "before")}[mode]
+    original, calls = getattr(os, name), [0]
+
+    def hooked(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if calls[0] == k and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(os, name, hooked)
+
+
+def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: int) -> None:
+    torch.set_num_threads(1)
+    if mode != "random_time":
+        _arm(mode, k)
+    checkpointer = _make(which, directory)
+    with open(log_path, "a") as log:
+        for i in range(1, 1_000_000):
+            checkpointer.maybe_save_checkpoint(_Trainer(i, numel), i, 0)
+            log.write(f"{i}\n")  # the page cache outlives a killed process
+            log.flush()
+
+
+def _committed(log_path: Path) -> int:
+    lines = log_path.read_text().split() if log_path.exists() else []
+    return int(lines[-1]) if lines else 0
+
+
+def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
+    """(the restored i, "") or (None, why not)."""
+    checkpointer = _make(which, directory) if which != "ours" else _make(which, directory, read_only=False)
+    try:
+        checkpoint = checkpointer.load_checkpoint()
+    except Exception as e:  # what --recover would die of
+        return None, f"load failed: {type(e).__name__}: {str(e)[:120]}"
+    finally:
+        if hasattr(checkpointer, "close"):
+            checkpointer.close()
+    if checkpoint is None:
+        return None, "no checkpoint found"
+    model_state, training_state = checkpoint
+    i = training_state.get("i")
+    if not (torch.equal(model_state["weight"], torch.full((numel,), float(i)))
+            and torch.equal(training_state["optimizer"]["exp_avg"], torch.full((numel // 8,), float(i)))):
+        return None, f"checkpoint {i} has other contents than its name says"
+    return i, ""
+
+
+def run_trials(trials: int, size_mb: float, which: str = "ours", seed: int = 0, verbose: bool = False) -> Dict:
+    torch.set_num_threads(1)  # no thread pool in the parent: forking stays safe
+    rng = random.Random(seed)
+    numel = max(8, int(size_mb * (1 << 20) / 4 / 1.125))  # model + 1/8 of it as optimizer state
+    context = multiprocessing.get_context("fork")
+    bad: Dict[str, int] = collections.Counter()
+    per_mode: Dict[str, int] = collections.Counter()
+    root = Path(tempfile.mkdtemp(prefix="crash_test_"))
+    try:
+        for trial in range(trials):
+            directory, log_path = root / f"run{trial}", root / f"run{trial}.log"
+            directory.mkdir()
+            mode = rng.choice(MODES)
+            per_mode[mode] += 1
+            child = context.Process(target=_child, args=(which, str(directory), str(log_path), numel, mode, rng.randint(4, 15)))
+            child.start()
+            deadline = time.monotonic() + 30
+            while _committed(log_path) < 1 and child.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            # A random moment within the next few saves, unless the armed hook fires first.
+            child.join(rng.uniform(0.0, 0.5))
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGKILL)
+            child.join()
+            committed = _committed(log_path)
+            restored, why = _restore(which, str(directory), numel)
+            if restored is None and committed == 0 and why == "no checkpoint found":
+                why = ""  # killed during the very first save: nothing was complete, nothing is lost
+            elif restored is not None and restored < committed:
+                why = f"restored {restored}, but {committed} had completed"
+            if why:
+                bad[mode] += 1
+            if verbose or why:
+                print(f"trial {trial:3d} {mode:13s} committed={committed} restored={restored} {why}", flush=True)
+            shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"trials": trials, "bad": sum(bad.values()), "bad_by_mode": dict(bad), "modes": dict(per_mode)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--size-mb", type=float, default=16.0, help="checkpoint size (model + optimizer state)")
+    parser.add_argument("--checkpointer", choices=["ours", "allennlp"], default="ours")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
+    result = run_trials(args.trials, args.size_mb, args.checkpointer, args.seed, args.verbose)
+    print(f"checkpointer={args.checkpointer} size_mb={args.size_mb} kill moments={result['modes']}")
+    print(f"torn_or_unrecoverable={result['bad']}/{result['trials']}" +
+          (f" by kill moment: {result['bad_by_mode']}" if result["bad"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(main())
