@@ -27,7 +27,8 @@ def explain(run_dir: Path) -> List[str]:
     config = params.get("trainer", {}).get("checkpointer")
     if config is None:
         return [f"{run_dir}: its config uses AllenNLP's default checkpointer, not trainer_ckpt."]
-    checkpointer = AllenNlpCheckpointer.from_params(config, serialization_dir=str(run_dir))
+    # read_only: no lock, no clean-up, so it also works on a run that is training right now.
+    checkpointer = AllenNlpCheckpointer.from_params(config, serialization_dir=str(run_dir), read_only=True)
     members = checkpointer.members if isinstance(checkpointer, CheckpointerGroup) else [checkpointer]
     lines = []
     for member in members:

@@ -131,6 +131,9 @@ W = r"trainer_ckpt checkpointer: "
         ({"retention_policy": {"type": "most_recent_by_count", "count": 0}}, r"most_recent_by_count: `count` must be an integer >= 1, got 0\."),
         ({"save_policy": "every_epoch"}, r"every_epoch not in acceptable choices for type"),
         ({"keep_most_recent": 2}, r"Extra parameters passed to DefaultCheckpointer: {'keep_most_recent': 2}"),
+        ({"on_save_error": "ignore"}, W + r'`on_save_error` must be "raise" or "warn", got \'ignore\'\. Use "warn" to log a failed save and let training go on\.'),
+        ({"safe_globals": ["no_such_module.Thing"]}, W + r"`safe_globals` entries must be importable fully qualified names, got 'no_such_module\.Thing' \(No module named 'no_such_module'\)\."),
+        ({"safe_globals": ["collections.NoSuchClass"]}, W + r"`safe_globals` entries must be importable fully qualified names, got 'collections\.NoSuchClass'"),
         ({"clock": "wall"}, W + r"`clock` must be a callable returning seconds, got 'wall'\. It is for code and tests only; remove it from the config\."),
     ],
 )

@@ -696,9 +696,16 @@ class CheckpointerGroup(Checkpointer):
 
     checkpointers : `List[Checkpointer]`
         Checkpointer configs (`type` defaults to `"default"`); at least one, prefixes distinct.
+    read_only : `bool`, optional (default=`False`)
+        Passed to every member.
     """
 
-    def __init__(self, serialization_dir: Union[str, os.PathLike], checkpointers: List[Lazy[Checkpointer]]) -> None:
+    def __init__(
+        self,
+        serialization_dir: Union[str, os.PathLike],
+        checkpointers: List[Lazy[Checkpointer]],
+        read_only: bool = False,
+    ) -> None:
         self.members: List[Checkpointer] = []
         super().__init__(serialization_dir)
         if not checkpointers:
@@ -706,7 +713,9 @@ class CheckpointerGroup(Checkpointer):
                 "group: `checkpointers` must list at least one checkpointer, got []. "
                 'Add one, e.g. [{"save_every_num_batches": 100}].'
             )
-        self.members = [c.construct(serialization_dir=self._serialization_dir) for c in checkpointers]
+        self.members = [
+            c.construct(serialization_dir=self._serialization_dir, read_only=read_only) for c in checkpointers
+        ]
         prefixes = [m._dir.prefix for m in self.members if isinstance(m, DefaultCheckpointer)]
         if len(set(prefixes)) != len(prefixes):
             raise ConfigurationError(
