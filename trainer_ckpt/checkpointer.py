@@ -4,6 +4,7 @@ import fcntl
 import hashlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt import storage
+from trainer_ckpt import resume, storage
 from trainer_ckpt._validate import positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.retention_policies import (
@@ -95,6 +96,21 @@ class Checkpointer(AllenNlpCheckpointer):
 
 class CheckpointSaveError(RuntimeError):
     """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
+
+
+def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{_WHERE}: `{key}` must be true or false, got {value!r}. Use a JSON boolean.")
+    return value
 
 
 def _name(progress: Tuple[int, int]) -> str:
@@ -244,6 +260,10 @@ class DefaultCheckpointer(Checkpointer):
     read_only : `bool`, optional (default=`False`)
         Only find and load: no lock on the directory, no saving, no clean-up. For tools that look
         at a run while it trains.
+    restore_rng : `bool`, optional (default=`True`)
+        On resume, put back every random generator (python, numpy, torch, each CUDA device) and
+        the AMP grad scaler as they were at the checkpoint, so the run goes on exactly as if never
+        interrupted. `false` resumes with fresh randomness (the states are still saved).
     filename_prefix : `str`, optional (default=`""`)
         Put before every file name (`best_model_state_e3_b0.th`), so that several checkpointers
         share a directory without touching each other's files. AllenNLP's own checkpointer reads
@@ -269,6 +289,7 @@ class DefaultCheckpointer(Checkpointer):
         on_save_error: str = "raise",
         safe_globals: Optional[List[str]] = None,
         read_only: bool = False,
+        restore_rng: bool = True,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         super().__init__(serialization_dir)
@@ -314,6 +335,8 @@ class DefaultCheckpointer(Checkpointer):
             )
         self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
         self._listener = _MetricsListener()
+        self._resume = resume.ResumeTracker(restore=_flag("restore_rng", restore_rng))
+        self._config: Optional[Dict[str, Any]] = None
         self._verified: set = set()  # checkpoints this process wrote or checked: no second read
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         self._config_sha256: Optional[str] = None
@@ -395,6 +418,11 @@ class DefaultCheckpointer(Checkpointer):
         if self._read_only:
             raise RuntimeError(f"{_WHERE}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
         with _checkpoint_state(trainer) as state:
+            progress = _progress(state[1], current, epoch) if state is not None else current and current.progress
+            if progress is None:
+                return None
+            # Every rank's random state goes into the primary's file (a collective in distributed runs).
+            resume_state = self._resume.state(trainer, *progress, self._world_size)
             if state is None:
                 # A non-primary rank with unsharded state: the primary writes. The cadence still
                 # advances here, so every rank keeps deciding alike.
@@ -402,7 +430,8 @@ class DefaultCheckpointer(Checkpointer):
                     self._previous.append(current)
                 return None
             model_state, training_state = state
-            progress = _progress(training_state, current, epoch)
+            resume_state["config"] = self._run_config()
+            training_state = {**training_state, resume.KEY: resume_state}
             if current is None:
                 current = CheckpointInfo(*progress, time=self._clock(), is_best_so_far=bool(is_best_so_far))
             if epoch is not None:
@@ -455,13 +484,19 @@ class DefaultCheckpointer(Checkpointer):
         raise CheckpointSaveError(message) from error
 
     def _config_hash(self) -> Optional[str]:
-        if self._config_sha256 is None:
+        self._run_config()
+        return self._config_sha256
+
+    def _run_config(self) -> Optional[Dict[str, Any]]:
+        """The run's config.json (AllenNLP writes it before training), read once."""
+        if self._config is None:
             try:
                 with open(os.path.join(self._serialization_dir, "config.json"), "rb") as f:
-                    self._config_sha256 = hashlib.sha256(f.read()).hexdigest()
-            except OSError:
+                    data = f.read()
+                self._config, self._config_sha256 = json.loads(data), hashlib.sha256(data).hexdigest()
+            except (OSError, ValueError):
                 return None
-        return self._config_sha256
+        return self._config
 
     def _on_disk(self, ranks: Optional[Sequence[int]]) -> Tuple[storage.Listing, List[CheckpointInfo]]:
         listing = self._dir.list(ranks)
@@ -535,13 +570,44 @@ class DefaultCheckpointer(Checkpointer):
         (AllenNLP's pairs, which have none, by loading them); a bad one is moved into `corrupt/`
         with a WARNING, and the next older one is tried. Leftovers of a crash are removed.
         """
+        trainer = resume.find_trainer(self)
+        if trainer is not None:
+            self._resume.attach(trainer)  # also on fresh runs: it records each epoch's start
         found, states = self._newest_good(load=True)
         if found is None:
             return None
         logger.info("Restoring checkpoint %s from %s", _name(found.progress), self._serialization_dir)
+        model_state, training_state = states
+        self._compare_run(found, training_state.get(resume.KEY) or {})
+        self._resume.resume(training_state, found.progress, self._rank, trainer)
+        moving_average = getattr(trainer, "_moving_average", None)
+        if moving_average is not None and "parameters" in training_state.get("moving_average", {}):
+            # MovingAverage.load_state_dict would bind to the unpickled copies of the parameters,
+            # and its shadows would stop following the model: bind it to the live ones.
+            training_state["moving_average"] = {**training_state["moving_average"], "parameters": moving_average._parameters}
         # Cadence restarts from the restored point, at restart time: time spent dead does not count.
         self._previous = [CheckpointInfo(*found.progress, time=self._clock())]
-        return TrainerCheckpoint(*states)
+        return TrainerCheckpoint(model_state, training_state)
+
+    def _compare_run(self, found: storage.Found, saved: Dict[str, Any]) -> None:
+        """Says what differs between the run that wrote the checkpoint and this one."""
+        differences = []
+        old, new = saved.get("config"), self._run_config()
+        if old is not None and new is not None and old != new:
+            flat_old, flat_new = _flatten(old), _flatten(new)
+            keys = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+            differences.append("config keys " + ", ".join(
+                f"{k} ({flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r})" for k in keys))
+        if found.record.get("world_size", self._world_size) != self._world_size:
+            differences.append(f"world size ({found.record['world_size']} -> {self._world_size})")
+        for package, version in found.record.get("versions", {}).items():
+            if _versions().get(package) != version:
+                differences.append(f"{package} version ({version} -> {_versions().get(package)})")
+        if differences:
+            logger.warning(
+                "Resuming from checkpoint %s, which a different setup wrote: %s. The run will not go "
+                "on exactly as it would have.", _name(found.progress), "; ".join(differences),
+            )
 
     def _newest_good(self, load: bool) -> Tuple[Optional[storage.Found], Optional[Tuple[Dict, Dict]]]:
         listing = self._dir.list(self._ranks(), self._own_rank())
