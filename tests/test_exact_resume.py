@@ -1,0 +1,101 @@
+"""
+Bit-exact resume, end to end: real `allennlp train` runs (dropout, shuffled batches, Adam, a
+learning-rate schedule) SIGKILLed at several points and `--recover`ed end with weights, optimizer
+state and best.th equal, tensor by tensor, to an uninterrupted run's.
+"""
+import logging
+import random
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+
+from scripts.resume_drift import final_states, max_difference, train, variables
+from tests.conftest import trainer_at
+from trainer_ckpt import DefaultCheckpointer
+from trainer_ckpt.resume import KEY, capture_rng, restore_rng
+
+VARIANTS = {  # name: (accumulation, moving average, distributed), kill points
+    "plain": ((1, False, False), ["1:12", "2:1", "0:7", "2:13"]),  # inside, after a boundary, first, last epoch
+    "accumulation_3": ((3, False, False), ["1:6"]),
+    "moving_average": ((1, True, False), ["1:12"]),
+    "two_gloo_processes": ((1, False, True), ["1:6"]),
+}
+CASES = [(name, kill) for name, (_, kills) in VARIANTS.items() for kill in kills]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run of each variant, trained once per module."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            (accumulation, moving_average, distributed), _ = VARIANTS[name]
+            out = tmp_path_factory.mktemp(f"full_{name}")
+            train(out, variables("trainer_ckpt", accumulation, moving_average), distributed=distributed)
+            done[name] = final_states(out)
+        return done[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}-killed_at_{k.replace(':', '_')}" for n, k in CASES])
+def test_recovered_run_is_bit_identical(tmp_path, uninterrupted, name, kill_at):
+    (accumulation, moving_average, distributed), _ = VARIANTS[name]
+    env = variables("trainer_ckpt", accumulation, moving_average)
+    train(tmp_path, env, kill_at=kill_at, distributed=distributed)
+    train(tmp_path, env, recover=True, distributed=distributed)
+    assert max_difference(uninterrupted(name), final_states(tmp_path)) == 0.0
+
+
+def test_generator_states_survive_weights_only_loading(tmp_path):
+    random.seed(1), numpy.random.seed(2), torch.manual_seed(3)
+    state = capture_rng()
+    torch.save(state, tmp_path / "rng.th")
+    expected = (random.random(), numpy.random.rand(), torch.rand(3))
+    random.seed(9), numpy.random.seed(9), torch.manual_seed(9)
+    restore_rng(torch.load(tmp_path / "rng.th", weights_only=True))
+    got = (random.random(), numpy.random.rand(), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_checkpoints_without_random_state_resume_with_a_warning(tmp_path, caplog):
+    from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
+
+    AllenNlpCheckpointer(str(tmp_path)).maybe_save_checkpoint(trainer_at(1, 0), 1, 0)
+    with caplog.at_level(logging.WARNING):
+        checkpoint = DefaultCheckpointer(tmp_path).load_checkpoint()
+    assert checkpoint.trainer_state["epochs_completed"] == 1
+    assert "Checkpoint e1_b0 carries no random state" in caplog.text and "not exactly" in caplog.text
+
+
+def test_restore_rng_false_leaves_randomness_alone(tmp_path):
+    DefaultCheckpointer(tmp_path).save_checkpoint(trainer_at(1, 0))
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    loaded = DefaultCheckpointer(tmp_path, restore_rng=False).load_checkpoint()
+    assert KEY not in loaded.trainer_state  # handed to the trainer as AllenNLP's own dict
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_a_changed_setup_is_named_on_resume(tmp_path, caplog):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": {"num_epochs": 3, "optimizer": {"lr": 0.01}}}))
+    checkpointer = DefaultCheckpointer(tmp_path)
+    checkpointer.save_checkpoint(trainer_at(1, 0))
+    checkpointer.close()
+    record = tmp_path / "checkpoint_e1_b0.json"
+    saved = json.loads(record.read_text())
+    saved["world_size"], saved["versions"]["torch"] = 4, "1.12.1"
+    record.write_text(json.dumps(saved))
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": {"num_epochs": 5, "optimizer": {"lr": 0.01}}}))
+    with caplog.at_level(logging.WARNING):
+        DefaultCheckpointer(tmp_path).load_checkpoint()
+    assert (
+        "Resuming from checkpoint e1_b0, which a different setup wrote: config keys trainer.num_epochs (3 -> 5); "
+        "world size (4 -> 1); torch version (1.12.1 -> " in caplog.text
+    )
