@@ -6,6 +6,7 @@ Then a fresh checkpointer must restore the newest checkpoint the child had compl
 contents its name promises; anything else counts as torn or unrecoverable.
 
     .venv/bin/python scripts/crash_test.py --trials 200                         # trainer_ckpt
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ours_background
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer allennlp  # AllenNLP's, to compare
 
 Children are forked from this process (everything is imported once, so a trial takes well under a
@@ -47,10 +48,10 @@ class _Trainer:
 
 
 def _make(which: str, directory: str, **kwargs):
-    if which == "ours":
+    if which in ("ours", "ours_background"):
         from trainer_ckpt import DefaultCheckpointer
 
-        return DefaultCheckpointer(directory, keep_most_recent_by_count=2, **kwargs)
+        return DefaultCheckpointer(directory, keep_most_recent_by_count=2, background=which == "ours_background", **kwargs)
     from allennlp.training.checkpointer import Checkpointer
 
     return Checkpointer(directory, keep_most_recent_by_count=2)
@@ -82,8 +83,11 @@ def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: 
     with open(log_path, "a") as log:
         for i in range(1, 1_000_000):
             checkpointer.maybe_save_checkpoint(_Trainer(i, numel), i, 0)
-            log.write(f"{i}\n")  # the page cache outlives a killed process
-            log.flush()
+            # Background: save i is in flight; i - 1 was complete before save i began.
+            done = i - 1 if which == "ours_background" else i
+            if done:
+                log.write(f"{done}\n")  # the page cache outlives a killed process
+                log.flush()
 
 
 def _committed(log_path: Path) -> int:
@@ -93,7 +97,7 @@ def _committed(log_path: Path) -> int:
 
 def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
     """(the restored i, "") or (None, why not)."""
-    checkpointer = _make(which, directory) if which != "ours" else _make(which, directory, read_only=False)
+    checkpointer = _make("ours" if which.startswith("ours") else which, directory)
     try:
         checkpoint = checkpointer.load_checkpoint()
     except Exception as e:  # what --recover would die of
@@ -155,7 +159,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--size-mb", type=float, default=16.0, help="checkpoint size (model + optimizer state)")
-    parser.add_argument("--checkpointer", choices=["ours", "allennlp"], default="ours")
+    parser.add_argument("--checkpointer", choices=["ours", "ours_background", "allennlp"], default="ours",
+                        help="ours_background: trainer_ckpt with background: true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()

@@ -10,3 +10,8 @@ def test_sigkill_at_random_moments_never_loses_the_newest_complete_checkpoint():
     result = run_trials(trials=12, size_mb=4, which="ours", seed=1)
     assert set(result["modes"]) == set(MODES)  # every kind of moment was tried
     assert result["bad"] == 0, result
+
+
+def test_the_same_with_background_saves():
+    result = run_trials(trials=8, size_mb=4, which="ours_background", seed=2)
+    assert result["bad"] == 0, result

@@ -65,6 +65,7 @@ EXPECTED_AFTER_TRAINING = {
     "hourly_keep": names((1, 0), (2, 0), (3, 0)),  # 3 newest; the oldest is also its hour's keeper
     "allennlp_2_4_keys": names((1, 0), (2, 0), (3, 0)),  # 2 newest + one per 2 hours (the oldest)
     "custom_policy": names((1, 0), (2, 0), (3, 0)),
+    "background_saves": names((2, 15), (2, 20), (3, 0)),
     "best_and_latest": None,  # depends on the accuracies: see below
     "best_and_periodic_group": None,
 }

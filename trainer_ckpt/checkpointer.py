@@ -23,6 +23,7 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import resume, storage
+from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt._validate import positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.retention_policies import (
@@ -260,6 +261,14 @@ class DefaultCheckpointer(Checkpointer):
     read_only : `bool`, optional (default=`False`)
         Only find and load: no lock on the directory, no saving, no clean-up. For tools that look
         at a run while it trains.
+    background : `bool`, optional (default=`False`)
+        Save in the background: the call copies the state to CPU memory (into buffers reused
+        between saves) and returns; a worker thread writes, commits and applies retention. One save
+        is in flight at most; its error is raised at the next call, at the end of training, or by
+        `wait()`. Finding and loading checkpoints wait for it first. Off by default because it
+        keeps a second copy of the whole state in host memory, and because AllenNLP's trainer
+        waits for it anyway at every epoch end that improves the validation metric (it links
+        `best.th` to the new checkpoint right away).
     restore_rng : `bool`, optional (default=`True`)
         On resume, put back every random generator (python, numpy, torch, each CUDA device) and
         the AMP grad scaler as they were at the checkpoint, so the run goes on exactly as if never
@@ -290,6 +299,7 @@ class DefaultCheckpointer(Checkpointer):
         safe_globals: Optional[List[str]] = None,
         read_only: bool = False,
         restore_rng: bool = True,
+        background: bool = False,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         super().__init__(serialization_dir)
@@ -336,6 +346,10 @@ class DefaultCheckpointer(Checkpointer):
         self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
         self._listener = _MetricsListener()
         self._resume = resume.ResumeTracker(restore=_flag("restore_rng", restore_rng))
+        self._background = _flag("background", background)
+        self._snapshot = Snapshotter()
+        self._writer = BackgroundWriter()
+        self._listener.on_training_end = self.wait
         self._config: Optional[Dict[str, Any]] = None
         self._verified: set = set()  # checkpoints this process wrote or checked: no second read
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
@@ -350,6 +364,7 @@ class DefaultCheckpointer(Checkpointer):
         self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
     ) -> bool:
         """Called by the trainer after every batch and epoch; saves when the save policy says so."""
+        self._writer.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not self._save_policy.should_save(current, self._previous):
             return False
@@ -417,6 +432,8 @@ class DefaultCheckpointer(Checkpointer):
     ) -> Optional[Tuple[str, str]]:
         if self._read_only:
             raise RuntimeError(f"{_WHERE}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
+        self._writer.wait()  # at most one save in flight; the snapshot buffers are free again
+        self._writer.check()
         with _checkpoint_state(trainer) as state:
             progress = _progress(state[1], current, epoch) if state is not None else current and current.progress
             if progress is None:
@@ -436,24 +453,50 @@ class DefaultCheckpointer(Checkpointer):
                 current = CheckpointInfo(*progress, time=self._clock(), is_best_so_far=bool(is_best_so_far))
             if epoch is not None:
                 training_state = {**training_state, "epoch": epoch}
+            if self._background:
+                # A consistent copy now; the optimizer may step as soon as we return.
+                model_state = self._snapshot.take(model_state, ("model",))
+                training_state = self._snapshot.take(training_state, ("training",))
+                self._writer.submit(self._committer(progress, current, model_state, training_state))
+            else:
+                self._commit(progress, current, model_state, training_state)
+        self._previous.append(current)
+        return self._paths(progress)
+
+    def _committer(self, progress, current, model_state, training_state) -> Callable[[], None]:
+        def commit() -> None:
             try:
-                self._check_free_space(progress)
-                files = self._dir.write_states(progress, self._own_rank(), model_state, training_state, current.time)
-                record = storage.record(
-                    progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
-                )
-                record.update(files=files, world_size=self._world_size, versions=_versions(),
-                              config_sha256=self._config_hash())
-                self._dir.write_record(progress, self._own_rank(), record)
-            except OSError as e:
-                return self._save_failed(progress, e)
+                self._commit(progress, current, model_state, training_state)
+            except CheckpointSaveError as e:
+                if self._on_save_error == "raise":
+                    raise
+                logger.error("%s", e)
+
+        return commit
+
+    def _commit(self, progress: Tuple[int, int], current: CheckpointInfo, model_state: Dict, training_state: Dict) -> None:
+        """Writes, commits and applies retention (on the worker thread for background saves)."""
+        try:
+            self._check_free_space(progress)
+            files = self._dir.write_states(progress, self._own_rank(), model_state, training_state, current.time)
+            record = storage.record(
+                progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
+            )
+            record.update(files=files, world_size=self._world_size, versions=_versions(),
+                          config_sha256=self._config_hash())
+            self._dir.write_record(progress, self._own_rank(), record)
+        except OSError as e:
+            self._save_failed(progress, e)
         self._last_size = files[storage.MODEL]["size"] + files[storage.TRAINING]["size"]
         self._verified.add((progress, self._last_size, current.time))
         logger.debug("Saved checkpoint %s in %s", current.name, self._serialization_dir)
-        self._previous.append(current)
         if self._is_primary:
             self._apply_retention(current.time)
-        return self._paths(progress)
+
+    def wait(self) -> None:
+        """Waits for a background save in flight, and raises its error, if it failed."""
+        self._writer.wait()
+        self._writer.check()
 
     def _check_free_space(self, progress: Tuple[int, int]) -> None:
         if self._last_size is None:  # the first save of this process: estimate from the newest on disk
@@ -551,6 +594,7 @@ class DefaultCheckpointer(Checkpointer):
         A dry run of retention: each complete checkpoint on disk, oldest first, with the rules
         that keep it (an empty list: the next save deletes it). Deletes nothing.
         """
+        self.wait()
         return list(zip(*self._judge(self._clock())))
 
     # ---- finding and loading -------------------------------------------------------------
@@ -560,6 +604,7 @@ class DefaultCheckpointer(Checkpointer):
         Paths `(model_state, training_state)` of the newest good checkpoint, or None when there is
         none at all. Checkpoints this process wrote are trusted without reading them again.
         """
+        self.wait()
         found, _ = self._newest_good(load=False)
         return None if found is None else self._paths(found.progress)
 
@@ -570,6 +615,7 @@ class DefaultCheckpointer(Checkpointer):
         (AllenNLP's pairs, which have none, by loading them); a bad one is moved into `corrupt/`
         with a WARNING, and the next older one is tried. Leftovers of a crash are removed.
         """
+        self.wait()
         trainer = resume.find_trainer(self)
         if trainer is not None:
             self._resume.attach(trainer)  # also on fresh runs: it records each epoch's start
@@ -665,7 +711,9 @@ class DefaultCheckpointer(Checkpointer):
         return states
 
     def close(self) -> None:
-        """Gives up this checkpointer's hold on the directory's writer lock (also at process exit)."""
+        """Waits for a save in flight, then gives up this checkpointer's hold on the directory's
+        writer lock (also released at process exit)."""
+        self.wait()
         if self._lock is not None:
             _unlock_directory(self._lock)
             self._lock = None
@@ -733,6 +781,12 @@ class _MetricsListener(TrainerCallback):
         self.trainer: Optional[Trainer] = None
         self.metrics: Dict[str, float] = {}
         self.epochs_validated = -1  # epochs completed when `metrics` were measured
+
+    on_training_end: Optional[Callable[[], None]] = None
+
+    def on_end(self, trainer, metrics=None, epoch=None, is_primary: bool = True, **kwargs) -> None:
+        if self.on_training_end is not None:
+            self.on_training_end()  # a background save in flight finishes (or fails) within train()
 
     def attach(self, trainer: Trainer) -> "_MetricsListener":
         if self.trainer is not trainer:

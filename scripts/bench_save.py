@@ -1,0 +1,256 @@
+"""
+Save and load speed against the machine's own limits, measured in one run (by hand, not in CI).
+
+    .venv/bin/python scripts/bench_save.py [--sizes-mib 64 512 2048] [--repeats 5] [--dir /path]
+
+For each state size (model parameters + Adam-like optimizer state, 1:2), one table of medians:
+the limits (raw sequential write + fsync of the same bytes; copying the tensors into allocated
+buffers; a fresh clone; a raw cold read), AllenNLP's default checkpointer (its own save, and
+until durable), ours synchronous (durable), ours in the background (time the training loop is
+blocked, and time until committed), cold loads, each with its ratio to the limit it is bounded
+by. Then the per-call cost of `maybe_save_checkpoint` when it does not save, and retention +
+finding the latest with 10,000 checkpoints on disk. The first save of a process is reported on
+its own (page faults, allocator). Keep the machine otherwise quiet.
+"""
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer  # noqa: E402
+from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
+
+from trainer_ckpt import DefaultCheckpointer, KeepAll  # noqa: E402
+from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
+
+MIB = 1 << 20
+
+
+class Trainer:
+    def __init__(self, model: Dict, training: Dict) -> None:
+        self.model, self.training = model, training
+
+    def get_checkpoint_state(self) -> TrainerCheckpoint:
+        return TrainerCheckpoint(self.model, self.training)
+
+
+def make_state(size_mib: int, epoch: int = 1):
+    """~size_mib of float32: parameters (1/3) in 16 tensors, Adam's exp_avg and exp_avg_sq (2/3)."""
+    per = size_mib * MIB // 4 // 3 // 16
+    model = {f"layer{i}.weight": torch.randn(per) for i in range(16)}
+    state = {i: {"step": torch.tensor(10.0), "exp_avg": torch.randn(per), "exp_avg_sq": torch.rand(per)} for i in range(16)}
+    training = {"epochs_completed": epoch, "batches_in_epoch_completed": 0,
+                "optimizer": {"state": state, "param_groups": [{"lr": 1e-3, "params": list(range(16))}]}}
+    return model, training
+
+
+def tensors(state) -> List[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in tensors(v)]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return []
+
+
+def evict(path: Path) -> None:
+    """Drops a file's pages from the page cache, so the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def timed(fn: Callable[[], None], repeats: int, before: Callable[[], None] = lambda: None) -> List[float]:
+    times = []
+    for _ in range(repeats):
+        before()
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def fsync_files(paths) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    fd = os.open(os.path.dirname(paths[0]), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
+    model, training = make_state(size_mib)
+    flat = tensors(model) + tensors(training)
+    nbytes = sum(t.numel() * t.element_size() for t in flat)
+    rows = []
+
+    # Limits.
+    raw = root / "raw.bin"
+    blob = bytearray(nbytes)
+
+    def raw_write():
+        with open(raw, "wb") as f:
+            view = memoryview(blob)
+            for i in range(0, nbytes, 64 * MIB):
+                f.write(view[i:i + 64 * MIB])
+            f.flush()
+            os.fsync(f.fileno())
+
+    t_write = statistics.median(timed(raw_write, repeats))
+    buffers = [torch.empty_like(t) for t in flat]
+    t_copy = statistics.median(timed(lambda: [b.copy_(t) for b, t in zip(buffers, flat)], repeats))
+    t_clone = statistics.median(timed(lambda: [t.clone() for t in flat], repeats))
+
+    def raw_read():
+        with open(raw, "rb") as f:
+            while f.read(64 * MIB):
+                pass
+
+    t_read = statistics.median(timed(raw_read, repeats, before=lambda: evict(raw)))
+    raw.unlink()
+    del buffers
+    rows += [("raw write + fsync", t_write, nbytes / t_write, 1.0, "limit"),
+             ("copy into allocated buffers", t_copy, nbytes / t_copy, 1.0, "limit"),
+             ("fresh clone", t_clone, nbytes / t_clone, t_copy / t_clone, "copy"),
+             ("raw cold read", t_read, nbytes / t_read, 1.0, "limit")]
+
+    # AllenNLP's default checkpointer: its save, and until the bytes are durable.
+    allennlp_dir = root / "allennlp"
+    allennlp_dir.mkdir()
+    counter = [0]
+
+    def allennlp_save(durable: bool):
+        counter[0] += 1
+        checkpointer = AllenNlpCheckpointer(str(allennlp_dir), keep_most_recent_by_count=1)
+        training["epochs_completed"] = counter[0]
+        checkpointer.save_checkpoint(Trainer(model, training))
+        if durable:
+            fsync_files([str(p) for p in allennlp_dir.glob(f"*_e{counter[0]}_b0.th")])
+
+    t_allennlp = statistics.median(timed(lambda: allennlp_save(False), repeats))
+    t_allennlp_durable = statistics.median(timed(lambda: allennlp_save(True), repeats))
+    rows += [("AllenNLP save (not durable)", t_allennlp, nbytes / t_allennlp, t_write / t_allennlp, "write"),
+             ("AllenNLP save + fsync", t_allennlp_durable, nbytes / t_allennlp_durable, t_write / t_allennlp_durable, "write")]
+
+    # Ours, synchronous (durable: fsync + rename + directory fsync + record).
+    ours_dir = root / "ours"
+    ours = DefaultCheckpointer(ours_dir, retention_policy=KeepAll())
+
+    def ours_save():
+        counter[0] += 1
+        training["epochs_completed"] = counter[0]
+        ours.save_checkpoint(Trainer(model, training))
+
+    first = timed(ours_save, 1)[0]
+    t_ours = statistics.median(timed(ours_save, repeats))
+    rows += [("ours sync, first save", first, nbytes / first, t_write / first, "write"),
+             ("ours sync (durable)", t_ours, nbytes / t_ours, t_write / t_ours, "write")]
+    ours.close()
+
+    # Ours, background: how long the loop is blocked, and until committed.
+    bg = DefaultCheckpointer(root / "bg", retention_policy=KeepAll(), background=True)
+    blocked, committed = [], []
+    for i in range(repeats + 1):
+        counter[0] += 1
+        training["epochs_completed"] = counter[0]
+        gc.collect()
+        start = time.perf_counter()
+        bg.save_checkpoint(Trainer(model, training))
+        blocked.append(time.perf_counter() - start)
+        bg.wait()
+        committed.append(time.perf_counter() - start)
+    t_blocked, t_committed = statistics.median(blocked[1:]), statistics.median(committed[1:])
+    rows += [("ours background, first (blocked)", blocked[0], nbytes / blocked[0], t_copy / blocked[0], "copy"),
+             ("ours background: loop blocked", t_blocked, nbytes / t_blocked, t_copy / t_blocked, "copy"),
+             ("ours background: until committed", t_committed, nbytes / t_committed, t_write / t_committed, "write")]
+    bg.close()
+
+    # Cold loads.
+    reader = DefaultCheckpointer(ours_dir, read_only=True)
+    newest = sorted(ours_dir.glob("*_state_e*_b0.th"), key=lambda p: p.stat().st_mtime)[-2:]
+
+    t_load = statistics.median(timed(reader.load_checkpoint, repeats, before=lambda: [evict(p) for p in newest]))
+    rows.append(("ours cold load (verified)", t_load, nbytes / t_load, t_load and t_read / t_load, "read"))
+    allennlp_reader = AllenNlpCheckpointer(str(allennlp_dir))
+    files = list(allennlp_dir.glob("*.th"))
+    t_allennlp_load = statistics.median(timed(allennlp_reader.load_checkpoint, repeats, before=lambda: [evict(p) for p in files]))
+    rows.append(("AllenNLP cold load", t_allennlp_load, nbytes / t_allennlp_load, t_read / t_allennlp_load, "read"))
+    for d in ("allennlp", "ours", "bg"):
+        shutil.rmtree(root / d, ignore_errors=True)
+    return rows
+
+
+def bench_hot_path(root: Path, calls: int = 100_000) -> float:
+    checkpointer = DefaultCheckpointer(root / "hot", save_every_num_batches=10**9, save_completed_epochs=False)
+    trainer = Trainer({}, {})
+    start = time.perf_counter()
+    for b in range(1, calls + 1):
+        checkpointer.maybe_save_checkpoint(trainer, 0, b)
+    return (time.perf_counter() - start) / calls
+
+
+def bench_history(root: Path, n: int = 10_000) -> Dict[str, float]:
+    directory = root / "history"
+    layout = CheckpointDir(str(directory))
+    directory.mkdir()
+    for i in range(n):
+        progress = (i // 100, i % 100 + 1)
+        for kind in ("model_state", "training_state"):
+            (directory / layout.name(kind, progress)).write_bytes(b"x")
+        rec = record(progress, 1e9 + i, {}, i, False)
+        rec["files"] = {k: {"name": layout.name(k, progress), "size": 1, "crc32": 0} for k in ("model_state", "training_state")}
+        (directory / layout.name("checkpoint", progress)).write_text(__import__("json").dumps(rec))
+    checkpointer = DefaultCheckpointer(directory, keep_most_recent_by_count=None)
+    start = time.perf_counter()
+    checkpointer._apply_retention(2e9)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    checkpointer._apply_retention(2e9)
+    again = time.perf_counter() - start
+    start = time.perf_counter()
+    checkpointer._newest_good(load=False)
+    latest = time.perf_counter() - start
+    shutil.rmtree(directory)
+    return {"retention (first, reads 10,000 records)": first, "retention (later saves)": again, "find latest": latest}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 512, 2048])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench_save_", dir=args.dir))
+    try:
+        for size in args.sizes_mib:
+            print(f"\nstate {size} MiB ({root})")
+            print(f"  {'':36s} {'seconds':>9s} {'GB/s':>7s}  ratio to its limit")
+            for name, seconds, rate, ratio, limit in bench_size(size, args.repeats, root):
+                print(f"  {name:36s} {seconds:9.4f} {rate / 1e9:7.2f}  {ratio:5.2f} x {limit}")
+        print(f"\nmaybe_save_checkpoint when not saving: {bench_hot_path(root) * 1e6:.2f} us per call")
+        for name, seconds in bench_history(root).items():
+            print(f"10,000 checkpoints on disk, {name}: {seconds * 1e3:.1f} ms")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
