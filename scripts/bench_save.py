@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -215,7 +216,8 @@ def bench_history(root: Path, n: int = 10_000) -> Dict[str, float]:
         for kind in ("model_state", "training_state"):
             (directory / layout.name(kind, progress)).write_bytes(b"x")
         rec = record(progress, 1e9 + i, {}, i, False)
-        rec["files"] = {k: {"name": layout.name(k, progress), "size": 1, "crc32": 0} for k in ("model_state", "training_state")}
+        rec["files"] = {k: {"name": layout.name(k, progress), "size": 1, "crc32": zlib.crc32(b"x")}
+                        for k in ("model_state", "training_state")}
         (directory / layout.name("checkpoint", progress)).write_text(__import__("json").dumps(rec))
     checkpointer = DefaultCheckpointer(directory, keep_most_recent_by_count=None)
     start = time.perf_counter()

@@ -676,7 +676,8 @@ class DefaultCheckpointer(Checkpointer):
         if rejected:
             raise RuntimeError(
                 f"{_WHERE}: no usable checkpoint in {self._serialization_dir}, got "
-                f"{len(rejected)} bad one(s): {'; '.join(rejected)}. Their files are in "
+                f"{len(rejected)} bad one(s): {'; '.join(rejected[:10])}"
+                f"{f' and {len(rejected) - 10} more' if len(rejected) > 10 else ''}. Their files are in "
                 f"{os.path.join(self._serialization_dir, 'corrupt')}; start a new run, or restore "
                 "a good copy of one of them."
             )
