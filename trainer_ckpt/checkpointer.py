@@ -99,6 +99,17 @@ class CheckpointSaveError(RuntimeError):
     """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
 
 
+def _info(found: storage.Found) -> CheckpointInfo:
+    return CheckpointInfo(
+        *found.progress,
+        time=found.time,
+        metrics=found.record.get("metrics", {}),
+        total_batches_completed=found.record.get("total_batches_completed"),
+        is_best_so_far=found.record.get("is_best_so_far", False),
+        size_bytes=found.size_bytes,
+    )
+
+
 def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
     if not isinstance(config, dict):
         return {prefix: config}
@@ -354,6 +365,7 @@ class DefaultCheckpointer(Checkpointer):
         self._verified: set = set()  # checkpoints this process wrote or checked: no second read
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         self._config_sha256: Optional[str] = None
+        self._index: Optional[Dict[Tuple[int, int], Tuple[storage.Found, CheckpointInfo]]] = None
         self._lock = _lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
@@ -489,6 +501,9 @@ class DefaultCheckpointer(Checkpointer):
             self._save_failed(progress, e)
         self._last_size = files[storage.MODEL]["size"] + files[storage.TRAINING]["size"]
         self._verified.add((progress, self._last_size, current.time))
+        if self._index is not None:
+            found = storage.Found(progress, current.time, self._last_size, record)
+            self._index[progress] = (found, _info(found))
         logger.debug("Saved checkpoint %s in %s", current.name, self._serialization_dir)
         if self._is_primary:
             self._apply_retention(current.time)
@@ -541,27 +556,26 @@ class DefaultCheckpointer(Checkpointer):
                 return None
         return self._config
 
-    def _on_disk(self, ranks: Optional[Sequence[int]]) -> Tuple[storage.Listing, List[CheckpointInfo]]:
-        listing = self._dir.list(ranks)
-        infos = [
-            CheckpointInfo(
-                *found.progress,
-                time=found.time,
-                metrics=found.record.get("metrics", {}),
-                total_batches_completed=found.record.get("total_batches_completed"),
-                is_best_so_far=found.record.get("is_best_so_far", False),
-                size_bytes=found.size_bytes,
-            )
-            for found in listing.complete
-        ]
-        return listing, infos
+    def _complete(self) -> List[Tuple[storage.Found, CheckpointInfo]]:
+        """
+        This rank's complete checkpoints, oldest first. The writer of an unsharded directory (it
+        holds the lock: no one else writes there) lists the directory once and then keeps the
+        index up to date itself, so a save costs no listing however long the history.
+        """
+        if self._index is not None:
+            return [self._index[p] for p in sorted(self._index)]
+        listing = self._dir.list(None if self._ranks() is None else [self._rank])
+        entries = {f.progress: (f, _info(f)) for f in listing.complete}
+        if self._may_write() and not self.state_is_sharded:
+            self._index = entries
+        return [entries[p] for p in sorted(entries)]
 
     def _judge(self, now: float) -> Tuple[List[CheckpointInfo], List[List[str]]]:
         """The checkpoints retention judges, oldest first, with the rules that keep each."""
         ranks = self._ranks()
         # Candidates are judged by this rank's own files (when sharded, other ranks may still be
         # writing the newest checkpoint); the newest checkpoint complete on every rank is kept too.
-        _, checkpoints = self._on_disk(None if ranks is None else [self._rank])
+        checkpoints = [info for _, info in self._complete()]
         protected = {c.progress for c in checkpoints[-1:]}
         if ranks is not None:
             protected.update(f.progress for f in self._dir.list(ranks).complete[-1:])
@@ -588,6 +602,8 @@ class DefaultCheckpointer(Checkpointer):
                     self._retention_policy.describe(),
                 )
                 self._dir.remove(checkpoint.progress, self._ranks())
+                if self._index is not None:
+                    self._index.pop(checkpoint.progress, None)
 
     def explain(self) -> List[Tuple[CheckpointInfo, List[str]]]:
         """
@@ -605,6 +621,10 @@ class DefaultCheckpointer(Checkpointer):
         none at all. Checkpoints this process wrote are trusted without reading them again.
         """
         self.wait()
+        if self._index:  # right after our own save: the newest is the one we wrote and checksummed
+            found = self._index[max(self._index)][0]
+            if (found.progress, found.size_bytes, found.time) in self._verified:
+                return self._paths(found.progress)
         found, _ = self._newest_good(load=False)
         return None if found is None else self._paths(found.progress)
 
@@ -657,6 +677,7 @@ class DefaultCheckpointer(Checkpointer):
 
     def _newest_good(self, load: bool) -> Tuple[Optional[storage.Found], Optional[Tuple[Dict, Dict]]]:
         listing = self._dir.list(self._ranks(), self._own_rank())
+        self._index = None  # listed afresh: rebuilt at the next save
         if self._may_write():
             self._clean_up(listing)
         rejected = []
@@ -729,6 +750,7 @@ class DefaultCheckpointer(Checkpointer):
         checkpointer's restored checkpoint), removing what a crash left among this one's files.
         """
         if self._may_write():
+            self._index = None
             self._clean_up(self._dir.list(self._ranks()))
         self._previous = [CheckpointInfo(*progress, time=self._clock())]
 
