@@ -3,8 +3,10 @@ Saving in the background: a consistent CPU snapshot of the state is taken on the
 thread (into buffers reused from one save to the next; pinned, for CUDA tensors), and a worker
 thread serializes, writes, fsyncs, commits and applies retention. At most one save is in flight.
 """
+import atexit
 import copy
 import logging
+import queue
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -56,30 +58,44 @@ class Snapshotter:
 
 
 class BackgroundWriter:
-    """Runs one job at a time on a worker thread; its error surfaces at the next `check()`."""
+    """
+    Runs one job at a time on a worker thread; its error surfaces at the next `check()`. The
+    worker is started once and waits for jobs: starting a thread per save would make the training
+    thread wait for the new thread to start, then for the GIL (a 5 ms switch interval).
+    """
 
     def __init__(self) -> None:
-        self._thread: Optional[threading.Thread] = None
+        self._jobs: "queue.Queue[Callable[[], None]]" = queue.Queue(maxsize=1)
+        self._idle = threading.Event()
+        self._idle.set()
         self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
 
     def submit(self, job: Callable[[], None]) -> None:
         self.wait()
         self.check()
-        # Not a daemon: the interpreter waits for a save in flight before it exits.
-        self._thread = threading.Thread(target=self._run, args=(job,), name="trainer_ckpt-save")
-        self._thread.start()
+        if self._thread is None:
+            # A daemon, so an idle worker never keeps the process alive; at exit, a save in
+            # flight is waited for first.
+            self._thread = threading.Thread(target=self._work, name="trainer_ckpt-save", daemon=True)
+            self._thread.start()
+            atexit.register(self.wait)
+        self._idle.clear()
+        self._jobs.put(job)
 
-    def _run(self, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as e:  # kept, and raised on the training thread
-            logger.debug("Background save failed", exc_info=True)
-            self._error = e
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException as e:  # kept, and raised on the training thread
+                logger.debug("Background save failed", exc_info=True)
+                self._error = e
+            finally:
+                self._idle.set()
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._idle.wait()
 
     def check(self) -> None:
         error, self._error = self._error, None
@@ -88,4 +104,4 @@ class BackgroundWriter:
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return not self._idle.is_set()
