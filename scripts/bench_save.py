@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer  # noqa: E402
 from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
 
-from trainer_ckpt import DefaultCheckpointer, KeepAll  # noqa: E402
+from trainer_ckpt import DefaultCheckpointer  # noqa: E402
 from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
 
 MIB = 1 << 20
@@ -79,6 +79,7 @@ def timed(fn: Callable[[], None], repeats: int, before: Callable[[], None] = lam
     times = []
     for _ in range(repeats):
         before()
+        os.sync()  # no dirty pages of an earlier step flushing while this one is timed
         gc.collect()
         start = time.perf_counter()
         fn()
@@ -152,7 +153,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
 
     # Ours, synchronous (durable: fsync + rename + directory fsync + record).
     ours_dir = root / "ours"
-    ours = DefaultCheckpointer(ours_dir, retention_policy=KeepAll())
+    ours = DefaultCheckpointer(ours_dir, keep_most_recent_by_count=1)
 
     def ours_save():
         counter[0] += 1
@@ -166,11 +167,12 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     ours.close()
 
     # Ours, background: how long the loop is blocked, and until committed.
-    bg = DefaultCheckpointer(root / "bg", retention_policy=KeepAll(), background=True)
+    bg = DefaultCheckpointer(root / "bg", keep_most_recent_by_count=1, background=True)
     blocked, committed = [], []
     for i in range(repeats + 1):
         counter[0] += 1
         training["epochs_completed"] = counter[0]
+        os.sync()
         gc.collect()
         start = time.perf_counter()
         bg.save_checkpoint(Trainer(model, training))
@@ -185,7 +187,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
 
     # Cold loads.
     reader = DefaultCheckpointer(ours_dir, read_only=True)
-    newest = sorted(ours_dir.glob("*_state_e*_b0.th"), key=lambda p: p.stat().st_mtime)[-2:]
+    newest = list(ours_dir.glob("*_state_e*_b0.th"))
 
     t_load = statistics.median(timed(reader.load_checkpoint, repeats, before=lambda: [evict(p) for p in newest]))
     rows.append(("ours cold load (verified)", t_load, nbytes / t_load, t_load and t_read / t_load, "read"))

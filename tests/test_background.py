@@ -69,3 +69,20 @@ def test_wait_and_close_raise_a_pending_failure(tmp_path):
     with pytest.raises(Exception, match="lambda|pickle"):
         checkpointer.close()
     assert saved(tmp_path) == []
+
+
+def test_not_saving_touches_no_disk(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    checkpointer = DefaultCheckpointer(tmp_path, save_every_num_batches=50)
+    checkpointer.save_checkpoint(big_trainer(0, 0.0, mib=1))
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("maybe_save_checkpoint touched the disk without saving")
+
+    for name in ("scandir", "listdir", "stat", "lstat", "open", "replace", "remove"):
+        monkeypatch.setattr(os, name, no_disk)
+    monkeypatch.setattr(builtins, "open", no_disk)
+    trainer = big_trainer(1, 1.0, mib=1)
+    assert not any(checkpointer.maybe_save_checkpoint(trainer, 1, b) for b in range(1, 50))

@@ -9,7 +9,6 @@ training state after it, so a checkpoint is complete exactly when its training-s
 next to its model-state file (AllenNLP's pairs included). A small JSON record written last keeps
 what retention needs without loading the state files: the save time and the validation metrics.
 """
-import io
 import json
 import logging
 import os
@@ -137,25 +136,21 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
     """
     Loads a state file onto the CPU (the trainer moves tensors to its device when it restores)
     with `weights_only=True`. With `expected` (the record's size and CRC32), the bytes are
-    checked before anything is unpickled.
+    checked before anything is unpickled. The tensors are memory-mapped from the file, whose
+    pages the check has just brought into the page cache: one read from disk, no extra copy.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BadCheckpoint(f"cannot read {os.path.basename(path)}: {e}") from e
     if expected is not None:
-        problem = _mismatch(path, len(data), zlib.crc32(data), expected)
-        if problem:
-            raise BadCheckpoint(problem)
+        verify(path, expected)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             # torch's message is long and suggests weights_only=False; keep what names the type.
             lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
             raise UnsafeCheckpoint(f"{os.path.basename(path)}: {' '.join(lines) or str(e)}") from e
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {e}") from e
+    except OSError as e:
+        raise BadCheckpoint(f"cannot read {os.path.basename(path)}: {e}") from e
     except Exception as e:  # a torn zip archive, a truncated pickle, ...
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {e}") from e
 
@@ -168,10 +163,14 @@ def verify(path: str, expected: Dict[str, Any]) -> None:
         raise BadCheckpoint(f"{os.path.basename(path)} is missing: {e}") from e
     if size != expected["size"]:
         raise BadCheckpoint(_mismatch(path, size, None, expected))
-    crc = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            crc = zlib.crc32(block, crc)
+    crc, buffer = 0, bytearray(1 << 24)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buffer)
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
     problem = _mismatch(path, size, crc, expected)
     if problem:
         raise BadCheckpoint(problem)
