@@ -99,3 +99,67 @@ def test_a_changed_setup_is_named_on_resume(tmp_path, caplog):
         "Resuming from checkpoint e1_b0, which a different setup wrote: config keys trainer.num_epochs (3 -> 5); "
         "world size (4 -> 1); torch version (1.12.1 -> " in caplog.text
     )
+
+
+class LoaderTrainer:
+    """The parts of AllenNLP's trainer the resume hooks use: a data loader, progress, callbacks."""
+
+    def __init__(self, batches, callbacks=()):
+        self.data_loader, self._epochs_completed, self._callbacks = batches, 0, list(callbacks)
+        self._num_gradient_accumulation_steps, self.model = 1, type("Model", (), {})()
+
+
+def test_the_resumed_epoch_replays_the_shuffle_and_the_random_stream(tmp_path):
+    from allennlp.training.callbacks import ShouldValidateCallback, TrackEpochCallback
+    from trainer_ckpt.resume import Plan, ResumeTracker
+
+    class Shuffled(list):
+        def __iter__(self):  # shuffles when first advanced, as AllenNLP's loader does
+            order = list(range(len(self)))
+            random.shuffle(order)
+            return (self[i] for i in order)
+
+    def draws(trainer, tracker, epochs):
+        seen = []
+        for epoch in epochs:
+            trainer._epochs_completed = epoch
+            for batch in trainer.data_loader:
+                seen.append((epoch, batch, round(random.random(), 6)))
+        return seen
+
+    random.seed(0)
+    original = LoaderTrainer(Shuffled(range(6)))
+    tracker = ResumeTracker(restore=True)
+    tracker.attach(original)
+    first = draws(original, tracker, [0])
+    original._epochs_completed = 1
+    iterator = iter(original.data_loader)
+    head = [(1, next(iterator), round(random.random(), 6)) for _ in range(2)]
+    saved = tracker.state(original, 1, 2, world_size=1)["ranks"][0]  # a checkpoint after batch 2 of epoch 1
+    tail = [(1, b, round(random.random(), 6)) for b in iterator]
+
+    random.seed(123)  # a new process: other random state, and AllenNLP replays epoch 0 first
+    resumed = LoaderTrainer(Shuffled(range(6)), [TrackEpochCallback(str(tmp_path)), ShouldValidateCallback(str(tmp_path), validation_start=1)])
+    again = ResumeTracker(restore=True)
+    again.attach(resumed)
+    again.plan = Plan(1, 2, saved["epoch_start"], saved["save_point"], None)
+    draws(resumed, again, [0])  # the replay of epoch 0: reshuffles, consumes randomness
+    resumed._epochs_completed = 1
+    iterator = iter(resumed.data_loader)
+    replayed_head = [next(iterator) for _ in range(2)]  # skipped by the trainer: no forward pass
+    resumed_tail = [(1, b, round(random.random(), 6)) for b in iterator]
+    assert replayed_head == [b for _, b, _ in head]
+    assert resumed_tail == tail
+    assert resumed.model.epoch == 1 and resumed._should_validate_this_epoch is True
+    assert first  # epoch 0 ran through the proxy too
+
+
+def test_configurations_that_cannot_resume_exactly_are_warned_about(caplog):
+    from trainer_ckpt.resume import ResumeTracker
+
+    class Loader(list):
+        num_workers, max_instances_in_memory = 2, 100
+
+    with caplog.at_level(logging.WARNING):
+        ResumeTracker(restore=True).attach(LoaderTrainer(Loader([1, 2])))
+    assert "Data loader workers (num_workers > 0) with max_instances_in_memory reseed python's random" in caplog.text

@@ -106,12 +106,14 @@ class ResumingLoader:
         epoch = self._trainer._epochs_completed
         plan = self._tracker.plan if self._tracker.plan and self._tracker.plan.epochs == epoch else None
         accumulation = getattr(self._trainer, "_num_gradient_accumulation_steps", 1)
-        inner = iter(self._loader)
+        # This body runs when the epoch's first batch is asked for; a loader may shuffle in
+        # `iter()` or at its first `next()`: both come after the state is in place.
         if plan is not None:
             if plan.epoch_start is not None:
                 restore_rng(plan.epoch_start)
             _bring_callbacks_to(self._trainer, epoch)
         self._tracker.epoch_start = (epoch, capture_rng())
+        inner = iter(self._loader)
         count = 0
         while True:
             if plan is not None and count == plan.batches * accumulation:
