@@ -24,7 +24,7 @@ from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import resume, storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
-from trainer_ckpt._validate import positive_int, positive_seconds
+from trainer_ckpt._validate import flag, positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.retention_policies import (
     KeepAll,
@@ -117,12 +117,6 @@ def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
     for key, value in config.items():
         flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{_WHERE}: `{key}` must be true or false, got {value!r}. Use a JSON boolean.")
-    return value
 
 
 def _name(progress: Tuple[int, int]) -> str:
@@ -356,8 +350,8 @@ class DefaultCheckpointer(Checkpointer):
             )
         self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
         self._listener = _MetricsListener()
-        self._resume = resume.ResumeTracker(restore=_flag("restore_rng", restore_rng))
-        self._background = _flag("background", background)
+        self._resume = resume.ResumeTracker(restore=flag(_WHERE, "restore_rng", restore_rng))
+        self._background = flag(_WHERE, "background", background)
         self._snapshot = Snapshotter()
         self._writer = BackgroundWriter()
         self._listener.on_training_end = self.wait
@@ -965,11 +959,7 @@ def _save_policy(
         )
     if save_completed_epochs is _UNSET:
         save_completed_epochs = True
-    if not isinstance(save_completed_epochs, bool):
-        raise ConfigurationError(
-            f"{_WHERE}: `save_completed_epochs` must be true or false, got "
-            f"{save_completed_epochs!r}. Use a JSON boolean."
-        )
+    flag(_WHERE, "save_completed_epochs", save_completed_epochs)
     policies: List[SavePolicy] = []
     if save_completed_epochs:
         policies.append(SaveCompletedEpochs())

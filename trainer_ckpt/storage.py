@@ -9,6 +9,7 @@ training state after it, so a checkpoint is complete exactly when its training-s
 next to its model-state file (AllenNLP's pairs included). A small JSON record written last keeps
 what retention needs without loading the state files: the save time and the validation metrics.
 """
+import concurrent.futures
 import json
 import logging
 import os
@@ -67,23 +68,47 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
     Calls `write(file)` on a temp file next to `path`, then makes it `path`, so that `path` is
     either its old content or the complete new one. `mtime`, when given, is stamped on the file.
     """
+    commit([(_write_temp(path, write, mtime), path)])
+
+
+def _write_temp(path: str, write, mtime: Optional[float] = None) -> str:
+    """Writes a hidden temp file next to `path` (not yet fsynced); removes it if that fails."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
-        os.replace(tmp, path)
     except BaseException as e:
         remove_file(tmp)
         cause = _os_error_in(e)
         if cause is not None and cause is not e:
             raise cause from e  # torch.save reports a full disk as a RuntimeError about zip offsets
         raise
-    fsync_dir(directory or ".")
+    return tmp
+
+
+def commit(renames: List[Tuple[str, str]]) -> None:
+    """
+    Makes temp files final, in order: each is fsynced first, then renamed over its final name,
+    then the directory is fsynced. Fsyncing them all before the first rename lets the disk flush
+    one file while the next is being written. On failure every temp file not yet renamed goes.
+    """
+    try:
+        for tmp, _ in renames:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, path in renames:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in renames:
+            remove_file(tmp)
+        raise
+    fsync_dir(os.path.dirname(renames[0][1]) or ".")
 
 
 def _os_error_in(error: BaseException) -> Optional[OSError]:
@@ -96,16 +121,45 @@ def _os_error_in(error: BaseException) -> Optional[OSError]:
     return None
 
 
+_CRC_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _crc_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _CRC_POOL
+    if _CRC_POOL is None:
+        _CRC_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-crc")
+    return _CRC_POOL
+
+
+def _forget_crc_pool() -> None:
+    global _CRC_POOL
+    _CRC_POOL = None  # a forked child has no worker thread: it starts its own
+
+
+os.register_at_fork(after_in_child=_forget_crc_pool)
+
+
 class _ChecksummingWriter:
-    """Passes writes through, computing the size and CRC32 of what was written on the way."""
+    """
+    Passes writes through, computing the size and CRC32 of what was written on the way. A large
+    chunk's CRC is computed on another thread while the chunk is written (both release the GIL),
+    and before `write` returns, so the caller may reuse its buffer.
+    """
 
     def __init__(self, f) -> None:
         self.f, self.size, self.crc32 = f, 0, 0
 
     def write(self, data) -> int:
-        self.crc32 = zlib.crc32(data, self.crc32)
-        self.size += len(data)
-        return self.f.write(data)
+        n = memoryview(data).nbytes
+        if n >= 1 << 20:
+            crc = _crc_pool().submit(zlib.crc32, data, self.crc32)
+            written = self.f.write(data)
+            self.crc32 = crc.result()
+        else:
+            self.crc32 = zlib.crc32(data, self.crc32)
+            written = self.f.write(data)
+        self.size += n
+        return written
 
     def flush(self) -> None:
         self.f.flush()
@@ -113,6 +167,12 @@ class _ChecksummingWriter:
 
 def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str, Any]:
     """`torch.save`s `obj` with `atomic_write`; returns the file's name, size and CRC32."""
+    tmp, info = _save_temp(obj, path, mtime)
+    commit([(tmp, path)])
+    return info
+
+
+def _save_temp(obj: Any, path: str, mtime: Optional[float] = None) -> Tuple[str, Dict[str, Any]]:
     written: List[_ChecksummingWriter] = []
 
     def write(f) -> None:
@@ -120,8 +180,8 @@ def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str,
         torch.save(obj, writer)
         written.append(writer)
 
-    atomic_write(path, write, mtime)
-    return {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
+    tmp = _write_temp(path, write, mtime)
+    return tmp, {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
 
 
 class BadCheckpoint(Exception):
@@ -233,10 +293,16 @@ class CheckpointDir:
     ) -> Dict[str, Dict[str, Any]]:
         """Writes the model state, then the training state; returns their names, sizes, CRC32s."""
         os.makedirs(self.directory, exist_ok=True)
-        files = {MODEL: atomic_save(model_state, self.path(MODEL, progress, rank))}
-        # The training state's mtime is the save time, as for AllenNLP's files.
-        files[TRAINING] = atomic_save(training_state, self.path(TRAINING, progress, rank), mtime=mtime)
-        return files
+        model_path, training_path = self.path(MODEL, progress, rank), self.path(TRAINING, progress, rank)
+        model_tmp, model_info = _save_temp(model_state, model_path)
+        try:
+            # The training state's mtime is the save time, as for AllenNLP's files.
+            training_tmp, training_info = _save_temp(training_state, training_path, mtime=mtime)
+        except BaseException:
+            remove_file(model_tmp)
+            raise
+        commit([(model_tmp, model_path), (training_tmp, training_path)])  # the training state last
+        return {MODEL: model_info, TRAINING: training_info}
 
     def write_record(self, progress: Progress, rank: Optional[int], record: Dict[str, Any]) -> None:
         """Writes a checkpoint's record, last: it commits the checkpoint."""
