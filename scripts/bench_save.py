@@ -200,6 +200,33 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     return rows
 
 
+def _peak_child(size_mib: int, directory: str, background: bool, out) -> None:
+    import resource
+
+    model, training = make_state(size_mib)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors(model) + tensors(training))
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    checkpointer = DefaultCheckpointer(directory, background=background)
+    checkpointer.save_checkpoint(Trainer(model, training))
+    checkpointer.wait()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out.send((after - before) / nbytes)
+
+
+def bench_peak_memory(size_mib: int, root: Path, background: bool) -> float:
+    """Extra peak memory of one save, as a fraction of the state's size (in a fresh process)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_peak_child, args=(size_mib, str(root / f"peak{int(background)}"), background, send))
+    child.start()
+    extra = receive.recv()
+    child.join()
+    return extra
+
+
 def bench_hot_path(root: Path, calls: int = 100_000) -> float:
     checkpointer = DefaultCheckpointer(root / "hot", save_every_num_batches=10**9, save_completed_epochs=False)
     trainer = Trainer({}, {})
@@ -255,6 +282,10 @@ def main() -> int:
             print(f"  {'':36s} {'seconds':>9s} {'GB/s':>7s}  ratio to its limit")
             for name, seconds, rate, ratio, limit in bench_size(size, args.repeats, root):
                 print(f"  {name:36s} {seconds:9.4f} {rate / 1e9:7.2f}  {ratio:5.2f} x {limit}")
+        for background in (False, True):
+            extra = bench_peak_memory(args.sizes_mib[-1], root, background)
+            print(f"extra peak memory of one {'background' if background else 'synchronous'} save of "
+                  f"{args.sizes_mib[-1]} MiB: {extra:.2f} x the state size")
         print(f"\nmaybe_save_checkpoint when not saving: {bench_hot_path(root) * 1e6:.2f} us per call")
         for name, seconds in bench_history(root).items():
             print(f"10,000 checkpoints on disk, {name}: {seconds * 1e3:.1f} ms")
