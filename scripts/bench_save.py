@@ -127,7 +127,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
 
     t_read = statistics.median(timed(raw_read, repeats, before=lambda: evict(raw)))
     raw.unlink()
-    del buffers
+    buffers.clear()
     rows += [("raw write + fsync", t_write, nbytes / t_write, 1.0, "limit"),
              ("copy into allocated buffers", t_copy, nbytes / t_copy, 1.0, "limit"),
              ("fresh clone", t_clone, nbytes / t_clone, t_copy / t_clone, "copy"),

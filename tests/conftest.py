@@ -8,7 +8,7 @@ from allennlp.common import Registrable
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import storage
-from trainer_ckpt.checkpointer import LOCK_FILE
+from trainer_ckpt.lock import LOCK_FILE
 
 
 class FakeTrainer(Trainer):

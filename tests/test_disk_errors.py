@@ -4,7 +4,6 @@ that fails removes its own partial files, leaves every earlier checkpoint intact
 and says what happened.
 """
 import logging
-import os
 import subprocess
 
 import pytest

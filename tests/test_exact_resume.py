@@ -5,7 +5,6 @@ state and best.th equal, tensor by tensor, to an uninterrupted run's.
 """
 import logging
 import random
-from pathlib import Path
 
 import numpy
 import pytest

@@ -6,7 +6,8 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
 """
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.checkpointer import Checkpointer, CheckpointerGroup, DefaultCheckpointer
+from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
+from trainer_ckpt.group import CheckpointerGroup
 from trainer_ckpt.retention_policies import (
     KeepAll,
     KeepAllOf,

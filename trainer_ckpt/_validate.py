@@ -4,6 +4,8 @@ from typing import Any
 
 from allennlp.common.checks import ConfigurationError
 
+WHERE = "trainer_ckpt checkpointer"
+
 
 def positive_int(where: str, key: str, value: Any, fix: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -1,6 +1,5 @@
 import contextlib
 import errno
-import fcntl
 import hashlib
 import importlib
 import inspect
@@ -10,12 +9,11 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple, Union
 
 import torch
 
 import torch.distributed as dist
-from allennlp.common import Lazy
 from allennlp.common.checks import ConfigurationError
 from allennlp.common.util import is_distributed
 from allennlp.training.callbacks import TrainerCallback
@@ -24,24 +22,14 @@ from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import resume, storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
-from trainer_ckpt._validate import flag, positive_int, positive_seconds
+from trainer_ckpt._validate import WHERE as _WHERE
+from trainer_ckpt._validate import flag
+from trainer_ckpt.flat_keys import _UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
+from trainer_ckpt.flat_keys import retention_policy_from, save_policy_from
+from trainer_ckpt.lock import lock_directory, unlock_directory
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.retention_policies import (
-    KeepAll,
-    KeepAny,
-    KeepMostRecentByAge,
-    KeepMostRecentByCount,
-    KeepOnePerTimeWindow,
-    RetentionPolicy,
-)
-from trainer_ckpt.save_policies import (
-    SaveAny,
-    SaveCompletedEpochs,
-    SaveEveryNumBatches,
-    SaveEveryNumSeconds,
-    SaveNever,
-    SavePolicy,
-)
+from trainer_ckpt.retention_policies import RetentionPolicy
+from trainer_ckpt.save_policies import SavePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -143,69 +131,6 @@ def _import_global(name: Any) -> Any:
         ) from e
 
 
-# Directories this process holds the writer's lock on: realpath -> [file descriptor, holders]. The
-# lock is an flock: the kernel releases it when the process exits or is killed, so a crashed run
-# never blocks its own --recover. Checkpointers of one process share it (a group, a restart).
-_LOCKS: Dict[str, List[int]] = {}
-LOCK_FILE = ".trainer_ckpt.lock"
-
-
-def _lock_directory(directory: str) -> str:
-    key = os.path.realpath(directory)
-    if key in _LOCKS:
-        _LOCKS[key][1] += 1
-        return key
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise ConfigurationError(
-            f"{_WHERE}: serialization directory {directory} is not writable, got "
-            f"{type(e).__name__}: {e}. Give a writable directory, or use read_only=True to only read."
-        ) from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigurationError(
-            f"{_WHERE}: serialization directory {directory} is in use by another training process, "
-            f"got its lock held by pid {holder}. Wait for that run to end or stop it, or give this "
-            "run another serialization directory; to only read checkpoints, use read_only=True."
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _LOCKS[key] = [fd, 1]
-    return key
-
-
-def _unlock_directory(key: str) -> None:
-    held = _LOCKS.get(key)
-    if held is not None:
-        held[1] -= 1
-        if held[1] == 0:
-            del _LOCKS[key]
-            os.close(held[0])  # closing the only descriptor releases the flock
-
-
-class _Unset:
-    """The default of flat keys whose own default (or null) means something, to spot conflicts.
-    In a `Union` annotation it also lets `from_params` pass the default through untouched."""
-
-    def __repr__(self) -> str:
-        return "<not set>"
-
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "_Unset":
-        return self  # from_params deep-copies arguments; the sentinel must stay itself
-
-
-_UNSET: Any = _Unset()
-# Flat-key annotations. The `_Unset` member also makes `from_params` hand a value of the wrong
-# type through to our validation, which names the key, the value and the fix.
-_Flag = Union[bool, _Unset]
-_Count = Union[int, None, _Unset]
-_Seconds = Union[float, None, _Unset]
-_WHERE = "trainer_ckpt checkpointer"
 
 # save_checkpoint's two generations, bound (never called) to tell them apart.
 _P = inspect.Parameter
@@ -322,14 +247,14 @@ class DefaultCheckpointer(Checkpointer):
                 "It is for code and tests only; remove it from the config."
             )
         self._clock: Callable[[], float] = clock or time.time
-        self._save_policy = _save_policy(
+        self._save_policy = save_policy_from(
             save_policy,
             save_completed_epochs,
             save_every_num_seconds,
             save_every_num_batches,
             model_save_interval,
         )
-        self._retention_policy = _retention_policy(
+        self._retention_policy = retention_policy_from(
             retention_policy,
             keep_most_recent_by_count,
             keep_most_recent_by_age,
@@ -360,7 +285,7 @@ class DefaultCheckpointer(Checkpointer):
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         self._config_sha256: Optional[str] = None
         self._index: Optional[Dict[Tuple[int, int], Tuple[storage.Found, CheckpointInfo]]] = None
-        self._lock = _lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
+        self._lock = lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
 
@@ -731,7 +656,7 @@ class DefaultCheckpointer(Checkpointer):
         writer lock (also released at process exit)."""
         self.wait()
         if self._lock is not None:
-            _unlock_directory(self._lock)
+            unlock_directory(self._lock)
             self._lock = None
             self._read_only = True
 
@@ -820,80 +745,6 @@ class _MetricsListener(TrainerCallback):
             self.metrics, self.epochs_validated = validated, epoch + 1
 
 
-@AllenNlpCheckpointer.register("trainer_ckpt_group")
-@Checkpointer.register("group")
-class CheckpointerGroup(Checkpointer):
-    """
-    Several checkpointers in one serialization directory, each with its own `filename_prefix`:
-    say, a periodic one that `--recover` resumes from and a "best" one. The first is the
-    trainer's: `--recover` restores its newest checkpoint and `best.th` is linked to its files;
-    the others see every call too, and restart their cadence from the same point.
-
-    # Parameters
-
-    checkpointers : `List[Checkpointer]`
-        Checkpointer configs (`type` defaults to `"default"`); at least one, prefixes distinct.
-    read_only : `bool`, optional (default=`False`)
-        Passed to every member.
-    """
-
-    def __init__(
-        self,
-        serialization_dir: Union[str, os.PathLike],
-        checkpointers: List[Lazy[Checkpointer]],
-        read_only: bool = False,
-    ) -> None:
-        self.members: List[Checkpointer] = []
-        super().__init__(serialization_dir)
-        if not checkpointers:
-            raise ConfigurationError(
-                "group: `checkpointers` must list at least one checkpointer, got []. "
-                'Add one, e.g. [{"save_every_num_batches": 100}].'
-            )
-        self.members = [
-            c.construct(serialization_dir=self._serialization_dir, read_only=read_only) for c in checkpointers
-        ]
-        prefixes = [m._dir.prefix for m in self.members if isinstance(m, DefaultCheckpointer)]
-        if len(set(prefixes)) != len(prefixes):
-            raise ConfigurationError(
-                f"group: every checkpointer needs its own `filename_prefix`, got {prefixes!r}. "
-                'Give all but one a prefix, e.g. "best_".'
-            )
-
-    @property  # type: ignore[override]
-    def state_is_sharded(self) -> bool:
-        return self._sharded
-
-    @state_is_sharded.setter
-    def state_is_sharded(self, value: bool) -> None:
-        self._sharded = value  # the trainer sets it on us; the members write the files
-        for member in self.members:
-            member.state_is_sharded = value
-
-    def maybe_save_checkpoint(
-        self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
-    ) -> bool:
-        saved = [m.maybe_save_checkpoint(trainer, num_epochs_completed, num_batches_in_epoch_completed) for m in self.members]
-        return saved[0]
-
-    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        for member in self.members:
-            member.save_checkpoint(*args, **kwargs)
-
-    def find_latest_checkpoint(self) -> Optional[Tuple[str, str]]:
-        return self.members[0].find_latest_checkpoint()
-
-    def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
-        checkpoint = self.members[0].load_checkpoint()
-        if checkpoint is not None:
-            state = checkpoint.trainer_state
-            progress = (state.get("epochs_completed", 0), state.get("batches_in_epoch_completed", 0))
-            for member in self.members[1:]:
-                if isinstance(member, DefaultCheckpointer):
-                    member.restart_at(progress)
-        return checkpoint
-
-
 @contextlib.contextmanager
 def _checkpoint_state(trainer: Trainer) -> Iterator[Optional[Tuple[Dict[str, Any], Dict[str, Any]]]]:
     """The trainer's state; AllenNLP 2.4's trainers return it as a context manager."""
@@ -929,119 +780,3 @@ def _link_or_copy(source: str, target: str) -> None:
     except OSError:  # a filesystem without hard links
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-
-
-# ---- flat keys -> policies (the one code path underneath) ------------------------------------
-
-
-def _save_policy(
-    policy: Optional[SavePolicy],
-    save_completed_epochs: Any,
-    save_every_num_seconds: Optional[float],
-    save_every_num_batches: Optional[int],
-    model_save_interval: Optional[float],
-) -> SavePolicy:
-    flat = {
-        "save_completed_epochs": save_completed_epochs,
-        "save_every_num_seconds": save_every_num_seconds,
-        "save_every_num_batches": save_every_num_batches,
-        "model_save_interval": model_save_interval,
-    }
-    given = {k: v for k, v in flat.items() if v is not None and v is not _UNSET}
-    if policy is not None:
-        _no_flat_keys("save_policy", policy, given)
-        return policy
-    if save_every_num_seconds is not None and model_save_interval is not None:
-        raise ConfigurationError(
-            f"{_WHERE}: `save_every_num_seconds` and `model_save_interval` both set the save "
-            f"interval, got {save_every_num_seconds!r} and {model_save_interval!r}. "
-            "Keep only `save_every_num_seconds` (model_save_interval is AllenNLP 2.4's name)."
-        )
-    if save_completed_epochs is _UNSET:
-        save_completed_epochs = True
-    flag(_WHERE, "save_completed_epochs", save_completed_epochs)
-    policies: List[SavePolicy] = []
-    if save_completed_epochs:
-        policies.append(SaveCompletedEpochs())
-    for key in ("save_every_num_seconds", "model_save_interval"):
-        if flat[key] is not None:
-            policies.append(SaveEveryNumSeconds(positive_seconds(_WHERE, key, flat[key])))
-    if save_every_num_batches is not None:
-        policies.append(
-            SaveEveryNumBatches(positive_int(_WHERE, "save_every_num_batches", save_every_num_batches))
-        )
-    if not policies:
-        return SaveNever()
-    return policies[0] if len(policies) == 1 else SaveAny(policies)
-
-
-def _retention_policy(
-    policy: Optional[RetentionPolicy],
-    keep_most_recent_by_count: Any,
-    keep_most_recent_by_age: Optional[float],
-    num_serialized_models_to_keep: Any,
-    keep_serialized_model_every_num_seconds: Optional[float],
-) -> RetentionPolicy:
-    flat = {
-        "keep_most_recent_by_count": keep_most_recent_by_count,
-        "keep_most_recent_by_age": keep_most_recent_by_age,
-        "num_serialized_models_to_keep": num_serialized_models_to_keep,
-        "keep_serialized_model_every_num_seconds": keep_serialized_model_every_num_seconds,
-    }
-    # The count keys default to _UNSET, so a null there was written on purpose.
-    nullable = ("keep_most_recent_by_count", "num_serialized_models_to_keep")
-    given = {k: v for k, v in flat.items() if v is not _UNSET and (v is not None or k in nullable)}
-    if policy is not None:
-        _no_flat_keys("retention_policy", policy, given)
-        return policy
-    if keep_most_recent_by_count is not _UNSET and num_serialized_models_to_keep is not _UNSET:
-        raise ConfigurationError(
-            f"{_WHERE}: `keep_most_recent_by_count` and `num_serialized_models_to_keep` both set "
-            f"how many checkpoints to keep, got {keep_most_recent_by_count!r} and "
-            f"{num_serialized_models_to_keep!r}. Keep only `keep_most_recent_by_count` "
-            "(num_serialized_models_to_keep is AllenNLP 2.4's name)."
-        )
-    count_key = "keep_most_recent_by_count"
-    count = keep_most_recent_by_count
-    if num_serialized_models_to_keep is not _UNSET:
-        count_key, count = "num_serialized_models_to_keep", num_serialized_models_to_keep
-        if count == -1:
-            count = None  # AllenNLP 2.4: -1 keeps all
-    elif count is _UNSET:
-        count = 2
-    fix = (
-        "The newest checkpoint is always kept (the trainer links best.th to it); "
-        "use 1 to keep only the newest, or null to keep all."
-    )
-    if count is not None:
-        positive_int(_WHERE, count_key, count, fix)
-    policies: List[RetentionPolicy] = []
-    if count is not None:
-        policies.append(KeepMostRecentByCount(count))
-    if keep_most_recent_by_age is not None:
-        seconds = positive_seconds(_WHERE, "keep_most_recent_by_age", keep_most_recent_by_age)
-        policies.append(KeepMostRecentByAge(seconds))
-    if keep_serialized_model_every_num_seconds is not None:
-        key = "keep_serialized_model_every_num_seconds"
-        if count is None:
-            raise ConfigurationError(
-                f"{_WHERE}: `{key}` only thins out checkpoints that `{count_key}` would delete, "
-                f"got {key}={keep_serialized_model_every_num_seconds!r} with {count_key}=null, "
-                f"which keeps all. Set {count_key} to a number, or remove {key}."
-            )
-        policies.append(
-            KeepOnePerTimeWindow(positive_seconds(_WHERE, key, keep_serialized_model_every_num_seconds))
-        )
-    if not policies:
-        return KeepAll()
-    return policies[0] if len(policies) == 1 else KeepAny(policies)
-
-
-def _no_flat_keys(policy_key: str, policy: Any, given: Dict[str, Any]) -> None:
-    if given:
-        listed = ", ".join(f"{k}={v!r}" for k, v in given.items())
-        raise ConfigurationError(
-            f"{_WHERE}: `{policy_key}` and the flat key(s) {', '.join(given)} both say the same "
-            f"thing, got {policy_key}={type(policy).__name__} and {listed}. Use one: express the "
-            f'whole rule in `{policy_key}` (combine rules with {{"type": "any", "policies": [...]}}).'
-        )

@@ -5,7 +5,7 @@ size); the checkpointer passes `now` in and does the deleting. Whatever a policy
 checkpointer keeps the newest complete checkpoint.
 """
 import re
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 from allennlp.common import Registrable
 from allennlp.common.checks import ConfigurationError
