@@ -52,7 +52,10 @@ def checkpoint_files(serialization_dir: Path, prefixes: Sequence[str] = ("",)) -
 
 
 def states(serialization_dir: Path) -> List[str]:
-    return [n for n in checkpoint_files(serialization_dir) if n.startswith("model_state")]
+    """The complete checkpoints in a run directory, oldest first: ["e1_b0", "e1_b5", ...]."""
+    from trainer_ckpt.storage import CheckpointDir
+
+    return [f"e{e}_b{b}" for (e, b), *_ in CheckpointDir(str(serialization_dir)).list(None).complete]
 
 
 def main() -> int:
