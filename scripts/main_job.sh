@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
 cd "$root"
-exec .venv/bin/python scripts/main_job.py "$@"
+PYTHONWARNINGS=ignore exec .venv/bin/python scripts/main_job.py "$@"
