@@ -86,3 +86,29 @@ def test_not_saving_touches_no_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", no_disk)
     trainer = big_trainer(1, 1.0, mib=1)
     assert not any(checkpointer.maybe_save_checkpoint(trainer, 1, b) for b in range(1, 50))
+
+
+EXITS_RIGHT_AWAY = """
+import sys, torch
+from allennlp.training.trainer import TrainerCheckpoint
+from trainer_ckpt import DefaultCheckpointer
+
+class Trainer:
+    def get_checkpoint_state(self):
+        return TrainerCheckpoint({"w": torch.full((16 << 20,), 7.0)}, {"epochs_completed": 1, "batches_in_epoch_completed": 0})
+
+DefaultCheckpointer(sys.argv[1], background=True).maybe_save_checkpoint(Trainer(), 1, 0)
+sys.exit(0)  # with the 64 MB save still in flight
+"""
+
+
+def test_process_exit_waits_for_the_save_in_flight(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    subprocess.run([sys.executable, "-c", EXITS_RIGHT_AWAY, str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+    assert saved(tmp_path) == [(1, 0)]
+    model = DefaultCheckpointer(tmp_path, read_only=True).load_checkpoint().model_state
+    assert torch.equal(model["w"], torch.full((16 << 20,), 7.0))
