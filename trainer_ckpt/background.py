@@ -79,7 +79,7 @@ class BackgroundWriter:
             # flight is waited for first.
             self._thread = threading.Thread(target=self._work, name="trainer_ckpt-save", daemon=True)
             self._thread.start()
-            atexit.register(self.wait)
+            atexit.register(self._finish_at_exit)
         self._idle.clear()
         self._jobs.put(job)
 
@@ -96,6 +96,11 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         self._idle.wait()
+
+    def _finish_at_exit(self) -> None:
+        self.wait()
+        if self._error is not None:  # too late to raise anywhere: say it loudly
+            logger.error("A background checkpoint save failed: %r", self._error, exc_info=self._error)
 
     def check(self) -> None:
         error, self._error = self._error, None

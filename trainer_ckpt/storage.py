@@ -151,8 +151,13 @@ class _ChecksummingWriter:
 
     def write(self, data) -> int:
         n = memoryview(data).nbytes
+        crc = None
         if n >= 1 << 20:
-            crc = _crc_pool().submit(zlib.crc32, data, self.crc32)
+            try:
+                crc = _crc_pool().submit(zlib.crc32, data, self.crc32)
+            except RuntimeError:  # the interpreter is exiting (a background save finishing)
+                crc = None
+        if crc is not None:
             written = self.f.write(data)
             self.crc32 = crc.result()
         else:
