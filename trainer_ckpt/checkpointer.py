@@ -1,5 +1,6 @@
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib
 import inspect
@@ -111,6 +112,7 @@ def _name(progress: Tuple[int, int]) -> str:
     return f"e{progress[0]}_b{progress[1]}"
 
 
+@functools.lru_cache(maxsize=None)
 def _versions() -> Dict[str, str]:
     import allennlp.version
 
@@ -413,7 +415,7 @@ class DefaultCheckpointer(Checkpointer):
             record = storage.record(
                 progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
             )
-            record.update(files=files, world_size=self._world_size, versions=_versions(),
+            record.update(files=files, world_size=self._world_size, versions=dict(_versions()),
                           config_sha256=self._config_hash())
             self._dir.write_record(progress, self._own_rank(), record)
         except OSError as e:
@@ -434,8 +436,8 @@ class DefaultCheckpointer(Checkpointer):
 
     def _check_free_space(self, progress: Tuple[int, int]) -> None:
         if self._last_size is None:  # the first save of this process: estimate from the newest on disk
-            complete = self._dir.list(None if self._ranks() is None else [self._rank]).complete
-            self._last_size = complete[-1].size_bytes if complete else 0
+            complete = self._complete()  # the listing retention reuses (the index)
+            self._last_size = complete[-1][0].size_bytes if complete else 0
         free = shutil.disk_usage(self._serialization_dir).free
         if self._last_size > free:
             raise OSError(
@@ -585,9 +587,10 @@ class DefaultCheckpointer(Checkpointer):
                 f"{k} ({flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r})" for k in keys))
         if found.record.get("world_size", self._world_size) != self._world_size:
             differences.append(f"world size ({found.record['world_size']} -> {self._world_size})")
+        running = _versions()
         for package, version in found.record.get("versions", {}).items():
-            if _versions().get(package) != version:
-                differences.append(f"{package} version ({version} -> {_versions().get(package)})")
+            if running.get(package) != version:
+                differences.append(f"{package} version ({version} -> {running.get(package)})")
         if differences:
             logger.warning(
                 "Resuming from checkpoint %s, which a different setup wrote: %s. The run will not go "

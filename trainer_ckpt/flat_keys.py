@@ -62,11 +62,8 @@ def save_policy_from(
         _no_flat_keys("save_policy", policy, given)
         return policy
     if save_every_num_seconds is not None and model_save_interval is not None:
-        raise ConfigurationError(
-            f"{_WHERE}: `save_every_num_seconds` and `model_save_interval` both set the save "
-            f"interval, got {save_every_num_seconds!r} and {model_save_interval!r}. "
-            "Keep only `save_every_num_seconds` (model_save_interval is AllenNLP 2.4's name)."
-        )
+        _both_generations("save_every_num_seconds", save_every_num_seconds, "model_save_interval",
+                          model_save_interval, "the save interval")
     if save_completed_epochs is _UNSET:
         save_completed_epochs = True
     flag(_WHERE, "save_completed_epochs", save_completed_epochs)
@@ -105,12 +102,9 @@ def retention_policy_from(
         _no_flat_keys("retention_policy", policy, given)
         return policy
     if keep_most_recent_by_count is not _UNSET and num_serialized_models_to_keep is not _UNSET:
-        raise ConfigurationError(
-            f"{_WHERE}: `keep_most_recent_by_count` and `num_serialized_models_to_keep` both set "
-            f"how many checkpoints to keep, got {keep_most_recent_by_count!r} and "
-            f"{num_serialized_models_to_keep!r}. Keep only `keep_most_recent_by_count` "
-            "(num_serialized_models_to_keep is AllenNLP 2.4's name)."
-        )
+        _both_generations("keep_most_recent_by_count", keep_most_recent_by_count,
+                          "num_serialized_models_to_keep", num_serialized_models_to_keep,
+                          "how many checkpoints to keep")
     count_key = "keep_most_recent_by_count"
     count = keep_most_recent_by_count
     if num_serialized_models_to_keep is not _UNSET:
@@ -155,3 +149,10 @@ def _no_flat_keys(policy_key: str, policy: Any, given: Dict[str, Any]) -> None:
             f"thing, got {policy_key}={type(policy).__name__} and {listed}. Use one: express the "
             f'whole rule in `{policy_key}` (combine rules with {{"type": "any", "policies": [...]}}).'
         )
+
+
+def _both_generations(key: str, value: Any, old_key: str, old_value: Any, what: str) -> None:
+    raise ConfigurationError(
+        f"{_WHERE}: `{key}` and `{old_key}` both set {what}, got {value!r} and {old_value!r}. "
+        f"Keep only `{key}` ({old_key} is AllenNLP 2.4's name)."
+    )
