@@ -78,9 +78,53 @@ def test_allennlp_2_4_keys_keep_one_per_window(tmp_path, clock):
         tmp_path, num_serialized_models_to_keep=2, keep_serialized_model_every_num_seconds=100, clock=clock
     )
     for e in range(1, 11):
-        clock.now += 30  # saves at 30, 60, ..., 300: windows keep 30, 150 (>= 130), 270 (>= 250)
+        clock.now += 30  # saves at 30, 60, ..., 300 after the start: windows keep 120 (> 100), 240 (> 220)
         checkpointer.save_checkpoint(0 + e - 1, trainer_at(e, 0))  # 2.4's save_checkpoint(epoch, trainer)
-    assert saved(tmp_path) == [(1, 0), (5, 0), (9, 0), (10, 0)]
+    assert saved(tmp_path) == [(4, 0), (8, 0), (9, 0), (10, 0)]
+
+
+class Trainer24(FakeTrainer):
+    """AllenNLP 2.4's test trainer: its training state says only the epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__({"epoch": torch.tensor(epoch)}, {"epoch": epoch})
+
+
+def _allennlp_2_4_window_run(tmp_path, clock, restart_after=None):
+    """
+    AllenNLP 2.4's own test_keep_serialized_model_every_num_seconds, with the clock injected
+    instead of time.sleep: 30 epoch saves, keep 10, windows of 1 s, 2 s pauses before epochs 5, 18
+    and 26. With `restart_after=E` the process "dies" after saving epoch E and a new checkpointer
+    resumes (2.4's restore_checkpoint) during the next pause, as `--recover` would.
+    """
+    def make():
+        return DefaultCheckpointer(
+            tmp_path, num_serialized_models_to_keep=10, keep_serialized_model_every_num_seconds=1, clock=clock
+        )
+
+    checkpointer = make()
+    for e in range(30):
+        if e in (5, 18, 26):
+            clock.now += 2.0
+            if restart_after == e - 1:
+                checkpointer.close()
+                checkpointer = make()
+                model_state, training_state = checkpointer.restore_checkpoint()
+                assert training_state["epoch"] == e - 1
+        clock.now += 0.01
+        checkpointer.save_checkpoint(epoch=e, trainer=Trainer24(e), is_best_so_far=False)
+    return [epochs_completed - 1 for epochs_completed, _ in saved(tmp_path)]  # back to 2.4's epoch index
+
+
+def test_allennlp_2_4_own_window_test(tmp_path, clock):
+    assert _allennlp_2_4_window_run(tmp_path, clock) == [5, 18] + list(range(20, 30))  # 26 is among the 10 newest
+
+
+@pytest.mark.parametrize("restart_after", [4, 17])
+def test_window_anchor_survives_a_restart(tmp_path, clock, restart_after):
+    # Restarting during the pause before epoch 5 (or 18): a window anchored at the new process'
+    # start would drop epoch 5 (or 18); the run's recorded start keeps it.
+    assert _allennlp_2_4_window_run(tmp_path, clock, restart_after) == [5, 18] + list(range(20, 30))  # 26 is among the 10 newest
 
 
 class KeepNothing(RetentionPolicy):

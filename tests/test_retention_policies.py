@@ -1,4 +1,6 @@
 """Retention policies as pure tables: keep-masks over synthetic checkpoints, `now` passed in."""
+import dataclasses
+
 import pytest
 from allennlp.common import Params
 from allennlp.common.checks import ConfigurationError
@@ -48,13 +50,27 @@ def test_most_recent_by_age(times, now, expected):
 @pytest.mark.parametrize(
     "times, expected",
     [
-        ((0, 10, 59, 60, 61, 130, 179, 200), [True, False, False, True, False, True, False, True]),
+        ((0, 10, 59, 60, 61, 130, 179, 200), [True, False, False, False, True, True, False, True]),
         ((5,), [True]),
         ((), []),
     ],
 )
-def test_one_per_time_window(times, expected):
+def test_one_per_time_window_without_a_run_start(times, expected):
+    # AllenNLP's own files carry no run start: the oldest opens the first window; then strictly
+    # more than `seconds` after the last kept one, as AllenNLP 2.4 compares.
     assert KeepOnePerTimeWindow(60).should_keep(at_times(*times), now=1e9) == expected
+
+
+@pytest.mark.parametrize(
+    "start, times, expected",
+    [
+        (0, (10, 59, 60, 61, 121, 122, 200), [False, False, False, True, False, True, True]),
+        (-100, (10, 20), [True, False]),
+    ],
+)
+def test_one_per_time_window_counts_from_the_run_start(start, times, expected):
+    checkpoints = [dataclasses.replace(c, run_start=start) for c in at_times(*times)]
+    assert KeepOnePerTimeWindow(60).should_keep(checkpoints, now=1e9) == expected
 
 
 def test_one_per_time_window_is_stable_under_its_own_deletions():

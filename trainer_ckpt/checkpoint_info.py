@@ -27,6 +27,9 @@ class CheckpointInfo:
         This is the end of the last epoch the trainer will run (`num_epochs`, or early stopping).
     size_bytes : `int`, optional (default=`0`)
         On disk: the checkpoint's size (model + training state).
+    run_start : `float`, optional (default=`None`)
+        When the run that wrote the checkpoint first started (kept across restarts and
+        `--recover`); None where unknown (AllenNLP's own files).
     """
 
     epochs_completed: int
@@ -37,6 +40,7 @@ class CheckpointInfo:
     is_best_so_far: bool = dataclasses.field(default=False, compare=False)
     training_ends: bool = dataclasses.field(default=False, compare=False)
     size_bytes: int = dataclasses.field(default=0, compare=False)
+    run_start: Optional[float] = dataclasses.field(default=None, compare=False)
 
     @property
     def end_of_epoch(self) -> bool:

@@ -96,6 +96,7 @@ def _info(found: storage.Found) -> CheckpointInfo:
         total_batches_completed=found.record.get("total_batches_completed"),
         is_best_so_far=found.record.get("is_best_so_far", False),
         size_bytes=found.size_bytes,
+        run_start=found.record.get("run_start"),
     )
 
 
@@ -290,6 +291,9 @@ class DefaultCheckpointer(Checkpointer):
         self._lock = lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
+        # When the run started: recorded with every checkpoint and taken back on resume, so time
+        # windows count from the first start of the run, however often it is restarted.
+        self._run_start = self._previous[0].time
 
     # ---- saving --------------------------------------------------------------------------
 
@@ -416,7 +420,7 @@ class DefaultCheckpointer(Checkpointer):
                 progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
             )
             record.update(files=files, world_size=self._world_size, versions=dict(_versions()),
-                          config_sha256=self._config_hash())
+                          config_sha256=self._config_hash(), run_start=self._run_start)
             self._dir.write_record(progress, self._own_rank(), record)
         except OSError as e:
             self._save_failed(progress, e)
@@ -574,6 +578,7 @@ class DefaultCheckpointer(Checkpointer):
             training_state["moving_average"] = {**training_state["moving_average"], "parameters": moving_average._parameters}
         # Cadence restarts from the restored point, at restart time: time spent dead does not count.
         self._previous = [CheckpointInfo(*found.progress, time=self._clock())]
+        self._run_start = found.record.get("run_start", self._run_start)
         return TrainerCheckpoint(model_state, training_state)
 
     def _compare_run(self, found: storage.Found, saved: Dict[str, Any]) -> None:
@@ -666,15 +671,23 @@ class DefaultCheckpointer(Checkpointer):
     def _may_write(self) -> bool:
         return self._is_primary and not self._read_only
 
-    def restart_at(self, progress: Tuple[int, int]) -> None:
+    def restart_at(self, progress: Tuple[int, int], run_start: Optional[float] = None) -> None:
         """
         Resumes the save cadence from `progress`, where the trainer restarts (another
-        checkpointer's restored checkpoint), removing what a crash left among this one's files.
+        checkpointer's restored checkpoint, whose run started at `run_start`), removing what a
+        crash left among this one's files.
         """
         if self._may_write():
             self._index = None
             self._clean_up(self._dir.list(self._ranks()))
         self._previous = [CheckpointInfo(*progress, time=self._clock())]
+        if run_start is not None:
+            self._run_start = run_start
+
+    @property
+    def run_start(self) -> float:
+        """When this run first started (taken back from the checkpoint it resumed from)."""
+        return self._run_start
 
     def _clean_up(self, listing: storage.Listing) -> None:
         for progress in listing.orphan_records:

@@ -79,5 +79,5 @@ class CheckpointerGroup(Checkpointer):
             progress = (state.get("epochs_completed", 0), state.get("batches_in_epoch_completed", 0))
             for member in self.members[1:]:
                 if isinstance(member, DefaultCheckpointer):
-                    member.restart_at(progress)
+                    member.restart_at(progress, run_start=getattr(self.members[0], "run_start", None))
         return checkpoint

@@ -99,11 +99,13 @@ class KeepMostRecentByAge(RetentionPolicy):
 @RetentionPolicy.register("one_per_time_window")
 class KeepOnePerTimeWindow(RetentionPolicy):
     """
-    Keeps checkpoints permanently at least `seconds` apart: the oldest, then each one saved
-    `seconds` or more after the last one kept this way (AllenNLP 2.4's
-    `keep_serialized_model_every_num_seconds`, counted from the oldest checkpoint on disk rather
-    than from the process start, so it survives restarts). Deleting checkpoints this policy does
-    not keep never changes what it keeps later.
+    Keeps checkpoints permanently, one per window of `seconds` (AllenNLP 2.4's
+    `keep_serialized_model_every_num_seconds`): the first window starts when the run started, and
+    a checkpoint saved more than `seconds` after the last one kept this way (or the start) is kept.
+    The start is recorded with every checkpoint, so a restart or `--recover` keeps the same
+    checkpoints as an uninterrupted run; for checkpoints without that record (AllenNLP's files)
+    the oldest one opens the first window. Deleting checkpoints this policy does not keep never
+    changes what it keeps later.
 
     # Parameters
 
@@ -116,9 +118,9 @@ class KeepOnePerTimeWindow(RetentionPolicy):
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
         keep = []
-        last_kept = None
+        last_kept = next((c.run_start for c in checkpoints if c.run_start is not None), None)
         for c in checkpoints:
-            k = last_kept is None or c.time - last_kept >= self.seconds
+            k = last_kept is None or c.time - last_kept > self.seconds
             if k:
                 last_kept = c.time
             keep.append(k)
