@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -40,7 +41,13 @@ def allennlp_train(
     full_env.pop("TRAINER_CKPT_KILL_AT", None)
     if kill_at is not None:
         full_env["TRAINER_CKPT_KILL_AT"] = kill_at
-    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True)
+    # Output goes to files, not pipes: a data-loader worker that outlives a killed trainer keeps
+    # its inherited pipe ends open, and reading a pipe to its end would wait for the worker.
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        run = subprocess.run(command, cwd=cwd, env=full_env, stdout=stdout, stderr=stderr, text=True)
+        stdout.seek(0), stderr.seek(0)
+        run.stdout, run.stderr = stdout.read(), stderr.read()
+    return run
 
 
 def checkpoint_files(serialization_dir: Path, prefixes: Sequence[str] = ("",)) -> List[str]:

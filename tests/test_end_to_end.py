@@ -156,3 +156,31 @@ def test_a_run_directory_moves_between_allennlps_checkpointer_and_ours(tmp_path,
     if ours_first:  # AllenNLP's retention deletes state files only; our records of those remain
         final = sorted(final + [f"checkpoint_e1_b{b}.json" for b in (0, 5, 10)])
     assert checkpoint_files(tmp_path) == final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+def test_data_loader_workers_outliving_a_killed_trainer_do_not_block_recover(tmp_path):
+    config = ROOT / "fixtures" / "configs" / "workers_interrupted.jsonnet"
+    children_file = tmp_path / "children.txt"
+    out = tmp_path / "run"
+    killed(allennlp_train(config, out, kill_at="1:12", env={"TRAINER_CKPT_CHILDREN_FILE": str(children_file)}))
+    workers = [int(pid) for pid in children_file.read_text().split()]
+    try:
+        # Only the trainer was killed: its forked workers are still there when --recover starts.
+        assert [pid for pid in workers if _alive(pid)], f"no worker outlived the trainer: {workers}"
+        recovered = allennlp_train(config, out, recover=True)
+        finished(out, recovered)
+        assert "Restoring checkpoint e1_b10" in (out / "out.log").read_text()
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -170,3 +170,29 @@ def test_one_writer_per_directory(three):
         holder.wait()
     DefaultCheckpointer(three).save_checkpoint(trainer_at(4, 0))
     assert saved(three)[-1] == (4, 0)
+
+
+FORKING_HOLDER = """
+import os, signal, sys, time
+from trainer_ckpt import DefaultCheckpointer
+DefaultCheckpointer(sys.argv[1])
+child = os.fork()
+if child == 0:
+    os.close(1), os.close(2)  # so the test reading our output is not kept waiting
+    time.sleep(60)  # a worker that outlives its parent
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_child_does_not_keep_the_writer_lock(three):
+    holder = subprocess.run([sys.executable, "-c", FORKING_HOLDER, str(three)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert holder.returncode == -9, holder.stderr
+    worker = int(holder.stdout.split()[0])
+    try:
+        os.kill(worker, 0)  # still alive
+        DefaultCheckpointer(three).save_checkpoint(trainer_at(4, 0))
+        assert saved(three)[-1] == (4, 0)
+    finally:
+        os.kill(worker, 9)

@@ -43,6 +43,25 @@ def lock_directory(directory: str) -> str:
     return key
 
 
+def _drop_inherited_locks() -> None:
+    """
+    In a forked child (a data-loader worker, anything the trainer forks): close the inherited
+    descriptors. An flock belongs to the open file description, which a fork shares, so a
+    worker that outlived a SIGKILLed trainer would otherwise hold the lock and block --recover.
+    Closing the child's copy leaves the parent's lock in place (no LOCK_UN: that would drop it
+    for the parent too).
+    """
+    for fd, _ in _LOCKS.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def unlock_directory(key: str) -> None:
     held = _LOCKS.get(key)
     if held is not None:
