@@ -129,7 +129,7 @@ W = r"trainer_ckpt checkpointer: "
         ({"retention_policy": "all", "keep_most_recent_by_age": 5, "num_serialized_models_to_keep": 1}, W + r"`retention_policy` and the flat key\(s\) keep_most_recent_by_age, num_serialized_models_to_keep both"),
         ({"save_policy": {"type": "every_num_batches", "num_batches": 0}}, r"every_num_batches: `num_batches` must be an integer >= 1, got 0\."),
         ({"retention_policy": {"type": "most_recent_by_count", "count": 0}}, r"most_recent_by_count: `count` must be an integer >= 1, got 0\."),
-        ({"save_policy": "every_epoch"}, r"every_epoch not in acceptable choices for type"),
+        ({"save_policy": "every_epoch"}, r"save policy: `type` must name a registered save policy, got 'every_epoch' in \{'type': 'every_epoch'\}\. Use one of completed_epochs, "),
         ({"keep_most_recent": 2}, r"Extra parameters passed to DefaultCheckpointer: {'keep_most_recent': 2}"),
         ({"on_save_error": "ignore"}, W + r'`on_save_error` must be "raise" or "warn", got \'ignore\'\. Use "warn" to log a failed save and let training go on\.'),
         ({"safe_globals": ["no_such_module.Thing"]}, W + r"`safe_globals` entries must be importable fully qualified names, got 'no_such_module\.Thing' \(No module named 'no_such_module'\)\."),

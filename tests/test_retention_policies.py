@@ -104,7 +104,7 @@ def test_from_config():
         ({"type": "most_recent_by_age", "seconds": 0}, r"most_recent_by_age: `seconds` must be a number of seconds > 0, got 0\."),
         ({"type": "one_per_time_window", "seconds": -60}, r"one_per_time_window: `seconds` must be a number of seconds > 0, got -60\."),
         ({"type": "any", "policies": []}, r"any: `policies` must list at least one retention policy, got \[\]\."),
-        ({"type": "most_recent"}, r"most_recent not in acceptable choices for type: \['all', 'most_recent_by_count'"),
+        ({"type": "most_recent"}, r"retention policy: `type` must name a registered retention policy, got 'most_recent' in \{'type': 'most_recent'\}\. Use one of all, most_recent_by_count, "),
     ],
 )
 def test_bad_parameters_are_configuration_errors(params, message):

@@ -86,7 +86,7 @@ def test_string_shorthand_and_nested_config():
         ({"type": "every_num_seconds", "seconds": float("inf")}, r"got inf\. Use a positive, finite number\."),
         ({"type": "every_num_seconds", "seconds": -1.5}, r"got -1\.5\."),
         ({"type": "any", "policies": []}, r"any: `policies` must list at least one save policy, got \[\]\."),
-        ({"type": "every_num_batch", "num_batches": 3}, r"every_num_batch not in acceptable choices for type: \['completed_epochs', 'every_num_epochs', 'every_num_batches'"),
+        ({"type": "every_num_batch", "num_batches": 3}, r"save policy: `type` must name a registered save policy, got 'every_num_batch' in \{'type': 'every_num_batch', 'num_batches': 3\}\. Use one of completed_epochs, every_num_epochs, every_num_batches, "),
     ],
 )
 def test_bad_parameters_are_configuration_errors(params, message):
@@ -186,7 +186,7 @@ def test_all_of():
         ({"type": "at"}, r"at: needs `epochs` or `batches`, got epochs=None, batches=None\."),
         ({"type": "at", "epochs": [1, -2]}, r"at: `epochs` must be a list of whole numbers >= 0, got \[1, -2\]\."),
         ({"type": "not_before", "policy": "completed_epochs", "epochs": -1}, r"not_before: `epochs` must be an integer >= 0, got -1\."),
-        ({"type": "not_before", "epochs": 2}, r'key "policy" is required'),
+        ({"type": "not_before", "epochs": 2}, r"not_before: missing key\(s\) policy, got \{'type': 'not_before', 'epochs': 2\}\. Its keys are: batches, epochs, policy \(required: policy\)\."),
         ({"type": "all_of", "policies": []}, r"all_of: `policies` must list at least one save policy, got \[\]\."),
     ],
 )

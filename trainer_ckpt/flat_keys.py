@@ -60,7 +60,7 @@ def save_policy_from(
     given = {k: v for k, v in flat.items() if v is not None and v is not _UNSET}
     if policy is not None:
         _no_flat_keys("save_policy", policy, given)
-        return policy
+        return SavePolicy.build(_WHERE, "save_policy", policy)
     if save_every_num_seconds is not None and model_save_interval is not None:
         _both_generations("save_every_num_seconds", save_every_num_seconds, "model_save_interval",
                           model_save_interval, "the save interval")
@@ -100,7 +100,7 @@ def retention_policy_from(
     given = {k: v for k, v in flat.items() if v is not _UNSET and (v is not None or k in nullable)}
     if policy is not None:
         _no_flat_keys("retention_policy", policy, given)
-        return policy
+        return RetentionPolicy.build(_WHERE, "retention_policy", policy)
     if keep_most_recent_by_count is not _UNSET and num_serialized_models_to_keep is not _UNSET:
         _both_generations("keep_most_recent_by_count", keep_most_recent_by_count,
                           "num_serialized_models_to_keep", num_serialized_models_to_keep,

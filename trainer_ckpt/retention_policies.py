@@ -10,11 +10,12 @@ from typing import List, Sequence, Tuple, Union
 from allennlp.common import Registrable
 from allennlp.common.checks import ConfigurationError
 
+from trainer_ckpt._validate import Bool, CheckedRegistrable, Float, Int, Raw
 from trainer_ckpt._validate import finite, flag, positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 
-class RetentionPolicy(Registrable):
+class RetentionPolicy(CheckedRegistrable):
     """
     Decides which checkpoints stay on disk. Subclass it, implement `should_keep`, and
     `@RetentionPolicy.register("name")` it.
@@ -22,6 +23,9 @@ class RetentionPolicy(Registrable):
     `should_keep(checkpoints, now)` gets the complete checkpoints, oldest first, and returns one
     bool per checkpoint. `describe()` names the rule in explanations and deletion logs.
     """
+
+    kind = "retention policy"
+    example = '{"type": "most_recent_by_count", "count": 2}'
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
         raise NotImplementedError
@@ -59,7 +63,7 @@ class KeepMostRecentByCount(RetentionPolicy):
         How many to keep, >= 1.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: Int) -> None:
         self.count = positive_int(
             "most_recent_by_count",
             "count",
@@ -86,7 +90,7 @@ class KeepMostRecentByAge(RetentionPolicy):
         Maximum age in seconds, > 0.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: Float) -> None:
         self.seconds = positive_seconds("most_recent_by_age", "seconds", seconds)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -113,7 +117,7 @@ class KeepOnePerTimeWindow(RetentionPolicy):
         Minimum distance in seconds between permanently kept checkpoints, > 0.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: Float) -> None:
         self.seconds = positive_seconds("one_per_time_window", "seconds", seconds)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -141,7 +145,7 @@ class KeepEveryNumEpochs(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, num_epochs: int) -> None:
+    def __init__(self, num_epochs: Int) -> None:
         self.num_epochs = positive_int("every_num_epochs", "num_epochs", num_epochs)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -163,7 +167,7 @@ class KeepEveryNumBatches(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, num_batches: int) -> None:
+    def __init__(self, num_batches: Int) -> None:
         self.num_batches = positive_int("every_num_batches", "num_batches", num_batches)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -224,7 +228,7 @@ class KeepBest(RetentionPolicy):
         AllenNLP's metric tracker).
     """
 
-    def __init__(self, metric: Union[str, List[str]], count: int = 1, greater_or_equal: bool = False) -> None:
+    def __init__(self, metric: Union[Raw, str, List[str]], count: Int = 1, greater_or_equal: Bool = False) -> None:
         names = [metric] if isinstance(metric, str) else metric
         if not isinstance(names, list) or not names:
             raise ConfigurationError(
@@ -281,7 +285,7 @@ class KeepWithinDiskQuota(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, max_total_bytes: int) -> None:
+    def __init__(self, max_total_bytes: Int) -> None:
         self.max_total_bytes = positive_int(
             "disk_quota", "max_total_bytes", max_total_bytes, "Give the budget in bytes, e.g. 10000000000 for 10 GB."
         )
@@ -308,13 +312,13 @@ class KeepWithinDiskQuota(RetentionPolicy):
 class _Combination(RetentionPolicy):
     name = ""
 
-    def __init__(self, policies: List[RetentionPolicy]) -> None:
-        if not policies:
+    def __init__(self, policies: Union[List[RetentionPolicy], Raw]) -> None:
+        if not isinstance(policies, (list, tuple)) or not policies:
             raise ConfigurationError(
-                f"{self.name}: `policies` must list at least one retention policy, got []. "
+                f"{self.name}: `policies` must list at least one retention policy, got {policies!r}. "
                 'Add one, e.g. [{"type": "most_recent_by_count", "count": 2}], or use "all".'
             )
-        self.policies = list(policies)
+        self.policies = [RetentionPolicy.build(self.name, f"policies[{i}]", p) for i, p in enumerate(policies)]
 
     def describe(self) -> str:
         return _described(self.name, *(p.describe() for p in self.policies))

@@ -2,16 +2,16 @@
 Save policies: *when* to save. Each answers one question from data alone (no clock, no disk):
 should the checkpointer save at `current`, given where it saved before?
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
-from allennlp.common import Registrable
 from allennlp.common.checks import ConfigurationError
 
+from trainer_ckpt._validate import Bool, CheckedRegistrable, Float, Int, IntList, Raw
 from trainer_ckpt._validate import flag, int_list, non_negative_int, positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 
-class SavePolicy(Registrable):
+class SavePolicy(CheckedRegistrable):
     """
     Decides whether to save a checkpoint. Subclass it, implement `should_save`, and
     `@SavePolicy.register("name")` it to use it in a config as `"save_policy": "name"` or
@@ -25,6 +25,8 @@ class SavePolicy(Registrable):
 
     #: True when decisions depend on the wall clock, so ranks of a distributed run could disagree.
     depends_on_clock = False
+    kind = "save policy"
+    example = '"completed_epochs" or {"type": "every_num_batches", "num_batches": 100}'
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
         raise NotImplementedError
@@ -60,7 +62,7 @@ class SaveEveryNumEpochs(SavePolicy):
         >= 1.
     """
 
-    def __init__(self, num_epochs: int) -> None:
+    def __init__(self, num_epochs: Int) -> None:
         self.num_epochs = positive_int("every_num_epochs", "num_epochs", num_epochs)
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
@@ -83,7 +85,7 @@ class SaveEveryNumBatches(SavePolicy):
     restart_each_epoch : `bool`, optional (default=`True`)
     """
 
-    def __init__(self, num_batches: int, restart_each_epoch: bool = True) -> None:
+    def __init__(self, num_batches: Int, restart_each_epoch: Bool = True) -> None:
         self.num_batches = positive_int("every_num_batches", "num_batches", num_batches)
         self.restart_each_epoch = flag("every_num_batches", "restart_each_epoch", restart_each_epoch)
 
@@ -115,7 +117,7 @@ class SaveEveryNumSeconds(SavePolicy):
 
     depends_on_clock = True
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: Float) -> None:
         self.seconds = positive_seconds("every_num_seconds", "seconds", seconds)
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
@@ -136,9 +138,9 @@ class SaveAt(SavePolicy):
         Batches since the start of the run.
     """
 
-    def __init__(self, epochs: Optional[List[int]] = None, batches: Optional[List[int]] = None) -> None:
-        self.epochs = set(int_list("at", "epochs", epochs or []))
-        self.batches = set(int_list("at", "batches", batches or []))
+    def __init__(self, epochs: IntList = None, batches: IntList = None) -> None:
+        self.epochs = set(int_list("at", "epochs", epochs))
+        self.batches = set(int_list("at", "batches", batches))
         if not self.epochs and not self.batches:
             raise ConfigurationError(
                 f"at: needs `epochs` or `batches`, got epochs={epochs!r}, batches={batches!r}. "
@@ -164,11 +166,11 @@ class SaveNotBefore(SavePolicy):
     batches : `int`, optional (default=`0`)
     """
 
-    def __init__(self, policy: SavePolicy, epochs: int = 0, batches: int = 0) -> None:
-        self.policy = policy
+    def __init__(self, policy: Union[SavePolicy, Raw], epochs: Int = 0, batches: Int = 0) -> None:
+        self.policy = SavePolicy.build("not_before", "policy", policy)
         self.epochs = non_negative_int("not_before", "epochs", epochs)
         self.batches = non_negative_int("not_before", "batches", batches)
-        self.depends_on_clock = policy.depends_on_clock
+        self.depends_on_clock = self.policy.depends_on_clock
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
         if current.epochs_completed < self.epochs:
@@ -203,13 +205,13 @@ class SaveBestSoFar(SavePolicy):
 class _Combination(SavePolicy):
     name = ""
 
-    def __init__(self, policies: List[SavePolicy]) -> None:
-        if not policies:
+    def __init__(self, policies: Union[List[SavePolicy], Raw]) -> None:
+        if not isinstance(policies, (list, tuple)) or not policies:
             raise ConfigurationError(
-                f"{self.name}: `policies` must list at least one save policy, got []. "
+                f"{self.name}: `policies` must list at least one save policy, got {policies!r}. "
                 'Add one, e.g. ["completed_epochs"], or use "never".'
             )
-        self.policies = list(policies)
+        self.policies = [SavePolicy.build(self.name, f"policies[{i}]", p) for i, p in enumerate(policies)]
         self.depends_on_clock = any(p.depends_on_clock for p in self.policies)
 
 
