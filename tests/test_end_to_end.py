@@ -62,8 +62,8 @@ def test_kill_during_the_first_epoch_and_recover_twice(tmp_path):
 EXPECTED_AFTER_TRAINING = {
     "epoch_saves": names((2, 0), (3, 0)),
     "every_n_batches_keep_3": names((2, 15), (2, 20), (3, 0)),
-    "hourly_keep": names((1, 0), (2, 0), (3, 0)),  # 3 newest; the oldest is also its hour's keeper
-    "allennlp_2_4_keys": names((1, 0), (2, 0), (3, 0)),  # 2 newest + one per 2 hours (the oldest)
+    "hourly_keep": names((1, 0), (2, 0), (3, 0)),  # the 3 newest (no hour has passed since the start)
+    "allennlp_2_4_keys": names((2, 0), (3, 0)),  # 2 newest; no 2-hour window has passed since the start
     "custom_policy": names((1, 0), (2, 0), (3, 0)),
     "background_saves": names((2, 15), (2, 20), (3, 0)),
     "best_and_latest": None,  # depends on the accuracies: see below
