@@ -8,6 +8,8 @@ contents its name promises; anything else counts as torn or unrecoverable.
     .venv/bin/python scripts/crash_test.py --trials 200                         # trainer_ckpt
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ours_background
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer allennlp  # AllenNLP's, to compare
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer fvcore_face   # a plain loop, trainer_ckpt.fvcore
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer fvcore        # the same loop, fvcore's own
 
 Children are forked from this process (everything is imported once, so a trial takes well under a
 second); they die of a real SIGKILL, with no clean-up of any kind.
@@ -57,6 +59,50 @@ def _make(which: str, directory: str, **kwargs):
     return Checkpointer(directory, keep_most_recent_by_count=2)
 
 
+class _Holder:
+    """A checkpointable (an optimizer's stand-in) for the plain-loop checkpointers."""
+
+    def __init__(self, numel: int) -> None:
+        self.exp_avg = torch.zeros(numel // 8)
+
+    def state_dict(self):
+        return {"exp_avg": self.exp_avg}
+
+    def load_state_dict(self, state) -> None:
+        self.exp_avg = state["exp_avg"]
+
+
+def _plain_loop(which: str, directory: str, numel: int):
+    """A plain PyTorch loop's model, optimizer state and (fvcore's or our) checkpointer."""
+    if which.startswith("fvcore_face"):
+        from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
+
+        kwargs = {"background": which == "fvcore_face_background"}
+    else:
+        from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+
+        kwargs = {}
+    model, holder = torch.nn.Linear(1, 1, bias=False), _Holder(numel)
+    model.weight = torch.nn.Parameter(torch.zeros(numel), requires_grad=False)
+    checkpointer = Checkpointer(model, directory, optimizer=holder, **kwargs)
+    return model, holder, checkpointer, PeriodicCheckpointer(checkpointer, 1, max_to_keep=2)
+
+
+def _saver(which: str, directory: str, numel: int):
+    """save(i): the loop's i-th checkpoint, holding tensors filled with i."""
+    if not which.startswith("fvcore"):
+        checkpointer = _make(which, directory)
+        return lambda i: checkpointer.maybe_save_checkpoint(_Trainer(i, numel), i, 0)
+    model, holder, _, periodic = _plain_loop(which, directory, numel)
+
+    def save(i: int) -> None:
+        model.weight.fill_(float(i))
+        holder.exp_avg = torch.full((numel // 8,), float(i))
+        periodic.step(i - 1)  # iteration i - 1 done: model_{i-1:07d}.pth
+
+    return save
+
+
 def _arm(mode: str, k: int) -> None:
     """Makes this process SIGKILL itself around its k-th rename or deletion."""
     name, when = {"before_rename": ("replace", "before"), "after_rename": ("replace", "after"),
@@ -79,12 +125,12 @@ def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: 
     torch.set_num_threads(1)
     if mode != "random_time":
         _arm(mode, k)
-    checkpointer = _make(which, directory)
+    save = _saver(which, directory, numel)
     with open(log_path, "a") as log:
         for i in range(1, 1_000_000):
-            checkpointer.maybe_save_checkpoint(_Trainer(i, numel), i, 0)
+            save(i)
             # Background: save i is in flight; i - 1 was complete before save i began.
-            done = i - 1 if which == "ours_background" else i
+            done = i - 1 if which.endswith("_background") else i
             if done:
                 log.write(f"{done}\n")  # the page cache outlives a killed process
                 log.flush()
@@ -97,6 +143,8 @@ def _committed(log_path: Path) -> int:
 
 def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
     """(the restored i, "") or (None, why not)."""
+    if which.startswith("fvcore"):
+        return _restore_plain_loop(which.replace("_background", ""), directory, numel)
     checkpointer = _make("ours" if which.startswith("ours") else which, directory)
     try:
         checkpoint = checkpointer.load_checkpoint()
@@ -111,6 +159,25 @@ def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str
     i = training_state.get("i")
     if not (torch.equal(model_state["weight"], torch.full((numel,), float(i)))
             and torch.equal(training_state["optimizer"]["exp_avg"], torch.full((numel // 8,), float(i)))):
+        return None, f"checkpoint {i} has other contents than its name says"
+    return i, ""
+
+
+def _restore_plain_loop(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
+    model, holder, checkpointer, _ = _plain_loop(which, directory, numel)
+    if not checkpointer.has_checkpoint():
+        return None, "no checkpoint found"
+    try:  # what a restarted loop does
+        extra = checkpointer.resume_or_load("", resume=True)
+    except Exception as e:
+        return None, f"load failed: {type(e).__name__}: {str(e)[:120]}"
+    finally:
+        if hasattr(checkpointer, "engine"):
+            checkpointer.engine.close()
+    if "iteration" not in extra:
+        return None, "no checkpoint found"
+    i = extra["iteration"] + 1
+    if not (torch.equal(model.weight, torch.full((numel,), float(i))) and torch.equal(holder.exp_avg, torch.full((numel // 8,), float(i)))):
         return None, f"checkpoint {i} has other contents than its name says"
     return i, ""
 
@@ -159,8 +226,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--size-mb", type=float, default=16.0, help="checkpoint size (model + optimizer state)")
-    parser.add_argument("--checkpointer", choices=["ours", "ours_background", "allennlp"], default="ours",
-                        help="ours_background: trainer_ckpt with background: true")
+    parser.add_argument("--checkpointer", default="ours",
+                        choices=["ours", "ours_background", "allennlp", "fvcore_face", "fvcore_face_background", "fvcore"],
+                        help="ours*: trainer_ckpt's AllenNLP face (background: true); allennlp: AllenNLP's own; "
+                             "fvcore_face*: a plain loop with trainer_ckpt.fvcore; fvcore: the same loop with fvcore's own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
