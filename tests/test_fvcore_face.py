@@ -11,7 +11,6 @@ import random
 import string
 import subprocess
 import sys
-from collections import OrderedDict
 
 import pytest
 import torch

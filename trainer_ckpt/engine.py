@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import torch
 
-from trainer_ckpt import resume, storage
+from trainer_ckpt import storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.lock import lock_directory, unlock_directory
@@ -93,7 +93,6 @@ class Engine:
         self.safe_globals = list(safe_globals)
         self.clock = clock or time.time
         self._writer, self._snapshot = BackgroundWriter(), Snapshotter()
-        self._verified: Dict[str, Tuple[float, int]] = {}  # name -> (time, size) written or checked here
         self._lock = None if read_only else lock_directory(directory)
         if not read_only:
             self._clean_up()
@@ -148,11 +147,10 @@ class Engine:
             "epochs_completed": info.epochs_completed,
             "batches_in_epoch_completed": info.batches_in_epoch_completed,
             "total_batches_completed": info.total_batches_completed,
-            "metrics": {k: float(v) for k, v in info.metrics.items() if storage_number(v)},
+            "metrics": {k: float(v) for k, v in info.metrics.items() if _number(v)},
             "files": files,
         }
         storage.atomic_write(os.path.join(self.directory, self.layout.record(name)), _json(full))
-        self._verified[name] = (info.time, sum(f["size"] for f in files.values()))
         logger.debug("Saved checkpoint %s in %s", name, self.directory)
         if after_commit is not None:
             after_commit(name)
@@ -219,7 +217,6 @@ class Engine:
         storage.remove_file(os.path.join(self.directory, self.layout.record(entry.name)))
         for path in entry.paths.values():
             storage.remove_file(path)
-        self._verified.pop(entry.name, None)
 
     def _clean_up(self) -> None:
         """Removes temp files of dead writers, and records whose state files are all gone."""
@@ -281,39 +278,15 @@ class Engine:
 
     def quarantine(self, entry: Entry) -> List[str]:
         """Moves a checkpoint's files into corrupt/, never overwriting what is there."""
-        target = os.path.join(self.directory, "corrupt")
-        os.makedirs(target, exist_ok=True)
-        moved = []
-        record = os.path.join(self.directory, self.layout.record(entry.name))
-        for path in [record, *entry.paths.values()]:
-            base = os.path.basename(path)
-            dest, n = os.path.join(target, base), 1
-            while os.path.exists(dest):
-                dest, n = os.path.join(target, f"{base}.{n}"), n + 1
-            try:
-                os.rename(path, dest)
-                moved.append(base)
-            except FileNotFoundError:
-                pass
-        storage.fsync_dir(self.directory)
-        self._verified.pop(entry.name, None)
-        return moved
+        names = [self.layout.record(entry.name)] + [os.path.basename(p) for p in entry.paths.values()]
+        return storage.move_into_corrupt(self.directory, names)
 
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds types `weights_only` loading refuses; nothing in it was run."""
 
 
-def rng_state() -> Dict[str, Any]:
-    """Every random generator's state (python, numpy, torch, each CUDA device), weights_only-safe."""
-    return resume.capture_rng()
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    resume.restore_rng(state)
-
-
-def storage_number(value: Any) -> bool:
+def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import fvcore.common.checkpoint as _fvcore
 
 from trainer_ckpt import storage
+from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, UnsafeCheckpointError, restore_rng_state, rng_state
+from trainer_ckpt.engine import RNG, Engine, Layout, UnsafeCheckpointError
 from trainer_ckpt.retention_policies import KeepMostRecentByCount, RetentionPolicy
 from trainer_ckpt.save_policies import SavePolicy
 
@@ -99,7 +100,7 @@ class Checkpointer(_fvcore.Checkpointer):
         done = kwargs.get("iteration")
         done = done + 1 if isinstance(done, int) and not isinstance(done, bool) else None
         info = CheckpointInfo(0, done or 0, time=self.engine.clock(), total_batches_completed=done)
-        self.engine.save(name, {MAIN: data, RNG: rng_state()}, info, after_commit=self._tag, retention=retention)
+        self.engine.save(name, {MAIN: data, RNG: capture_rng()}, info, after_commit=self._tag, retention=retention)
 
     def _tag(self, name: str) -> None:
         self.tag_last_checkpoint(f"{name}.pth")
@@ -151,7 +152,7 @@ class Checkpointer(_fvcore.Checkpointer):
         finally:
             self._preloaded = None
         if self.restore_rng and RNG in states:
-            restore_rng_state(states[RNG])
+            restore_rng(states[RNG])
         return extra
 
     def _load_file(self, f: str) -> Dict[str, Any]:

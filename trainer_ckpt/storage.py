@@ -257,6 +257,24 @@ def _mismatch(path: str, size: int, crc: Optional[int], expected: Dict[str, Any]
     return ""
 
 
+def move_into_corrupt(directory: str, names: Iterable[str]) -> List[str]:
+    """Moves files of `directory` into its `corrupt/`, never overwriting what is there; returns those moved."""
+    target = os.path.join(directory, "corrupt")
+    os.makedirs(target, exist_ok=True)
+    moved = []
+    for name in names:
+        dest, n = os.path.join(target, name), 1
+        while os.path.exists(dest):
+            dest, n = os.path.join(target, f"{name}.{n}"), n + 1
+        try:
+            os.rename(os.path.join(directory, name), dest)
+            moved.append(name)
+        except FileNotFoundError:
+            pass
+    fsync_dir(directory)
+    return moved
+
+
 def remove_file(path: str) -> None:
     try:
         os.remove(path)
@@ -323,23 +341,10 @@ class CheckpointDir:
 
     def quarantine(self, progress: Progress, ranks: Optional[Iterable[int]]) -> List[str]:
         """Moves one checkpoint's files into `corrupt/`, never overwriting what is there."""
-        target = os.path.join(self.directory, "corrupt")
-        os.makedirs(target, exist_ok=True)
-        moved = []
-        for kind in (MODEL, TRAINING, RECORD):
-            for r in [None] if ranks is None else list(ranks):
-                name = self.name(kind, progress, r)
-                self._records.pop(name, None)
-                dest, n = os.path.join(target, name), 1
-                while os.path.exists(dest):
-                    dest, n = os.path.join(target, f"{name}.{n}"), n + 1
-                try:
-                    os.rename(os.path.join(self.directory, name), dest)
-                    moved.append(name)
-                except FileNotFoundError:
-                    pass
-        fsync_dir(self.directory)
-        return moved
+        names = [self.name(kind, progress, r) for kind in (MODEL, TRAINING, RECORD) for r in ([None] if ranks is None else list(ranks))]
+        for name in names:
+            self._records.pop(name, None)
+        return move_into_corrupt(self.directory, names)
 
     def list(self, ranks: Optional[Iterable[int]], own_rank: Optional[int] = None) -> Listing:
         """
