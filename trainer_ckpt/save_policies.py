@@ -2,7 +2,7 @@
 Save policies: *when* to save. Each answers one question from data alone (no clock, no disk):
 should the checkpointer save at `current`, given where it saved before?
 """
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 from allennlp.common.checks import ConfigurationError
 
