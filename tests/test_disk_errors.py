@@ -94,3 +94,22 @@ def test_a_directory_turned_read_only(small_fs):
     assert_only_first_checkpoint(small_fs)
     with pytest.raises(Exception, match=r"serialization directory .* is not writable, got OSError: \[Errno 30\] Read-only file system.*read_only=True"):
         DefaultCheckpointer(str(small_fs) + "/other")
+
+
+def test_fvcore_face_full_disk_keeps_the_earlier_checkpoint_and_pointer(small_fs):
+    from torch import nn
+
+    from trainer_ckpt.fvcore import Checkpointer
+
+    model = nn.Linear(64, 64, bias=False)  # 16 KiB
+    checkpointer = Checkpointer(model, str(small_fs))
+    checkpointer.save("model_small")
+    model.big = nn.Parameter(torch.zeros(2 * KIB * KIB // 4))  # 2 MiB: cannot fit in 1 MiB
+    with pytest.raises(OSError):
+        checkpointer.save("model_big")
+    assert sorted(p.name for p in small_fs.iterdir()) == [
+        ".model_small.pth.json", ".model_small.pth.rng", ".trainer_ckpt.lock", "last_checkpoint", "model_small.pth"
+    ]  # no temp file left, the pointer still names the good one
+    fresh = nn.Linear(64, 64, bias=False)
+    Checkpointer(fresh, str(small_fs)).resume_or_load("")
+    assert torch.equal(fresh.weight, model.weight)

@@ -342,3 +342,16 @@ def test_importing_trainer_ckpt_imports_no_peer():
     code = "import sys, trainer_ckpt; print(sorted(m for m in ('fvcore', 'ignite', 'mmengine') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.stdout.strip() == "[]", run.stderr
+
+
+def test_fvcores_messages_for_missing_and_unexpected_keys(tmp_path, caplog):
+    saved = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    Checkpointer(saved, str(tmp_path)).save("model_final")
+    other = nn.Sequential(nn.Linear(2, 3))
+    other.extra = nn.Linear(1, 1)
+    with caplog.at_level(logging.WARNING):
+        Checkpointer(other, str(tmp_path)).resume_or_load("")
+    assert "Some model parameters or buffers are not found in the checkpoint:" in caplog.text
+    assert "extra.{bias, weight}" in caplog.text
+    assert "The checkpoint state_dict contains keys that are not used by the model:" in caplog.text
+    assert "1.{bias, weight}" in caplog.text
