@@ -37,7 +37,7 @@ def explain(run_dir: Path) -> List[str]:
             continue
         explained = member.explain()
         metrics = sorted({k for c, _ in explained for k in c.metrics})
-        prefix = member._dir.prefix
+        prefix = member._store.prefix
         lines.append(f"{prefix or '(no prefix)'}: retention {member._retention_policy.describe()}")
         lines.append("  ".join(["checkpoint".ljust(12), "saved".ljust(19)] + [m[:10].ljust(10) for m in metrics] + ["kept by"]))
         for checkpoint, reasons in explained:

@@ -52,7 +52,7 @@ def test_a_background_failure_is_raised_at_the_next_call(tmp_path):
     broken = big_trainer(2, 2.0, mib=1)
     broken._training_state["unpicklable"] = lambda: None
     checkpointer.maybe_save_checkpoint(broken, 2, 0)  # returns; the worker fails
-    checkpointer._writer.wait()  # let it fail (without collecting the error)
+    checkpointer._engine._writer.wait()  # let it fail (without collecting the error)
     with pytest.raises(Exception, match="lambda|pickle"):
         checkpointer.maybe_save_checkpoint(big_trainer(2, 2.0, mib=1), 2, 5)
     assert saved(tmp_path) == [(1, 0)]

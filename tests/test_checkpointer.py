@@ -339,7 +339,7 @@ def test_best_k_and_last_epoch_from_a_trainer(tmp_path):
 
 def test_deletions_are_logged_with_the_rule(tmp_path, caplog):
     checkpointer = DefaultCheckpointer(tmp_path, keep_most_recent_by_count=1)
-    with caplog.at_level("INFO", logger="trainer_ckpt.checkpointer"):
+    with caplog.at_level("INFO", logger="trainer_ckpt"):
         run(checkpointer, epochs(2))
     assert f"Deleting checkpoint e1_b0 in {tmp_path}: retention policy most_recent_by_count(1) does not keep it" in caplog.text
 

@@ -172,7 +172,7 @@ def test_an_unregistered_policy_by_its_fully_qualified_name(tmp_path):
 def test_a_group_builds_from_config(tmp_path):
     group = build(tmp_path, type="trainer_ckpt_group", checkpointers=[
         {"save_every_num_batches": 5}, {"filename_prefix": "best_", "save_policy": "best_so_far"}])
-    assert [m._dir.prefix for m in group.members] == ["", "best_"]
+    assert [m._store.prefix for m in group.members] == ["", "best_"]
     group.state_is_sharded = True
     assert all(m.state_is_sharded for m in group.members)
 

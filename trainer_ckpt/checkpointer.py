@@ -1,5 +1,5 @@
 import contextlib
-import errno
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -22,13 +22,12 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
 from trainer_ckpt import resume, storage
-from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt._validate import WHERE as _WHERE
 from trainer_ckpt._validate import flag
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.engine import CheckpointSaveError, Engine, UnsafeCheckpointError  # noqa: F401 (re-exported)
 from trainer_ckpt.flat_keys import _UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
 from trainer_ckpt.flat_keys import retention_policy_from, save_policy_from
-from trainer_ckpt.lock import lock_directory, unlock_directory
-from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.retention_policies import RetentionPolicy
 from trainer_ckpt.save_policies import SavePolicy
 
@@ -82,22 +81,6 @@ class Checkpointer(AllenNlpCheckpointer):
             return {}
         logger.info("Loading best weights from %s", path)
         return storage.load(path)
-
-
-class CheckpointSaveError(RuntimeError):
-    """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
-
-
-def _info(found: storage.Found) -> CheckpointInfo:
-    return CheckpointInfo(
-        *found.progress,
-        time=found.time,
-        metrics=found.record.get("metrics", {}),
-        total_batches_completed=found.record.get("total_batches_completed"),
-        is_best_so_far=found.record.get("is_best_so_far", False),
-        size_bytes=found.size_bytes,
-        run_start=found.record.get("run_start"),
-    )
 
 
 def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
@@ -235,15 +218,19 @@ class DefaultCheckpointer(Checkpointer):
         background: bool = False,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
+        if not isinstance(filename_prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", filename_prefix):
+            raise ConfigurationError(
+                f"{_WHERE}: `filename_prefix` must be letters, digits, '_' or '-', got "
+                f"{filename_prefix!r}. Use e.g. \"best_\"."
+            )
+        # The store holds rank, world size and sharding, which the trainer sets after construction.
+        self._store = storage.Pairs(str(serialization_dir), filename_prefix)
         super().__init__(serialization_dir)
         if on_save_error not in ("raise", "warn"):
             raise ConfigurationError(
                 f'{_WHERE}: `on_save_error` must be "raise" or "warn", got {on_save_error!r}. '
                 'Use "warn" to log a failed save and let training go on.'
             )
-        self._on_save_error = on_save_error
-        self._safe_globals = [_import_global(name) for name in safe_globals or []]
-        self._read_only = read_only
         if clock is not None and not callable(clock):
             raise ConfigurationError(
                 f"{_WHERE}: `clock` must be a callable returning seconds, got {clock!r}. "
@@ -271,29 +258,55 @@ class DefaultCheckpointer(Checkpointer):
                 f"save policy {type(self._save_policy).__name__} with world size "
                 f"{self._world_size}. Save by batches or epochs instead."
             )
-        if not isinstance(filename_prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", filename_prefix):
-            raise ConfigurationError(
-                f"{_WHERE}: `filename_prefix` must be letters, digits, '_' or '-', got "
-                f"{filename_prefix!r}. Use e.g. \"best_\"."
-            )
-        self._dir = storage.CheckpointDir(self._serialization_dir, filename_prefix)
+        self._engine = Engine(
+            self._store,
+            background=flag(_WHERE, "background", background),
+            safe_globals=[_import_global(name) for name in safe_globals or []],
+            read_only=read_only,
+            primary=self._is_primary,
+            on_save_error=on_save_error,
+            clock=self._clock,
+            where=_WHERE,
+            trust_hint='list those types in the checkpointer\'s `safe_globals`, e.g. ["my_pkg.MyState"].',
+            save_error_hint=', or set on_save_error: "warn" to train on',
+        )
         self._listener = _MetricsListener()
-        self._resume = resume.ResumeTracker(restore=flag(_WHERE, "restore_rng", restore_rng))
-        self._background = flag(_WHERE, "background", background)
-        self._snapshot = Snapshotter()
-        self._writer = BackgroundWriter()
         self._listener.on_training_end = self.wait
+        self._resume = resume.ResumeTracker(restore=flag(_WHERE, "restore_rng", restore_rng))
         self._config: Optional[Dict[str, Any]] = None
-        self._verified: set = set()  # checkpoints this process wrote or checked: no second read
-        self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         self._config_sha256: Optional[str] = None
-        self._index: Optional[Dict[Tuple[int, int], Tuple[storage.Found, CheckpointInfo]]] = None
-        self._lock = lock_directory(self._serialization_dir) if not read_only and self._is_primary else None
         # Where this run saved, oldest first; starts with the point it (re)started from.
         self._previous: List[CheckpointInfo] = [CheckpointInfo(0, 0, self._clock())]
         # When the run started: recorded with every checkpoint and taken back on resume, so time
         # windows count from the first start of the run, however often it is restarted.
         self._run_start = self._previous[0].time
+
+    # Set by the trainer (and AllenNLP's tests) after construction; they live in the store.
+    @property  # type: ignore[override]
+    def state_is_sharded(self) -> bool:
+        return self._store.sharded
+
+    @state_is_sharded.setter
+    def state_is_sharded(self, value: bool) -> None:
+        self._store.sharded = value
+
+    @property
+    def _rank(self) -> int:
+        return self._store.rank
+
+    @_rank.setter
+    def _rank(self, rank: int) -> None:
+        self._store.rank = rank
+        if hasattr(self, "_engine"):
+            self._engine.primary = rank == 0
+
+    @property
+    def _world_size(self) -> int:
+        return self._store.world_size
+
+    @_world_size.setter
+    def _world_size(self, world_size: int) -> None:
+        self._store.world_size = world_size
 
     # ---- saving --------------------------------------------------------------------------
 
@@ -301,18 +314,11 @@ class DefaultCheckpointer(Checkpointer):
         self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
     ) -> bool:
         """Called by the trainer after every batch and epoch; saves when the save policy says so."""
-        self._writer.check()  # a background save that failed since the last call
+        self._engine.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not self._save_policy.should_save(current, self._previous):
             return False
-        try:
-            self._save(trainer, current)
-        except CheckpointSaveError as e:
-            if self._on_save_error == "raise":
-                raise
-            logger.error("%s", e)
-            return False
-        return True
+        return self._save(trainer, current) is not None
 
     def _moment(self, trainer: Trainer, epochs: int, batches: int) -> CheckpointInfo:
         """Stamps the point the trainer reached, with what the trainer knows there."""
@@ -350,15 +356,10 @@ class DefaultCheckpointer(Checkpointer):
         except TypeError:
             bound = _SAVE_2_4.bind(*args, **kwargs)
         arguments = bound.arguments
-        try:
-            paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
-        except CheckpointSaveError as e:
-            if self._on_save_error == "raise":
-                raise
-            logger.error("%s", e)
-            return
-        if arguments.get("is_best_so_far") and paths is not None:
-            _link_or_copy(paths[0], os.path.join(self._serialization_dir, "best.th"))
+        paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
+        if arguments.get("is_best_so_far") and paths:
+            self.wait()  # a background save: its files first
+            _link_or_copy(paths[storage.MODEL], os.path.join(self._serialization_dir, "best.th"))
 
     def _save(
         self,
@@ -366,11 +367,10 @@ class DefaultCheckpointer(Checkpointer):
         current: Optional[CheckpointInfo],
         epoch: Optional[int] = None,
         is_best_so_far: bool = False,
-    ) -> Optional[Tuple[str, str]]:
-        if self._read_only:
-            raise RuntimeError(f"{_WHERE}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
-        self._writer.wait()  # at most one save in flight; the snapshot buffers are free again
-        self._writer.check()
+    ) -> Optional[Dict[str, str]]:
+        """The saved files' paths; `{}` when another rank writes; None when nothing was saved."""
+        self._engine.require_writable()
+        self._engine.wait()  # at most one save in flight
         with _checkpoint_state(trainer) as state:
             progress = _progress(state[1], current, epoch) if state is not None else current and current.progress
             if progress is None:
@@ -382,7 +382,7 @@ class DefaultCheckpointer(Checkpointer):
                 # advances here, so every rank keeps deciding alike.
                 if current is not None:
                     self._previous.append(current)
-                return None
+                return {}
             model_state, training_state = state
             resume_state["config"] = self._run_config()
             training_state = {**training_state, resume.KEY: resume_state}
@@ -390,81 +390,20 @@ class DefaultCheckpointer(Checkpointer):
                 current = CheckpointInfo(*progress, time=self._clock(), is_best_so_far=bool(is_best_so_far))
             if epoch is not None:
                 training_state = {**training_state, "epoch": epoch}
-            if self._background:
-                # A consistent copy now; the optimizer may step as soon as we return.
-                model_state = self._snapshot.take(model_state, ("model",))
-                training_state = self._snapshot.take(training_state, ("training",))
-                self._writer.submit(self._committer(progress, current, model_state, training_state))
-            else:
-                self._commit(progress, current, model_state, training_state)
-        self._previous.append(current)
-        return self._paths(progress)
-
-    def _committer(self, progress, current, model_state, training_state) -> Callable[[], None]:
-        def commit() -> None:
-            try:
-                self._commit(progress, current, model_state, training_state)
-            except CheckpointSaveError as e:
-                if self._on_save_error == "raise":
-                    raise
-                logger.error("%s", e)
-
-        return commit
-
-    def _commit(self, progress: Tuple[int, int], current: CheckpointInfo, model_state: Dict, training_state: Dict) -> None:
-        """Writes, commits and applies retention (on the worker thread for background saves)."""
-        try:
-            self._check_free_space(progress)
-            files = self._dir.write_states(progress, self._own_rank(), model_state, training_state, current.time)
-            record = storage.record(
-                progress, current.time, current.metrics, current.total_batches_completed, current.is_best_so_far
+            paths = self._engine.save(
+                progress,
+                {storage.MODEL: model_state, storage.TRAINING: training_state},
+                dataclasses.replace(current, run_start=self._run_start),
+                record={"world_size": self._world_size, "versions": dict(_versions()), "config_sha256": self._config_hash()},
+                retention=(self._retention_policy, lambda entry: True),
             )
-            record.update(files=files, world_size=self._world_size, versions=dict(_versions()),
-                          config_sha256=self._config_hash(), run_start=self._run_start)
-            self._dir.write_record(progress, self._own_rank(), record)
-        except OSError as e:
-            self._save_failed(progress, e)
-        self._last_size = files[storage.MODEL]["size"] + files[storage.TRAINING]["size"]
-        self._verified.add((progress, self._last_size, current.time))
-        if self._index is not None:
-            found = storage.Found(progress, current.time, self._last_size, record)
-            self._index[progress] = (found, _info(found))
-        logger.debug("Saved checkpoint %s in %s", current.name, self._serialization_dir)
-        if self._is_primary:
-            self._apply_retention(current.time)
+        if paths is not None:
+            self._previous.append(current)
+        return paths
 
     def wait(self) -> None:
         """Waits for a background save in flight, and raises its error, if it failed."""
-        self._writer.wait()
-        self._writer.check()
-
-    def _check_free_space(self, progress: Tuple[int, int]) -> None:
-        if self._last_size is None:  # the first save of this process: estimate from the newest on disk
-            complete = self._complete()  # the listing retention reuses (the index)
-            self._last_size = complete[-1][0].size_bytes if complete else 0
-        free = shutil.disk_usage(self._serialization_dir).free
-        if self._last_size > free:
-            raise OSError(
-                errno.ENOSPC,
-                f"not enough free space for checkpoint e{progress[0]}_b{progress[1]}: it needs about "
-                f"{self._last_size} bytes (the size of the last one), got {free} bytes free",
-            )
-
-    def _save_failed(self, progress: Tuple[int, int], error: OSError) -> NoReturn:
-        # The temp file was removed where the error struck; a state file already renamed into
-        # place belongs to this incomplete checkpoint only, never to an earlier one.
-        for kind in (storage.MODEL, storage.TRAINING, storage.RECORD):
-            try:
-                storage.remove_file(self._dir.path(kind, progress, self._own_rank()))
-            except OSError:
-                pass
-        message = (
-            f"{_WHERE}: could not save checkpoint e{progress[0]}_b{progress[1]} in "
-            f"{self._serialization_dir}, got {type(error).__name__}: {error}. Earlier checkpoints "
-            "are untouched. Free disk space (or lower what retention keeps, or add a disk_quota "
-            "policy), check the directory is writable, or set on_save_error: \"warn\" to train on."
-        )
-        raise CheckpointSaveError(message) from error
+        self._engine.wait()
 
     def _config_hash(self) -> Optional[str]:
         self._run_config()
@@ -481,62 +420,14 @@ class DefaultCheckpointer(Checkpointer):
                 return None
         return self._config
 
-    def _complete(self) -> List[Tuple[storage.Found, CheckpointInfo]]:
-        """
-        This rank's complete checkpoints, oldest first. The writer of an unsharded directory (it
-        holds the lock: no one else writes there) lists the directory once and then keeps the
-        index up to date itself, so a save costs no listing however long the history.
-        """
-        if self._index is not None:
-            return [self._index[p] for p in sorted(self._index)]
-        listing = self._dir.list(None if self._ranks() is None else [self._rank])
-        entries = {f.progress: (f, _info(f)) for f in listing.complete}
-        if self._may_write() and not self.state_is_sharded:
-            self._index = entries
-        return [entries[p] for p in sorted(entries)]
-
-    def _judge(self, now: float) -> Tuple[List[CheckpointInfo], List[List[str]]]:
-        """The checkpoints retention judges, oldest first, with the rules that keep each."""
-        ranks = self._ranks()
-        # Candidates are judged by this rank's own files (when sharded, other ranks may still be
-        # writing the newest checkpoint); the newest checkpoint complete on every rank is kept too.
-        checkpoints = [info for _, info in self._complete()]
-        protected = {c.progress for c in checkpoints[-1:]}
-        if ranks is not None:
-            protected.update(f.progress for f in self._dir.list(ranks).complete[-1:])
-        reasons = list(self._retention_policy.explain(checkpoints, now))
-        if len(reasons) != len(checkpoints):
-            raise ValueError(
-                f"{type(self._retention_policy).__name__}.should_keep: must return one flag per "
-                f"checkpoint, got {len(reasons)} flags for {len(checkpoints)} checkpoints. "
-                "Return a list as long as its `checkpoints` argument."
-            )
-        for checkpoint, reason in zip(checkpoints, reasons):
-            if checkpoint.progress in protected:
-                reason.append("newest complete checkpoint (always kept)")
-        return checkpoints, reasons
-
-    def _apply_retention(self, now: float) -> None:
-        for checkpoint, reasons in zip(*self._judge(now)):
-            if not reasons:
-                logger.info(
-                    "Deleting checkpoint %s%s in %s: retention policy %s does not keep it",
-                    self._dir.prefix,
-                    checkpoint.name,
-                    self._serialization_dir,
-                    self._retention_policy.describe(),
-                )
-                self._dir.remove(checkpoint.progress, self._ranks())
-                if self._index is not None:
-                    self._index.pop(checkpoint.progress, None)
-
     def explain(self) -> List[Tuple[CheckpointInfo, List[str]]]:
         """
         A dry run of retention: each complete checkpoint on disk, oldest first, with the rules
         that keep it (an empty list: the next save deletes it). Deletes nothing.
         """
         self.wait()
-        return list(zip(*self._judge(self._clock())))
+        entries, reasons = self._engine.judge(self._retention_policy, lambda entry: True, self._clock())
+        return [(entry.info, reason) for entry, reason in zip(entries, reasons)]
 
     # ---- finding and loading -------------------------------------------------------------
 
@@ -546,12 +437,11 @@ class DefaultCheckpointer(Checkpointer):
         none at all. Checkpoints this process wrote are trusted without reading them again.
         """
         self.wait()
-        if self._index:  # right after our own save: the newest is the one we wrote and checksummed
-            found = self._index[max(self._index)][0]
-            if (found.progress, found.size_bytes, found.time) in self._verified:
-                return self._paths(found.progress)
-        found, _ = self._newest_good(load=False)
-        return None if found is None else self._paths(found.progress)
+        entry = self._engine.newest_trusted()  # right after our own save: the one we checksummed
+        if entry is None:
+            found = self._engine.newest_good(load=False)
+            entry = found and found[0]
+        return None if entry is None else (entry.paths[storage.MODEL], entry.paths[storage.TRAINING])
 
     def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
         """
@@ -564,24 +454,28 @@ class DefaultCheckpointer(Checkpointer):
         trainer = resume.find_trainer(self)
         if trainer is not None:
             self._resume.attach(trainer)  # also on fresh runs: it records each epoch's start
-        found, states = self._newest_good(load=True)
+        try:
+            found = self._engine.newest_good(load=True)
+        except UnsafeCheckpointError as e:
+            raise ConfigurationError(str(e)) from e
         if found is None:
             return None
-        logger.info("Restoring checkpoint %s from %s", _name(found.progress), self._serialization_dir)
-        model_state, training_state = states
-        self._compare_run(found, training_state.get(resume.KEY) or {})
-        self._resume.resume(training_state, found.progress, self._rank, trainer)
+        entry, states = found
+        logger.info("Restoring checkpoint %s from %s", _name(entry.key), self._serialization_dir)
+        model_state, training_state = states[storage.MODEL], states[storage.TRAINING]
+        self._compare_run(entry, training_state.get(resume.KEY) or {})
+        self._resume.resume(training_state, entry.key, self._rank, trainer)
         moving_average = getattr(trainer, "_moving_average", None)
         if moving_average is not None and "parameters" in training_state.get("moving_average", {}):
             # MovingAverage.load_state_dict would bind to the unpickled copies of the parameters,
             # and its shadows would stop following the model: bind it to the live ones.
             training_state["moving_average"] = {**training_state["moving_average"], "parameters": moving_average._parameters}
         # Cadence restarts from the restored point, at restart time: time spent dead does not count.
-        self._previous = [CheckpointInfo(*found.progress, time=self._clock())]
-        self._run_start = found.record.get("run_start", self._run_start)
+        self._previous = [CheckpointInfo(*entry.key, time=self._clock())]
+        self._run_start = entry.record.get("run_start", self._run_start)
         return TrainerCheckpoint(model_state, training_state)
 
-    def _compare_run(self, found: storage.Found, saved: Dict[str, Any]) -> None:
+    def _compare_run(self, entry: storage.Entry, saved: Dict[str, Any]) -> None:
         """Says what differs between the run that wrote the checkpoint and this one."""
         differences = []
         old, new = saved.get("config"), self._run_config()
@@ -590,86 +484,22 @@ class DefaultCheckpointer(Checkpointer):
             keys = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
             differences.append("config keys " + ", ".join(
                 f"{k} ({flat_old.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r})" for k in keys))
-        if found.record.get("world_size", self._world_size) != self._world_size:
-            differences.append(f"world size ({found.record['world_size']} -> {self._world_size})")
+        if entry.record.get("world_size", self._world_size) != self._world_size:
+            differences.append(f"world size ({entry.record['world_size']} -> {self._world_size})")
         running = _versions()
-        for package, version in found.record.get("versions", {}).items():
+        for package, version in entry.record.get("versions", {}).items():
             if running.get(package) != version:
                 differences.append(f"{package} version ({version} -> {running.get(package)})")
         if differences:
             logger.warning(
                 "Resuming from checkpoint %s, which a different setup wrote: %s. The run will not go "
-                "on exactly as it would have.", _name(found.progress), "; ".join(differences),
+                "on exactly as it would have.", _name(entry.key), "; ".join(differences),
             )
-
-    def _newest_good(self, load: bool) -> Tuple[Optional[storage.Found], Optional[Tuple[Dict, Dict]]]:
-        listing = self._dir.list(self._ranks(), self._own_rank())
-        self._index = None  # listed afresh: rebuilt at the next save
-        if self._may_write():
-            self._clean_up(listing)
-        rejected = []
-        for found in reversed(listing.complete):
-            try:
-                return found, self._check(found, load)
-            except storage.BadCheckpoint as e:
-                rejected.append(f"{_name(found.progress)} ({e})")
-                moved = self._may_write() and self._dir.quarantine(found.progress, self._ranks())
-                logger.warning(
-                    "Checkpoint %s in %s is not usable: %s. %s Falling back to an older checkpoint.",
-                    _name(found.progress),
-                    self._serialization_dir,
-                    e,
-                    f"Moved {', '.join(moved)} into corrupt/." if moved else "",
-                )
-        if rejected:
-            raise RuntimeError(
-                f"{_WHERE}: no usable checkpoint in {self._serialization_dir}, got "
-                f"{len(rejected)} bad one(s): {'; '.join(rejected[:10])}"
-                f"{f' and {len(rejected) - 10} more' if len(rejected) > 10 else ''}. Their files are in "
-                f"{os.path.join(self._serialization_dir, 'corrupt')}; start a new run, or restore "
-                "a good copy of one of them."
-            )
-        return None, None
-
-    def _check(self, found: storage.Found, load: bool) -> Optional[Tuple[Dict, Dict]]:
-        """Loads (or only verifies) one checkpoint's files; raises BadCheckpoint."""
-        key = (found.progress, found.size_bytes, found.time)
-        expected = found.record.get("files")
-        if not load and key in self._verified:
-            return None
-        model_path, training_path = self._paths(found.progress)
-        if not load and expected:
-            storage.verify(model_path, expected[storage.MODEL])
-            storage.verify(training_path, expected[storage.TRAINING])
-            self._verified.add(key)
-            return None
-        try:
-            with torch.serialization.safe_globals(self._safe_globals):
-                states = (
-                    storage.load(model_path, expected and expected[storage.MODEL]),
-                    storage.load(training_path, expected and expected[storage.TRAINING]),
-                )
-        except storage.UnsafeCheckpoint as e:
-            raise ConfigurationError(
-                f"{_WHERE}: checkpoint {_name(found.progress)} in {self._serialization_dir} holds "
-                f"types that are not allowed to load, got: {e} Nothing in it was run. If you trust "
-                "this file, list those types in the checkpointer's `safe_globals`, e.g. "
-                '["my_pkg.MyState"].'
-            ) from e
-        self._verified.add(key)
-        return states
 
     def close(self) -> None:
         """Waits for a save in flight, then gives up this checkpointer's hold on the directory's
         writer lock (also released at process exit)."""
-        self.wait()
-        if self._lock is not None:
-            unlock_directory(self._lock)
-            self._lock = None
-            self._read_only = True
-
-    def _may_write(self) -> bool:
-        return self._is_primary and not self._read_only
+        self._engine.close()
 
     def restart_at(self, progress: Tuple[int, int], run_start: Optional[float] = None) -> None:
         """
@@ -677,9 +507,7 @@ class DefaultCheckpointer(Checkpointer):
         checkpointer's restored checkpoint, whose run started at `run_start`), removing what a
         crash left among this one's files.
         """
-        if self._may_write():
-            self._index = None
-            self._clean_up(self._dir.list(self._ranks()))
+        self._engine.clean_up()
         self._previous = [CheckpointInfo(*progress, time=self._clock())]
         if run_start is not None:
             self._run_start = run_start
@@ -688,44 +516,6 @@ class DefaultCheckpointer(Checkpointer):
     def run_start(self) -> float:
         """When this run first started (taken back from the checkpoint it resumed from)."""
         return self._run_start
-
-    def _clean_up(self, listing: storage.Listing) -> None:
-        for progress in listing.orphan_records:
-            logger.info("Removing the record of %s, whose state files were deleted", _name(progress))
-            self._dir.remove(progress, self._ranks())
-        for path in listing.stale_temps:
-            logger.info("Removing temp file %s left by an interrupted save", path)
-            storage.remove_file(path)
-        if not listing.complete:
-            # Nothing complete: maybe the world size changed. Delete nothing we cannot replace.
-            return
-        for progress in listing.incomplete:
-            if os.path.exists(self._dir.path(storage.RECORD, progress, self._own_rank())):
-                # Committed once, so something else removed a state file: keep what is left.
-                moved = self._dir.quarantine(progress, self._ranks())
-                logger.warning(
-                    "Checkpoint %s in %s lost a state file its record lists; moved %s into corrupt/",
-                    _name(progress), self._serialization_dir, ", ".join(moved),
-                )
-                continue
-            logger.warning(
-                "Removing incomplete checkpoint %s in %s (an interrupted save or deletion)",
-                _name(progress),
-                self._serialization_dir,
-            )
-            self._dir.remove(progress, self._ranks())
-
-    # ---- names ---------------------------------------------------------------------------
-
-    def _ranks(self) -> Optional[range]:
-        return range(self._world_size) if self.state_is_sharded else None
-
-    def _own_rank(self) -> Optional[int]:
-        return self._rank if self.state_is_sharded else None
-
-    def _paths(self, progress: Tuple[int, int]) -> Tuple[str, str]:
-        rank = self._own_rank()
-        return self._dir.path(storage.MODEL, progress, rank), self._dir.path(storage.TRAINING, progress, rank)
 
 
 class _MetricsListener(TrainerCallback):

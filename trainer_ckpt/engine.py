@@ -1,24 +1,27 @@
 """
-The engine: framework-free checkpointing of named state objects into one directory, in a file
-layout that a face gives it. It knows nothing of trainers, runners or hooks.
+The engine: framework-free checkpointing of named state objects into one directory. It knows
+nothing of trainers, runners or hooks; a face translates its framework's calls into these.
 
-A checkpoint is a name (`model_0000999`), one or more state files (`torch.save`d objects, one per
-role: `{"checkpoint": "model_0000999.pth"}`) and a JSON record written last, which commits it:
-sizes and CRC32s of the state files (computed while writing), the save time and point, the
-random state, and whatever the face adds. Every file goes through a temp file, fsync and rename,
-so a crash at any instant leaves the old set of checkpoints, or the old set plus one complete new
-one. Files a peer wrote (no record) are checkpoints too: verified by loading them.
+A checkpoint is a key (a progress point, a name), one or more state files (`torch.save`d objects,
+one per role) and a JSON record written last, which commits it: sizes and CRC32s of the state
+files (computed while writing), the save time and point, metrics, and whatever the face adds.
+Where the files go and what they are called is a *store* (`storage.Pairs` for AllenNLP's pairs,
+`storage.NamedFiles` for one-file layouts): `list()`, `files(key)`, `record_path(key)`,
+`write_record`, `remove`, `quarantine`, `label`, `order`, `sharded`.
 
-Reading walks the checkpoints newest first (or a preferred one first: the face's pointer file),
-checks each against its record and loads it with `weights_only=True`; a bad one is moved into
-`corrupt/` with a WARNING and the next one is tried. Retention asks a policy which checkpoints to
-keep among those a face selects, never deletes the newest, and deletes the record first.
+Every file goes through a temp file, fsync and rename, so a crash at any instant leaves the old set
+of checkpoints, or the old set plus one complete new one. Files a peer wrote (no record) are
+checkpoints too: verified by loading them. Reading walks the checkpoints newest first (or a
+preferred one first), checks each against its record and loads it with `weights_only=True`; a bad
+one is moved into `corrupt/` with a WARNING and the next one is tried. Retention asks a policy
+which checkpoints to keep, never deletes the newest, and deletes the record first.
 """
+import errno
 import logging
 import os
-import re
+import shutil
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,135 +30,195 @@ from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.lock import lock_directory, unlock_directory
 from trainer_ckpt.retention_policies import RetentionPolicy
+from trainer_ckpt.storage import Entry, Layout, NamedFiles  # noqa: F401 (faces import them from here)
 
 logger = logging.getLogger(__name__)
 
-RNG = "rng"  # the role of the random state's file, when the face asks for one
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
-
-
-class Layout(NamedTuple):
-    """
-    How a face names a checkpoint's files: data plus functions, no class hierarchy.
-    `files(name)` -> {role: basename} of the state files, the main one first; `record(name)` -> the
-    record's basename; `parse(basename)` -> the checkpoint name when `basename` is a main state
-    file of this layout, else None.
-    """
-
-    files: Callable[[str], Dict[str, str]]
-    record: Callable[[str], str]
-    parse: Callable[[str], Optional[str]]
-
-
-class Entry(NamedTuple):
-    """One checkpoint on disk."""
-
-    name: str
-    paths: Dict[str, str]  # role -> path of the files present (all of them when it has a record)
-    record: Dict[str, Any]  # {} for files a peer wrote
-    info: CheckpointInfo  # its point, save time (the record's, else the main file's mtime), size
+RNG = "rng"  # the role of the random state's file, when a face keeps it apart
+Retention = Tuple[RetentionPolicy, Callable[[Entry], bool]]  # a policy, and the entries it judges
 
 
 class UnusableCheckpoint(RuntimeError):
     """No checkpoint in the directory can be used: each was bad (their files are in corrupt/)."""
 
 
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds types `weights_only` loading refuses; nothing in it was run."""
+
+
+class CheckpointSaveError(OSError, RuntimeError):
+    """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
+
+
 class Engine:
     """
     # Parameters
 
-    directory : `str`
-    layout : `Layout`
+    store : a store (see the module's docstring)
     background : `bool`, optional (default=`False`)
         Snapshot the state into reused CPU buffers and write it on a worker thread.
     safe_globals : `Sequence[Any]`, optional
         Types allowed to load besides tensors and plain containers.
     read_only : `bool`, optional (default=`False`)
         Never write, clean up or lock.
+    primary : `bool`, optional (default=`True`)
+        False on the other ranks of a distributed run: they write their own shards only, and
+        leave locking, retention and clean-up to the primary.
+    on_save_error : `str`, optional (default=`"raise"`)
+        `"warn"`: a failed save is logged and returns None instead of raising.
     clock : `Callable[[], float]`, optional (default=`time.time`)
     where : `str`, optional
         Names the face in messages.
+    trust_hint : `str`, optional
+        How a user allows a type that safe loading refused, in that face's terms.
+    save_error_hint : `str`, optional
+        Ends the message of a failed save: another fix, in that face's terms.
+    save_kwargs : `Dict[str, Any]`, optional
+        Passed on to `torch.save` (ignite's `DiskSaver(**kwargs)`).
     """
 
     def __init__(
         self,
-        directory: str,
-        layout: Layout,
+        store: Any,
         *,
         background: bool = False,
         safe_globals: Sequence[Any] = (),
         read_only: bool = False,
+        primary: bool = True,
+        on_save_error: str = "raise",
         clock: Optional[Callable[[], float]] = None,
         where: str = "trainer_ckpt",
+        trust_hint: str = "pass those types in `safe_globals`.",
+        save_error_hint: str = "",
+        save_kwargs: Optional[Dict[str, Any]] = None,
     ) -> None:
-        self.directory, self.layout, self.where = directory, layout, where
-        self.background, self.read_only = background, read_only
+        self.store, self.directory, self.where, self.trust_hint = store, store.directory, where, trust_hint
+        self.background, self.read_only, self.primary = background, read_only, primary
+        self.on_save_error, self.save_error_hint = on_save_error, save_error_hint
         self.safe_globals = list(safe_globals)
+        self.save_kwargs = dict(save_kwargs or {})
         self.clock = clock or time.time
         self._writer, self._snapshot = BackgroundWriter(), Snapshotter()
-        self._lock = None if read_only else lock_directory(directory)
-        if not read_only:
-            self._clean_up()
+        self._verified: set = set()  # (key, size, time) of checkpoints written or checked here
+        self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
+        # The writer of an unsharded directory (it holds the lock: no one else writes there) lists
+        # it once, then keeps this index itself: a save costs no listing however long the history.
+        self._index: Optional[Dict[Any, Entry]] = None
+        self._lock = lock_directory(self.directory) if self.may_write else None
+
+    @property
+    def may_write(self) -> bool:
+        """Whether this process locks, cleans up, quarantines and applies retention."""
+        return self.primary and not self.read_only
 
     # ---- saving --------------------------------------------------------------------------
 
+    def require_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.where}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
+
     def save(
         self,
-        name: str,
+        key: Any,
         states: Dict[str, Any],
         info: CheckpointInfo,
         record: Optional[Dict[str, Any]] = None,
-        after_commit: Optional[Callable[[str], None]] = None,
-        retention: Optional[Tuple[RetentionPolicy, Callable[[Entry], bool]]] = None,
-    ) -> Dict[str, str]:
+        after_commit: Optional[Callable[[Any], None]] = None,
+        retention: Optional[Retention] = None,
+    ) -> Optional[Dict[str, str]]:
         """
-        Saves `states` ({role: object}) as checkpoint `name`, then calls `after_commit(name)`
-        (a face's pointer file), then applies `retention`, a policy and the checkpoints it judges.
-        In the background, the objects are copied now and written on the worker thread.
+        Saves `states` ({role: object}) as checkpoint `key` with `record`'s extra facts, then
+        calls `after_commit(key)` (a face's pointer file), then applies `retention` (on the
+        primary). In the background, the objects are copied now and written on the worker thread.
+        Returns the state files' paths, or None when the save failed and `on_save_error` is "warn".
         """
-        if self.read_only:
-            raise RuntimeError(f"{self.where}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
-        self.wait()
+        self.require_writable()
+        self.wait()  # at most one save in flight; the snapshot buffers are free again
         if self.background:
-            states = self._snapshot.take(states)
-            self._writer.submit(lambda: self._commit(name, states, info, record, after_commit, retention))
-        else:
-            self._commit(name, states, info, record, after_commit, retention)
-        return {role: os.path.join(self.directory, base) for role, base in self.layout.files(name).items()}
+            states = self._snapshot.take(states)  # a consistent copy now: training may go on
+            self._writer.submit(lambda: self._commit_or_warn(key, states, info, record, after_commit, retention))
+        elif not self._commit_or_warn(key, states, info, record, after_commit, retention):
+            return None
+        return self.store.files(key)
 
-    def _commit(self, name, states, info, record, after_commit, retention) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        names = self.layout.files(name)
-        temps, files = [], {}
+    def _commit_or_warn(self, *args: Any) -> bool:
         try:
-            for role, base in names.items():
-                if role in states:
-                    tmp, files[role] = storage._save_temp(states[role], os.path.join(self.directory, base), info.time)
-                    temps.append((tmp, os.path.join(self.directory, base)))
-        except BaseException:
-            for tmp, _ in temps:
-                storage.remove_file(tmp)
-            raise
-        # A record of an earlier checkpoint of this name goes first: its files are about to change.
-        storage.remove_file(os.path.join(self.directory, self.layout.record(name)))
-        storage.commit(temps)
-        full = {
-            **(record or {}),
-            "format": 1,
-            "name": name,
-            "time": info.time,
-            "epochs_completed": info.epochs_completed,
-            "batches_in_epoch_completed": info.batches_in_epoch_completed,
-            "total_batches_completed": info.total_batches_completed,
-            "metrics": {k: float(v) for k, v in info.metrics.items() if _number(v)},
-            "files": files,
-        }
-        storage.atomic_write(os.path.join(self.directory, self.layout.record(name)), _json(full))
-        logger.debug("Saved checkpoint %s in %s", name, self.directory)
+            self._commit(*args)
+        except CheckpointSaveError as e:
+            if self.on_save_error == "raise":
+                raise
+            logger.error("%s", e)
+            return False
+        return True
+
+    def _commit(self, key, states, info, record, after_commit, retention) -> None:
+        paths = self.store.files(key)
+        try:
+            self._check_free_space(key)
+            os.makedirs(self.directory, exist_ok=True)
+            temps, files = [], {}
+            try:
+                for role, path in paths.items():
+                    if role in states:
+                        tmp, files[role] = storage._save_temp(states[role], path, info.time, **self.save_kwargs)
+                        temps.append((tmp, path))
+            except BaseException:
+                for tmp, _ in temps:
+                    storage.remove_file(tmp)
+                raise
+            # A record of an earlier checkpoint of this key goes first: its files are about to change.
+            storage.remove_file(self.store.record_path(key))
+            storage.commit(temps)  # in order: the last role's file is renamed last
+            full = storage.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
+            full.update(record or {}, files=files)
+            if info.run_start is not None:
+                full["run_start"] = info.run_start
+            self.store.write_record(key, full)
+        except OSError as e:
+            self._save_failed(key, e)
+        self._last_size = sum(f["size"] for f in files.values())
+        self._verified.add((key, self._last_size, info.time))
+        if self._index is not None:
+            self._index[key] = Entry(key, self.store.label(key), {r: paths[r] for r in files}, full,
+                                     storage.entry_info(info.progress, info.time, self._last_size, full))
+        logger.debug("Saved checkpoint %s in %s", self.store.label(key), self.directory)
         if after_commit is not None:
-            after_commit(name)
-        if retention is not None:
+            after_commit(key)
+        if retention is not None and self.may_write:
             self.retain(*retention)
+
+    def _check_free_space(self, key: Any) -> None:
+        if self._last_size is None:  # the first save of this process: estimate from the newest on disk
+            entries = self.entries(own_only=True)  # the listing retention reuses (the index)
+            self._last_size = entries[-1].info.size_bytes if entries else 0
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except FileNotFoundError:
+            return  # made by the save
+        if self._last_size > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"not enough free space for checkpoint {self.store.label(key)}: it needs about "
+                f"{self._last_size} bytes (the size of the last one), got {free} bytes free",
+            )
+
+    def _save_failed(self, key: Any, error: OSError) -> None:
+        # The temp files were removed where the error struck; a state file already renamed into
+        # place belongs to this incomplete checkpoint only.
+        for path in [*self.store.files(key).values(), self.store.record_path(key)]:
+            try:
+                storage.remove_file(path)
+            except OSError:
+                pass
+        raise CheckpointSaveError(
+            f"{self.where}: could not save checkpoint {self.store.label(key)} in {self.directory}, got "
+            f"{type(error).__name__}: {error}. Earlier checkpoints are untouched. Free disk space (or "
+            f"lower what retention keeps, or add a disk_quota policy), check the directory is writable{self.save_error_hint}."
+        ) from error
+
+    def check(self) -> None:
+        """Raises the error of a background save that failed since the last call."""
+        self._writer.check()
 
     def wait(self) -> None:
         """Waits for a background save in flight; raises its error if it failed."""
@@ -163,72 +226,87 @@ class Engine:
         self._writer.check()
 
     def close(self) -> None:
+        """Waits for a save in flight, then gives up the directory's writer lock."""
         self.wait()
         if self._lock is not None:
             unlock_directory(self._lock)
             self._lock = None
-            self.read_only = True
+        self.read_only = True
 
-    # ---- listing, retention --------------------------------------------------------------
+    # ---- listing, retention, clean-up ----------------------------------------------------
 
-    def entries(self) -> List[Entry]:
-        """The complete checkpoints, oldest first (by save time, then name)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        present = set(names)
-        found = []
-        for base in names:
-            name = self.layout.parse(base)
-            if name is None:
-                continue
-            record = _read_json(os.path.join(self.directory, self.layout.record(name))) if self.layout.record(name) in present else {}
-            expected = record.get("files", {})
-            if any(f["name"] not in present for f in expected.values()):
-                continue  # lost a file: not a checkpoint (quarantined by the next reader that may write)
-            paths = {role: os.path.join(self.directory, b) for role, b in self.layout.files(name).items() if b in present}
-            stat = os.stat(paths[next(iter(paths))])
-            info = CheckpointInfo(
-                record.get("epochs_completed", 0),
-                record.get("batches_in_epoch_completed", 0),
-                time=record.get("time", stat.st_mtime),
-                metrics=record.get("metrics", {}),
-                total_batches_completed=record.get("total_batches_completed"),
-                size_bytes=sum(f["size"] for f in expected.values()) if expected else stat.st_size,
+    def entries(self, own_only: bool = False) -> List[Entry]:
+        """The complete checkpoints, oldest first (`own_only`: by this rank's files alone)."""
+        if self._index is not None:
+            return sorted(self._index.values(), key=self.store.order)
+        entries = self.store.list(own_only).complete
+        if self.may_write and not self.store.sharded:
+            self._index = {e.key: e for e in entries}
+        return entries
+
+    def judge(self, policy: RetentionPolicy, select: Callable[[Entry], bool], now: float) -> Tuple[List[Entry], List[List[str]]]:
+        """The checkpoints `policy` judges (those `select` picks), oldest first, with the rules that keep each."""
+        candidates = [e for e in self.entries(own_only=True) if select(e)]
+        # Judged by this rank's files (other ranks may still be writing the newest checkpoint);
+        # the newest checkpoint complete on every rank is kept too.
+        protected = {e.key for e in candidates[-1:]}
+        if self.store.sharded:
+            protected.update(e.key for e in self.store.list().complete[-1:])
+        reasons = list(policy.explain([e.info for e in candidates], now))
+        if len(reasons) != len(candidates):
+            raise ValueError(
+                f"{type(policy).__name__}.should_keep: must return one flag per checkpoint, got "
+                f"{len(reasons)} flags for {len(candidates)} checkpoints. Return a list as long as "
+                "its `checkpoints` argument."
             )
-            found.append(Entry(name, paths, record, info))
-        return sorted(found, key=lambda e: (e.info.time, e.name))
+        for entry, reason in zip(candidates, reasons):
+            if entry.key in protected:
+                reason.append("newest complete checkpoint (always kept)")
+        return candidates, reasons
 
-    def retain(self, policy: RetentionPolicy, select: Callable[[Entry], bool]) -> None:
+    def retain(self, policy: RetentionPolicy, select: Callable[[Entry], bool] = lambda e: True) -> None:
         """Deletes the checkpoints among `select`'s that `policy` does not keep (never the newest)."""
-        candidates = [e for e in self.entries() if select(e)]
-        keep = policy.should_keep([e.info for e in candidates], self.clock())
-        for entry, kept in zip(candidates[:-1], keep[:-1]):  # never the newest
-            if not kept:
+        for entry, reasons in zip(*self.judge(policy, select, self.clock())):
+            if not reasons:
                 logger.info(
                     "Deleting checkpoint %s in %s: retention policy %s does not keep it",
                     entry.name, self.directory, policy.describe(),
                 )
-                self.delete(entry)
+                self.store.remove(entry.key)
+                if self._index is not None:
+                    self._index.pop(entry.key, None)
 
-    def delete(self, entry: Entry) -> None:
-        # The record first: a crash right after leaves complete files, which still load.
-        storage.remove_file(os.path.join(self.directory, self.layout.record(entry.name)))
-        for path in entry.paths.values():
-            storage.remove_file(path)
-
-    def _clean_up(self) -> None:
-        """Removes temp files of dead writers, and records whose state files are all gone."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
+    def clean_up(self, listing: Optional[storage.Listing] = None) -> None:
+        """
+        Removes what crashes left: temp files of dead writers, records whose state files are all
+        gone, checkpoints half-written or half-deleted (moved into corrupt/ instead when their
+        record says they were complete once: something else removed a file).
+        """
+        if not self.may_write:
             return
-        for base in names:
-            match = _TEMP.match(base)
-            if match and not storage._pid_alive(int(match.group(1))):
-                logger.info("Removing temp file %s left by an interrupted save", base)
-                storage.remove_file(os.path.join(self.directory, base))
+        listing = listing or self.store.list()
+        self._index = None  # listed afresh: rebuilt at the next save
+        for key in listing.orphan_records:
+            logger.info("Removing the record of %s, whose state files were deleted", self.store.label(key))
+            self.store.remove(key)
+        for path in listing.stale_temps:
+            logger.info("Removing temp file %s left by an interrupted save", os.path.basename(path))
+            storage.remove_file(path)
+        if not listing.complete:
+            return  # nothing complete: maybe the world size changed. Delete nothing we cannot replace.
+        for key in listing.incomplete:
+            if os.path.exists(self.store.record_path(key)):
+                moved = self.store.quarantine(key)
+                logger.warning(
+                    "Checkpoint %s in %s lost a state file its record lists; moved %s into corrupt/",
+                    self.store.label(key), self.directory, ", ".join(moved),
+                )
+                continue
+            logger.warning(
+                "Removing incomplete checkpoint %s in %s (an interrupted save or deletion)",
+                self.store.label(key), self.directory,
+            )
+            self.store.remove(key)
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -244,65 +322,61 @@ class Engine:
         except storage.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{self.where}: checkpoint {entry.name} in {self.directory} holds types that are not "
-                f"allowed to load, got: {e} Nothing in it was run. If you trust this file, pass those "
-                "types in `safe_globals`."
+                f"allowed to load, got: {e} Nothing in it was run. If you trust this file, {self.trust_hint}"
             ) from e
+        self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
         return loaded
 
-    def newest_good(self, prefer: Optional[str] = None, roles: Optional[Sequence[str]] = None) -> Optional[Tuple[Entry, Dict[str, Any]]]:
+    def verify(self, entry: Entry) -> None:
+        """Checks `entry` against its record (loads it when it has none); raises storage.BadCheckpoint."""
+        if (entry.key, entry.info.size_bytes, entry.info.time) in self._verified:
+            return
+        expected = entry.record.get("files")
+        if not expected:
+            self.load(entry)
+            return
+        for role, path in entry.paths.items():
+            storage.verify(path, expected[role])
+        self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
+
+    def newest_trusted(self) -> Optional[Entry]:
+        """The newest checkpoint when this process wrote or checked it since it last listed; else None."""
+        if not self._index:
+            return None
+        newest = max(self._index.values(), key=self.store.order)
+        return newest if (newest.key, newest.info.size_bytes, newest.info.time) in self._verified else None
+
+    def newest_good(
+        self, load: bool = True, prefer: Any = None, roles: Optional[Sequence[str]] = None
+    ) -> Optional[Tuple[Entry, Optional[Dict[str, Any]]]]:
         """
-        The newest checkpoint that verifies and loads (`prefer`, a name, tried first), with its
-        states; bad ones are moved into corrupt/ with a WARNING. None when there is none at all.
+        The newest checkpoint that verifies (and, with `load`, loads: its states come with it),
+        `prefer` (a key) tried first; bad ones are moved into corrupt/ with a WARNING. Cleans up
+        first. None when there is no checkpoint at all.
         """
         self.wait()
-        entries = self.entries()
-        entries.sort(key=lambda e: e.name == prefer)  # stable: `prefer` last, i.e. tried first
+        listing = self.store.list()
+        self.clean_up(listing)
+        entries = sorted(listing.complete, key=lambda e: e.key == prefer)  # stable: `prefer` last
         rejected = []
         for entry in reversed(entries):
             try:
-                return entry, self.load(entry, roles)
+                if load:
+                    return entry, self.load(entry, roles)
+                self.verify(entry)
+                return entry, None
             except storage.BadCheckpoint as e:
                 rejected.append(f"{entry.name} ({e})")
-                moved = [] if self.read_only else self.quarantine(entry)
+                moved = self.store.quarantine(entry.key) if self.may_write else []
                 logger.warning(
                     "Checkpoint %s in %s is not usable: %s. %sFalling back to an older checkpoint.",
                     entry.name, self.directory, e, f"Moved {', '.join(moved)} into corrupt/. " if moved else "",
                 )
         if rejected:
+            more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
             raise UnusableCheckpoint(
                 f"{self.where}: no usable checkpoint in {self.directory}, got {len(rejected)} bad one(s): "
-                f"{'; '.join(rejected[:10])}. Their files are in {os.path.join(self.directory, 'corrupt')}; "
-                "start afresh, or restore a good copy of one of them."
+                f"{'; '.join(rejected[:10])}{more}. Their files are in {os.path.join(self.directory, 'corrupt')}; "
+                "start a new run, or restore a good copy of one of them."
             )
         return None
-
-    def quarantine(self, entry: Entry) -> List[str]:
-        """Moves a checkpoint's files into corrupt/, never overwriting what is there."""
-        names = [self.layout.record(entry.name)] + [os.path.basename(p) for p in entry.paths.values()]
-        return storage.move_into_corrupt(self.directory, names)
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint holds types `weights_only` loading refuses; nothing in it was run."""
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _json(record: Dict[str, Any]) -> Callable:
-    import json
-
-    payload = json.dumps(record, sort_keys=True).encode()
-    return lambda f: f.write(payload)
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-    import json
-
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError) as e:
-        logger.warning("Ignoring unreadable checkpoint record %s: %s", path, e)
-        return {}

@@ -22,7 +22,7 @@ import fvcore.common.checkpoint as _fvcore
 from trainer_ckpt import storage
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, UnsafeCheckpointError
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
 from trainer_ckpt.retention_policies import KeepMostRecentByCount, RetentionPolicy
 from trainer_ckpt.save_policies import SavePolicy
 
@@ -78,9 +78,10 @@ class Checkpointer(_fvcore.Checkpointer):
         """The engine, made at first use: only then does a writer take the directory's lock."""
         if self._engine is None:
             self._engine = Engine(
-                self.save_dir, LAYOUT, background=self.background, safe_globals=self.safe_globals,
+                NamedFiles(self.save_dir, LAYOUT), background=self.background, safe_globals=self.safe_globals,
                 read_only=not self.save_to_disk, where=_WHERE,
             )
+            self._engine.clean_up()
         return self._engine
 
     def save(self, name: str, **kwargs: Any) -> None:

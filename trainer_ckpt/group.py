@@ -42,7 +42,7 @@ class CheckpointerGroup(Checkpointer):
         self.members = [
             c.construct(serialization_dir=self._serialization_dir, read_only=read_only) for c in checkpointers
         ]
-        prefixes = [m._dir.prefix for m in self.members if isinstance(m, DefaultCheckpointer)]
+        prefixes = [m._store.prefix for m in self.members if isinstance(m, DefaultCheckpointer)]
         if len(set(prefixes)) != len(prefixes):
             raise ConfigurationError(
                 f"group: every checkpointer needs its own `filename_prefix`, got {prefixes!r}. "

@@ -17,9 +17,11 @@ import pickle
 import re
 import secrets
 import zlib
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
+
+from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,33 @@ class Found(NamedTuple):
 
 
 class Listing(NamedTuple):
-    complete: List[Found]  # both state files present on every rank; oldest first
-    incomplete: List[Progress]  # some files only: an interrupted save or deletion
+    complete: List[Any]  # Found (CheckpointDir) or Entry (stores); oldest first
+    incomplete: List[Any]  # keys of checkpoints with some files only: an interrupted save or deletion
     stale_temps: List[str]  # temp files whose writer is gone
-    orphan_records: List[Progress]  # a record whose state files both are gone (deleted elsewhere)
+    orphan_records: List[Any]  # keys of records whose state files are all gone (deleted elsewhere)
+
+
+class Entry(NamedTuple):
+    """One complete checkpoint, as a store lists it for the engine."""
+
+    key: Any  # the store's handle: a progress tuple (AllenNLP pairs), a name (one-file layouts)
+    name: str  # for messages: `e3_b0`, `best_e3_b0`, `model_0000999`
+    paths: Dict[str, str]  # role -> path of its state files (this rank's)
+    record: Dict[str, Any]  # {} for files a peer wrote
+    info: CheckpointInfo
+
+
+def entry_info(progress: Progress, time: float, size: int, record: Dict[str, Any]) -> CheckpointInfo:
+    """What policies see of a checkpoint: from its record, else from its files."""
+    return CheckpointInfo(
+        *progress,
+        time=time,
+        metrics=record.get("metrics", {}),
+        total_batches_completed=record.get("total_batches_completed"),
+        is_best_so_far=record.get("is_best_so_far", False),
+        size_bytes=size,
+        run_start=record.get("run_start"),
+    )
 
 
 def fsync_dir(directory: str) -> None:
@@ -71,10 +96,16 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
     commit([(_write_temp(path, write, mtime), path)])
 
 
+# Temp files this process is writing and has not committed yet: not stale, though our pid is alive
+# (another checkpointer of this process may list the directory while a background save writes).
+_IN_FLIGHT: set = set()
+
+
 def _write_temp(path: str, write, mtime: Optional[float] = None) -> str:
     """Writes a hidden temp file next to `path` (not yet fsynced); removes it if that fails."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    _IN_FLIGHT.add(os.path.abspath(tmp))
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -104,6 +135,7 @@ def commit(renames: List[Tuple[str, str]]) -> None:
                 os.close(fd)
         for tmp, path in renames:
             os.replace(tmp, path)
+            _IN_FLIGHT.discard(os.path.abspath(tmp))
     except BaseException:
         for tmp, _ in renames:
             remove_file(tmp)
@@ -177,7 +209,7 @@ def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str,
     return info
 
 
-def _save_temp(obj: Any, path: str, mtime: Optional[float] = None) -> Tuple[str, Dict[str, Any]]:
+def _save_temp(obj: Any, path: str, mtime: Optional[float] = None, **save_kwargs: Any) -> Tuple[str, Dict[str, Any]]:
     written: List[_ChecksummingWriter] = []
 
     def write(f) -> None:
@@ -187,7 +219,7 @@ def _save_temp(obj: Any, path: str, mtime: Optional[float] = None) -> Tuple[str,
         previous = torch.serialization.get_crc32_options()
         torch.serialization.set_crc32_options(False)
         try:
-            torch.save(obj, writer)
+            torch.save(obj, writer, **save_kwargs)
         finally:
             torch.serialization.set_crc32_options(previous)
         written.append(writer)
@@ -214,7 +246,9 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
     if expected is not None:
         verify(path, expected)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch's legacy format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             # torch's message is long and suggests weights_only=False; keep what names the type.
@@ -276,6 +310,7 @@ def move_into_corrupt(directory: str, names: Iterable[str]) -> List[str]:
 
 
 def remove_file(path: str) -> None:
+    _IN_FLIGHT.discard(os.path.abspath(path))
     try:
         os.remove(path)
     except FileNotFoundError:
@@ -336,8 +371,8 @@ class CheckpointDir:
 
     def write_record(self, progress: Progress, rank: Optional[int], record: Dict[str, Any]) -> None:
         """Writes a checkpoint's record, last: it commits the checkpoint."""
-        payload = json.dumps(record, sort_keys=True).encode()
-        atomic_write(self.path(RECORD, progress, rank), lambda f: f.write(payload))
+        self._records.pop(self.name(RECORD, progress, rank), None)
+        write_json(self.path(RECORD, progress, rank), record)
 
     def quarantine(self, progress: Progress, ranks: Optional[Iterable[int]]) -> List[str]:
         """Moves one checkpoint's files into `corrupt/`, never overwriting what is there."""
@@ -367,7 +402,7 @@ class CheckpointDir:
                     found.setdefault(key, {})[(parsed.kind, parsed.rank)] = entry
                 continue
             temp = self._temp_re.match(entry.name)
-            if temp is not None and not _pid_alive(int(temp.group(1))):
+            if temp is not None and _stale(entry.path, int(temp.group(1))):
                 stale.append(entry.path)
         need = {(kind, r) for kind in (MODEL, TRAINING) for r in wanted}
         complete, incomplete, orphans = [], [], []
@@ -392,12 +427,10 @@ class CheckpointDir:
     def _read_record(self, path: str) -> Dict[str, Any]:
         name = os.path.basename(path)
         if name not in self._records:
-            try:
-                with open(path, "rb") as f:
-                    self._records[name] = json.loads(f.read())
-            except (OSError, ValueError) as e:
-                logger.warning("Ignoring unreadable checkpoint record %s: %s", path, e)
+            record = read_json(path)
+            if not record:
                 return {}
+            self._records[name] = record
         return self._records[name]
 
     def remove(self, progress: Progress, ranks: Optional[Iterable[int]]) -> None:
@@ -413,6 +446,152 @@ class CheckpointDir:
                 name = self.name(kind, progress, r)
                 self._records.pop(name, None)
                 remove_file(os.path.join(self.directory, name))
+
+
+class Pairs:
+    """
+    AllenNLP's pairs (`model_state_e3_b0.th`, `training_state_e3_b0.th`, `checkpoint_e3_b0.json`)
+    as the engine's store: keys are progress tuples, ordered by progress. When the state is
+    sharded (`sharded = True`), each rank writes its own `_w{rank}` files and a checkpoint is
+    complete once every rank's are there.
+    """
+
+    def __init__(self, directory: str, prefix: str = "", rank: int = 0, world_size: int = 1) -> None:
+        self.dir, self.directory, self.prefix = CheckpointDir(directory, prefix), directory, prefix
+        self.rank, self.world_size, self.sharded = rank, world_size, False
+
+    def _ranks(self) -> Optional[range]:
+        return range(self.world_size) if self.sharded else None
+
+    def _own(self) -> Optional[int]:
+        return self.rank if self.sharded else None
+
+    def list(self, own_only: bool = False) -> Listing:
+        """Every rank's complete checkpoints (`own_only`: this rank's), by this rank's files."""
+        listing = self.dir.list([self.rank] if own_only and self.sharded else self._ranks(), self._own())
+        entries = [
+            Entry(f.progress, self.label(f.progress), self.files(f.progress), f.record,
+                  entry_info(f.progress, f.time, f.size_bytes, f.record))
+            for f in listing.complete
+        ]
+        return listing._replace(complete=entries)
+
+    def files(self, key: Progress) -> Dict[str, str]:
+        return {kind: self.dir.path(kind, key, self._own()) for kind in (MODEL, TRAINING)}
+
+    def record_path(self, key: Progress) -> str:
+        return self.dir.path(RECORD, key, self._own())
+
+    def write_record(self, key: Progress, record: Dict[str, Any]) -> None:
+        self.dir.write_record(key, self._own(), record)
+
+    def remove(self, key: Progress) -> None:
+        self.dir.remove(key, self._ranks())
+
+    def quarantine(self, key: Progress) -> List[str]:
+        return self.dir.quarantine(key, self._ranks())
+
+    def label(self, key: Progress) -> str:
+        return f"{self.prefix}e{key[0]}_b{key[1]}"
+
+    @staticmethod
+    def order(entry: Entry) -> Any:
+        return entry.key
+
+
+class Layout(NamedTuple):
+    """
+    How a one-file-per-checkpoint face names its files (fvcore, ignite, mmengine): data plus
+    functions. `files(name)` -> {role: basename} of the state files, the main one first;
+    `record(name)` -> the record's basename; `parse(basename)` -> the checkpoint name when
+    `basename` is a main state file of this layout, else None.
+    """
+
+    files: Callable[[str], Dict[str, str]]
+    record: Callable[[str], str]
+    parse: Callable[[str], Optional[str]]
+
+
+_ANY_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+class NamedFiles:
+    """
+    A `Layout`'s checkpoints as the engine's store: keys are names, ordered by save time (the
+    record's, else the main file's mtime), then name. A file a peer wrote (no record) is a
+    checkpoint; one of ours is complete when every file its record lists is there.
+    """
+
+    sharded = False
+
+    def __init__(self, directory: str, layout: Layout) -> None:
+        self.directory, self.layout = directory, layout
+
+    def list(self, own_only: bool = False) -> Listing:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return Listing([], [], [], [])
+        present = set(names)
+        complete, incomplete, stale = [], [], []
+        for base in names:
+            name = self.layout.parse(base)
+            if name is None:
+                temp = _ANY_TEMP.match(base)
+                if temp is not None and _stale(os.path.join(self.directory, base), int(temp.group(1))):
+                    stale.append(os.path.join(self.directory, base))
+                continue
+            has_record = self.layout.record(name) in present
+            record = read_json(self.record_path(name)) if has_record else {}
+            expected = record.get("files", {})
+            if any(f["name"] not in present for f in expected.values()):
+                incomplete.append(name)  # lost a file its record lists
+                continue
+            paths = {role: os.path.join(self.directory, b) for role, b in self.layout.files(name).items() if b in present}
+            stat = os.stat(os.path.join(self.directory, base))
+            size = sum(f["size"] for f in expected.values()) if expected else stat.st_size
+            progress = (record.get("epochs_completed", 0), record.get("batches_in_epoch_completed", 0))
+            complete.append(Entry(name, name, paths, record, entry_info(progress, record.get("time", stat.st_mtime), size, record)))
+        return Listing(sorted(complete, key=self.order), incomplete, stale, [])
+
+    def files(self, key: str) -> Dict[str, str]:
+        return {role: os.path.join(self.directory, b) for role, b in self.layout.files(key).items()}
+
+    def record_path(self, key: str) -> str:
+        return os.path.join(self.directory, self.layout.record(key))
+
+    def write_record(self, key: str, record: Dict[str, Any]) -> None:
+        write_json(self.record_path(key), record)
+
+    def remove(self, key: str) -> None:
+        remove_file(self.record_path(key))  # the record first: complete files left still load
+        for path in self.files(key).values():
+            remove_file(path)
+
+    def quarantine(self, key: str) -> List[str]:
+        names = [self.layout.record(key)] + list(self.layout.files(key).values())
+        return move_into_corrupt(self.directory, names)
+
+    def label(self, key: str) -> str:
+        return key
+
+    @staticmethod
+    def order(entry: Entry) -> Any:
+        return entry.info.time, entry.key
+
+
+def write_json(path: str, record: Dict[str, Any]) -> None:
+    payload = json.dumps(record, sort_keys=True).encode()
+    atomic_write(path, lambda f: f.write(payload))
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as e:
+        logger.warning("Ignoring unreadable checkpoint record %s: %s", path, e)
+        return {}
 
 
 def record(
@@ -436,9 +615,14 @@ def record(
     }
 
 
-def _pid_alive(pid: int) -> bool:
+def _stale(path: str, pid: int) -> bool:
+    """Whether a temp file's writer is gone."""
     if pid == os.getpid():
-        return False  # listed before this process starts saving: an earlier process with our pid
+        return os.path.abspath(path) not in _IN_FLIGHT  # not ours: an earlier process with our pid
+    return not _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
