@@ -10,6 +10,12 @@ contents its name promises; anything else counts as torn or unrecoverable.
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer allennlp  # AllenNLP's, to compare
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer fvcore_face   # a plain loop, trainer_ckpt.fvcore
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer fvcore        # the same loop, fvcore's own
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ignite_face   # a real ignite Engine, trainer_ckpt.ignite
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ignite        # the same Engine, ignite's own
+
+The ignite runs keep ignite's default `n_saved=1` (`--ignite-n-saved 2` to keep two); a restarted
+ignite run loads the file with the highest step in its name (ignite has no finder), ours
+`trainer_ckpt.ignite.latest_checkpoint`.
 
 Children are forked from this process (everything is imported once, so a trial takes well under a
 second); they die of a real SIGKILL, with no clean-up of any kind.
@@ -105,26 +111,101 @@ def _saver(which: str, directory: str, numel: int):
 
 def _arm(mode: str, k: int) -> None:
     """Makes this process SIGKILL itself around its k-th rename or deletion."""
-    name, when = {"before_rename": ("replace", "before"), "after_rename": ("replace", "after"),
-                  "before_delete": ("remove", "before")}[mode]
-    original, calls = getattr(os, name), [0]
+    names, when = {"before_rename": (("replace",), "before"), "after_rename": (("replace",), "after"),
+                   "before_delete": (("remove", "unlink"), "before")}[mode]  # pathlib deletes with unlink
+    calls = [0]
 
-    def hooked(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == k and when == "before":
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = original(*args, **kwargs)
-        if calls[0] == k and when == "after":
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
+    def hook(original):
+        def hooked(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == k and when == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if calls[0] == k and when == "after":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
 
-    setattr(os, name, hooked)
+        return hooked
+
+    for name in names:
+        setattr(os, name, hook(getattr(os, name)))
+
+
+IGNITE_N_SAVED = [1]  # ignite's default; --ignite-n-saved changes it
+
+
+def _ignite_loop(which: str, directory: str, numel: int):
+    """A real ignite Engine whose iteration i fills the model and optimizer state with i, checkpointed
+    after every iteration by (ignite's or our) Checkpoint, keeping n_saved (ignite's default: 1)."""
+    from ignite.engine import Engine
+
+    if which.startswith("ignite_face"):
+        from trainer_ckpt.ignite import Checkpoint, DiskSaver
+
+        saver = DiskSaver(directory, require_empty=False, background=which.endswith("_background"))
+    else:
+        from ignite.handlers import Checkpoint, DiskSaver
+
+        saver = DiskSaver(directory, require_empty=False)
+    model, holder = torch.nn.Linear(1, 1, bias=False), _Holder(numel)
+    model.weight = torch.nn.Parameter(torch.zeros(numel), requires_grad=False)
+
+    def step(engine, batch) -> None:
+        model.weight.fill_(float(engine.state.iteration))
+        holder.exp_avg = torch.full((numel // 8,), float(engine.state.iteration))
+
+    trainer = Engine(step)
+    to_save = {"model": model, "optimizer": holder, "trainer": trainer}
+    return trainer, model, holder, to_save, Checkpoint(to_save, saver, n_saved=IGNITE_N_SAVED[0])
+
+
+def _ignite_child(which: str, directory: str, log_path: str, numel: int) -> None:
+    from ignite.engine import Events
+
+    trainer, _, _, _, handler = _ignite_loop(which, directory, numel)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
+    background = which.endswith("_background")
+    with open(log_path, "a") as log:
+        def committed(engine) -> None:
+            done = engine.state.iteration - int(background)
+            if done:
+                log.write(f"{done}\n")
+                log.flush()
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, committed)
+        trainer.run(range(1_000_000), max_epochs=1)
+
+
+def _restore_ignite(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
+    trainer, model, holder, to_save, handler = _ignite_loop(which.replace("_background", ""), directory, numel)
+    if which.startswith("ignite_face"):
+        from trainer_ckpt.ignite import latest_checkpoint
+
+        try:
+            path = latest_checkpoint(directory)
+        except Exception as e:
+            return None, f"no good checkpoint: {type(e).__name__}: {str(e)[:120]}"
+    else:
+        files = sorted(Path(directory).glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        path = files[-1] if files else None
+    if path is None:
+        return None, "no checkpoint found"
+    try:
+        type(handler).load_objects(to_save, path)
+    except Exception as e:
+        return None, f"load failed: {type(e).__name__}: {str(e)[:120]}"
+    i = trainer.state.iteration
+    if not (torch.equal(model.weight, torch.full((numel,), float(i))) and torch.equal(holder.exp_avg, torch.full((numel // 8,), float(i)))):
+        return None, f"checkpoint {i} has other contents than its name says"
+    return i, ""
 
 
 def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: int) -> None:
     torch.set_num_threads(1)
     if mode != "random_time":
         _arm(mode, k)
+    if which.startswith("ignite"):
+        return _ignite_child(which, directory, log_path, numel)
     save = _saver(which, directory, numel)
     with open(log_path, "a") as log:
         for i in range(1, 1_000_000):
@@ -145,6 +226,8 @@ def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str
     """(the restored i, "") or (None, why not)."""
     if which.startswith("fvcore"):
         return _restore_plain_loop(which.replace("_background", ""), directory, numel)
+    if which.startswith("ignite"):
+        return _restore_ignite(which, directory, numel)
     checkpointer = _make("ours" if which.startswith("ours") else which, directory)
     try:
         checkpoint = checkpointer.load_checkpoint()
@@ -227,13 +310,17 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--size-mb", type=float, default=16.0, help="checkpoint size (model + optimizer state)")
     parser.add_argument("--checkpointer", default="ours",
-                        choices=["ours", "ours_background", "allennlp", "fvcore_face", "fvcore_face_background", "fvcore"],
+                        choices=["ours", "ours_background", "allennlp", "fvcore_face", "fvcore_face_background", "fvcore",
+                                 "ignite_face", "ignite_face_background", "ignite"],
                         help="ours*: trainer_ckpt's AllenNLP face (background: true); allennlp: AllenNLP's own; "
-                             "fvcore_face*: a plain loop with trainer_ckpt.fvcore; fvcore: the same loop with fvcore's own")
+                             "fvcore_face*: a plain loop with trainer_ckpt.fvcore; fvcore: the same loop with fvcore's own; "
+                             "ignite_face*: an ignite Engine with trainer_ckpt.ignite; ignite: the same with ignite's own")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignite-n-saved", type=int, default=1, help="n_saved of the ignite runs (ignite's default: 1)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
+    IGNITE_N_SAVED[0] = args.ignite_n_saved
     result = run_trials(args.trials, args.size_mb, args.checkpointer, args.seed, args.verbose)
     print(f"checkpointer={args.checkpointer} size_mb={args.size_mb} kill moments={result['modes']}")
     print(f"torn_or_unrecoverable={result['bad']}/{result['trials']}" +

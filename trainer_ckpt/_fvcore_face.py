@@ -1,0 +1,242 @@
+"""The fvcore face (see trainer_ckpt/fvcore.py, which imports it on first use)."""
+import logging
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import fvcore.common.checkpoint as _fvcore
+
+from trainer_ckpt import storage
+from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.retention_policies import KeepMostRecentByCount, RetentionPolicy
+from trainer_ckpt.save_policies import SavePolicy
+
+__all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
+
+logger = logging.getLogger(__name__)
+MAIN = "checkpoint"
+POINTER = "last_checkpoint"
+LAYOUT = Layout(
+    files=lambda name: {MAIN: f"{name}.pth", RNG: f".{name}.pth.rng"},
+    record=lambda name: f".{name}.pth.json",
+    parse=lambda base: base[:-4] if base.endswith(".pth") and not base.startswith(".") else None,
+)
+_WHERE = "trainer_ckpt.fvcore.Checkpointer"
+
+
+class Checkpointer(_fvcore.Checkpointer):
+    """
+    fvcore's `Checkpointer(model, save_dir="", *, save_to_disk=True, **checkpointables)`, plus:
+
+    background : `bool` (default `False`)
+        `save()` copies the state into reused CPU buffers and returns; a worker thread writes it.
+        `wait()` waits for it (finding or loading checkpoints waits too, and so does process exit).
+    restore_rng : `bool` (default `True`)
+        `resume_or_load(..., resume=True)` puts back the random state saved with the checkpoint
+        (python, numpy, torch, every CUDA device), for a bit-exact resume.
+    safe_globals : `Sequence[type]` (default `()`)
+        Your own types that may be unpickled from checkpoints you trust; all else loads with
+        `weights_only=True`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        save_dir: str = "",
+        *,
+        save_to_disk: bool = True,
+        background: bool = False,
+        restore_rng: bool = True,
+        safe_globals: Sequence[Any] = (),
+        **checkpointables: Any,
+    ) -> None:
+        for key, value in (("background", background), ("restore_rng", restore_rng)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
+        self._engine: Optional[Engine] = None
+        self._preloaded: Optional[tuple] = None  # (path, checkpoint) handed from resume to fvcore's load
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, made at first use: only then does a writer take the directory's lock."""
+        if self._engine is None:
+            self._engine = Engine(
+                NamedFiles(self.save_dir, LAYOUT), background=self.background, safe_globals=self.safe_globals,
+                read_only=not self.save_to_disk, where=_WHERE,
+            )
+            self._engine.clean_up()
+        return self._engine
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        self._save(name, kwargs)
+
+    def _save(self, name: str, kwargs: Dict[str, Any], retention=None) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = "{}.pth".format(name)
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self.logger.info("Saving checkpoint to {}".format(save_file))
+        done = kwargs.get("iteration")
+        done = done + 1 if isinstance(done, int) and not isinstance(done, bool) else None
+        info = CheckpointInfo(0, done or 0, time=self.engine.clock(), total_batches_completed=done)
+        self.engine.save(name, {MAIN: data, RNG: capture_rng()}, info, after_commit=self._tag, retention=retention)
+
+    def _tag(self, name: str) -> None:
+        self.tag_last_checkpoint(f"{name}.pth")
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Points `last_checkpoint` at a file, atomically (fvcore rewrites it in place)."""
+        payload = last_filename_basename.encode()
+        storage.atomic_write(os.path.join(self.save_dir, POINTER), lambda f: f.write(payload))
+
+    def wait(self) -> None:
+        """Waits for a background save in flight; raises its error if it failed."""
+        if self._engine is not None:
+            self._engine.wait()
+
+    def has_checkpoint(self) -> bool:
+        self.wait()
+        return super().has_checkpoint()
+
+    def get_checkpoint_file(self) -> str:
+        self.wait()
+        return super().get_checkpoint_file()
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        self.wait()
+        return super().get_all_checkpoint_files()
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """
+        As fvcore's; resuming loads the newest checkpoint that verifies, starting with the one
+        `last_checkpoint` names, and falls back to older ones with a WARNING when it is
+        missing, truncated or altered (those are moved into `corrupt/`).
+        """
+        if not (resume and self.save_dir and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        wanted = os.path.basename(self.get_checkpoint_file())
+        found = self.engine.newest_good(prefer=LAYOUT.parse(wanted))
+        if found is None:
+            logger.warning("%s names %s, which is missing, and no other checkpoint is in %s", POINTER, wanted, self.save_dir)
+            return self.load(path, checkpointables=[])
+        entry, states = found
+        if LAYOUT.files(entry.name)[MAIN] != wanted:
+            logger.warning(
+                "%s names %s, which is missing or not usable: resuming from %s instead, the newest good checkpoint in %s",
+                POINTER, wanted, os.path.basename(entry.paths[MAIN]), self.save_dir,
+            )
+        self._preloaded = (entry.paths[MAIN], states[MAIN])
+        try:
+            extra = self.load(entry.paths[MAIN])
+        finally:
+            self._preloaded = None
+        if self.restore_rng and RNG in states:
+            restore_rng(states[RNG])
+        return extra
+
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        """Loads with `weights_only=True`; a checkpoint of ours is verified against its record first."""
+        if self._preloaded is not None and self._preloaded[0] == f:
+            return self._preloaded[1]
+        name = LAYOUT.parse(os.path.basename(f))
+        if self.save_dir and name is not None and os.path.samefile(os.path.dirname(f) or ".", self.save_dir):
+            entry = next((e for e in self.engine.entries() if e.name == name), None)
+            if entry is not None:
+                return self.engine.load(entry, [MAIN])[MAIN]
+        try:
+            import torch
+
+            with torch.serialization.safe_globals(self.safe_globals):
+                return storage.load(f)
+        except storage.UnsafeCheckpoint as e:
+            raise UnsafeCheckpointError(
+                f"{_WHERE}: {f} holds types that are not allowed to load, got: {e} Nothing in it was "
+                "run. If you trust this file, pass those types in `safe_globals`."
+            ) from e
+
+
+class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
+    """
+    fvcore's `PeriodicCheckpointer(checkpointer, period, max_iter=None, max_to_keep=None,
+    file_prefix="model")`: saves `{file_prefix}_{iteration:07d}` when `(iteration + 1) % period
+    == 0` and `{file_prefix}_final` at `max_iter - 1`; `max_to_keep` keeps the newest periodic
+    ones (counting those already on disk after a restart). Instead of `period` / `max_to_keep`:
+
+    save_policy : `SavePolicy` (default `None`)
+        When to save a periodic checkpoint; it sees `(epochs 0, batches iteration + 1)`, e.g.
+        `SaveEveryNumBatches(1000, restart_each_epoch=False)`.
+    retention_policy : `RetentionPolicy` (default `None`)
+        Which periodic checkpoints to keep, e.g. `KeepAny([KeepMostRecentByCount(3),
+        KeepEveryNumBatches(10000)])`. `{file_prefix}_final` and checkpoints saved by name are
+        never deleted.
+    """
+
+    def __init__(
+        self,
+        checkpointer: _fvcore.Checkpointer,
+        period: Optional[int] = None,
+        max_iter: Optional[int] = None,
+        max_to_keep: Optional[int] = None,
+        file_prefix: str = "model",
+        *,
+        save_policy: Optional[SavePolicy] = None,
+        retention_policy: Optional[RetentionPolicy] = None,
+    ) -> None:
+        where = "trainer_ckpt.fvcore.PeriodicCheckpointer"
+        if (period is None) == (save_policy is None):
+            raise ValueError(
+                f"{where}: give exactly one of `period` and `save_policy`, got period={period!r} and "
+                f"save_policy={save_policy!r}. Use period=N for fvcore's rule, or a SavePolicy."
+            )
+        if period is not None and (isinstance(period, bool) or int(period) < 1):
+            raise ValueError(f"{where}: `period` must be an integer >= 1, got {period!r}. Save every N iterations with N >= 1.")
+        if max_to_keep is not None and retention_policy is not None:
+            raise ValueError(
+                f"{where}: give at most one of `max_to_keep` and `retention_policy`, got {max_to_keep!r} and "
+                f"{retention_policy!r}. Express the whole rule in the retention policy."
+            )
+        if max_to_keep is not None and (isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ValueError(f"{where}: `max_to_keep` must be an integer >= 1, got {max_to_keep!r}. Use None to keep all.")
+        super().__init__(checkpointer, period or 1, max_iter, max_to_keep, file_prefix)
+        self.save_policy = save_policy
+        if retention_policy is None and max_to_keep is not None:
+            retention_policy = KeepMostRecentByCount(max_to_keep)
+        periodic = re.compile(rf"^{re.escape(file_prefix)}_\d{{7}}$")
+        self._retention = None if retention_policy is None else (retention_policy, lambda e: bool(periodic.match(e.name)))
+        self._previous: List[CheckpointInfo] = []
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        if not isinstance(self.checkpointer, Checkpointer):
+            return super().step(iteration, **kwargs)  # a plain fvcore checkpointer: fvcore's rules
+        iteration = int(iteration)
+        additional_state = {"iteration": iteration}
+        additional_state.update(kwargs)
+        final = self.max_iter is not None and iteration >= self.max_iter - 1
+        if self.save_policy is None:
+            periodic = (iteration + 1) % self.period == 0
+        else:
+            now = self.checkpointer.engine.clock()
+            current = CheckpointInfo(0, iteration + 1, time=now, total_batches_completed=iteration + 1, training_ends=final)
+            if not self._previous:  # where this process (re)started
+                self._previous.append(CheckpointInfo(0, iteration, time=now, total_batches_completed=iteration))
+            periodic = self.save_policy.should_save(current, self._previous)
+            if periodic:
+                self._previous.append(current)
+        if periodic:
+            name = "{}_{:07d}".format(self.file_prefix, iteration)
+            self.checkpointer._save(name, additional_state, retention=self._retention)
+        if final:
+            self.checkpointer.save(f"{self.file_prefix}_final", **additional_state)
+
+
+for _public in (Checkpointer, PeriodicCheckpointer):
+    _public.__module__ = "trainer_ckpt.fvcore"

@@ -1,0 +1,355 @@
+"""The ignite face (see trainer_ckpt/ignite.py, which imports it on first use)."""
+import logging
+import numbers
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import ignite.distributed as idist
+import ignite.handlers.checkpoint as _ignite
+import torch
+from ignite.engine import Engine as IgniteEngine
+from ignite.engine import Events
+
+from trainer_ckpt import storage
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
+from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.retention_policies import RetentionPolicy
+from trainer_ckpt.save_policies import SavePolicy
+
+__all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
+
+logger = logging.getLogger(__name__)
+MAIN = "checkpoint"
+_EXTENSIONS = (".pt",)  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
+
+
+def _layout(filename_prefix: str = "") -> Layout:
+    start = f"{filename_prefix}_" if filename_prefix else ""
+    return Layout(
+        files=lambda name: {MAIN: name, RNG: f".{name}.rng"},
+        record=lambda name: f".{name}.json",
+        parse=lambda base: base if base.endswith(_EXTENSIONS) and base.startswith(start) and not base.startswith(".") else None,
+    )
+
+
+LAYOUT = _layout()
+
+
+class _Store(NamedFiles):
+    """Remembers what retention deleted, so that the handler forgets those names too."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory, LAYOUT)
+        self.removed: set = set()
+
+    def remove(self, key: str) -> None:
+        super().remove(key)
+        self.removed.add(key)
+
+
+class DiskSaver(_ignite.DiskSaver):
+    """
+    ignite's `DiskSaver(dirname, atomic=True, create_dir=True, require_empty=True,
+    save_on_rank=0, **kwargs)`, on the engine. Writes are always atomic and durable (`atomic`
+    is accepted; `False` changes nothing). `kwargs` go to `torch.save` as in ignite. Plus:
+
+    background : `bool` (default `False`)
+        A save copies the state into reused CPU buffers and returns; a worker thread writes it.
+        `wait()` waits for it (so do `remove`, `latest_checkpoint` and process exit).
+    safe_globals : `Sequence[type]` (default `()`)
+        Your own types that may be unpickled from checkpoints you trust.
+    """
+
+    def __init__(
+        self,
+        dirname: Union[str, Path],
+        atomic: bool = True,
+        create_dir: bool = True,
+        require_empty: bool = True,
+        save_on_rank: int = 0,
+        *,
+        background: bool = False,
+        safe_globals: Sequence[Any] = (),
+        clock: Optional[Callable[[], float]] = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(background, bool):
+            raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `background` must be True or False, got {background!r}. Pass a bool.")
+        super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
+        self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
+        self._engine: Optional[Engine] = None
+        # Set by our Checkpoint around its call: the point in training, and deletions to defer.
+        self._moment: Optional[CheckpointInfo] = None
+        self._extra: Dict[str, Any] = {}
+        self._retention: Optional[Tuple[RetentionPolicy, Callable]] = None
+        self._deferred: Optional[List[str]] = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, made at first use: only then does the writer lock the directory and clean up."""
+        if self._engine is None:
+            self._engine = Engine(
+                _Store(str(self.dirname)), background=self.background, safe_globals=self.safe_globals,
+                primary=idist.get_rank() == self.save_on_rank, clock=self.clock,
+                where="trainer_ckpt.ignite.DiskSaver", trust_hint="pass those types in `safe_globals`.",
+                save_kwargs=self.kwargs,
+            )
+            self._engine.clean_up()
+        return self._engine
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        engine = self.engine
+        info = self._moment or CheckpointInfo(0, 0, time=engine.clock())
+        record = dict(self._extra)
+        if metadata is not None:
+            record["ignite"] = {k: v for k, v in metadata.items() if v is None or isinstance(v, (str, numbers.Number))}
+        deferred = list(self._deferred or [])
+        engine.store.removed.discard(filename)  # saved again under the same name
+        engine.save(
+            filename, {MAIN: checkpoint, RNG: capture_rng()}, info, record=record,
+            after_commit=lambda key: self._remove_now([name for name in deferred if name != key]),
+            retention=self._retention,
+        )
+
+    def remove(self, filename: str) -> None:
+        """Deletes a checkpoint and its hidden files; within our `Checkpoint`'s call, only once the
+        checkpoint that replaces it is committed."""
+        if self._deferred is not None:
+            self._deferred.append(filename)
+            return
+        if idist.get_rank() == self.save_on_rank:
+            self.engine.wait()
+            self._remove_now([filename])
+
+    def _remove_now(self, names: List[str]) -> None:
+        for name in names:
+            self.engine.store.remove(name)
+
+    def wait(self) -> None:
+        """Waits for a background save in flight; raises its error if it failed."""
+        if self._engine is not None:
+            self._engine.wait()
+
+
+class Checkpoint(_ignite.Checkpoint):
+    """
+    ignite's `Checkpoint(to_save, save_handler, filename_prefix="", score_function=None,
+    score_name=None, n_saved=1, global_step_transform=None, filename_pattern=None,
+    include_self=False, greater_or_equal=False, save_on_rank=0)`; a path as `save_handler`
+    becomes our `DiskSaver`. Plus, as keywords:
+
+    save_policy : `SavePolicy` (default `None`)
+        Saves only when the policy says so, wherever the handler is attached (e.g. on
+        `Events.ITERATION_COMPLETED` with `SaveEveryNumSeconds(600)`). It sees
+        `(epochs completed, batches into the epoch)`.
+    retention_policy : `RetentionPolicy` (default `None`)
+        Which of this handler's checkpoints to keep, instead of `n_saved` (give one, not both);
+        the newest is never deleted, nor any file this handler did not write.
+    background, safe_globals
+        For the `DiskSaver` made from a path (see `DiskSaver`).
+    """
+
+    def __init__(
+        self,
+        to_save: Mapping,
+        save_handler: Union[str, Path, Callable, _ignite.BaseSaveHandler],
+        filename_prefix: str = "",
+        score_function: Optional[Callable] = None,
+        score_name: Optional[str] = None,
+        n_saved: Optional[int] = 1,
+        global_step_transform: Optional[Callable] = None,
+        filename_pattern: Optional[str] = None,
+        include_self: bool = False,
+        greater_or_equal: bool = False,
+        save_on_rank: int = 0,
+        *,
+        save_policy: Optional[SavePolicy] = None,
+        retention_policy: Optional[RetentionPolicy] = None,
+        background: bool = False,
+        safe_globals: Sequence[Any] = (),
+    ) -> None:
+        where = "trainer_ckpt.ignite.Checkpoint"
+        if save_policy is not None and not isinstance(save_policy, SavePolicy):
+            raise TypeError(f"{where}: `save_policy` must be a SavePolicy, got {save_policy!r}. Use e.g. SaveEveryNumSeconds(600).")
+        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
+            raise TypeError(
+                f"{where}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. Use e.g. KeepMostRecentByCount(3)."
+            )
+        if retention_policy is not None and n_saved != 1:
+            raise ValueError(
+                f"{where}: give at most one of `n_saved` and `retention_policy`, got n_saved={n_saved!r} and "
+                f"{retention_policy!r}. Express the whole rule in the retention policy."
+            )
+        if isinstance(save_handler, (str, Path)):
+            save_handler = DiskSaver(save_handler, create_dir=True, save_on_rank=save_on_rank,
+                                     background=background, safe_globals=safe_globals)
+        elif background or safe_globals:
+            raise ValueError(
+                f"{where}: `background` and `safe_globals` are for a DiskSaver this handler makes from a path, got "
+                f"save_handler={save_handler!r}. Pass them to trainer_ckpt.ignite.DiskSaver instead."
+            )
+        if retention_policy is not None and not isinstance(save_handler, DiskSaver):
+            raise ValueError(
+                f"{where}: `retention_policy` needs trainer_ckpt.ignite.DiskSaver (or a path) as save_handler, got "
+                f"{save_handler!r}. Use n_saved with other handlers."
+            )
+        super().__init__(
+            to_save, save_handler, filename_prefix, score_function, score_name,
+            None if retention_policy is not None else n_saved, global_step_transform, filename_pattern,
+            include_self, greater_or_equal, save_on_rank,
+        )
+        self.save_policy, self.retention_policy = save_policy, retention_policy
+        self._previous: List[CheckpointInfo] = []
+
+    def __call__(self, engine: IgniteEngine, *args: Any, **kwargs: Any) -> None:
+        saver = self.save_handler
+        clock = saver.engine.clock if isinstance(saver, DiskSaver) else None
+        moment = _moment(engine, clock)
+        if self.save_policy is not None:
+            if not self._previous:  # where this process (re)started
+                self._previous.append(CheckpointInfo(*moment.progress, time=moment.time))
+            if not self.save_policy.should_save(moment, self._previous):
+                return
+            self._previous.append(moment)
+        if not isinstance(saver, DiskSaver):
+            return super().__call__(engine, *args, **kwargs)
+        self._forget_removed()
+        mine = f"{self.filename_prefix}|{self.score_name}"  # retention judges only what this handler wrote
+        saver._moment, saver._deferred = moment, []
+        saver._extra = {"handler": mine, "iteration": engine.state.iteration, "epoch": engine.state.epoch}
+        if self.retention_policy is not None:
+            saver._retention = (self.retention_policy, lambda entry: entry.record.get("handler") == mine)
+        try:
+            super().__call__(engine, *args, **kwargs)
+        finally:
+            saver._moment, saver._deferred, saver._extra, saver._retention = None, None, {}, None
+        self._forget_removed()
+
+    def _forget_removed(self) -> None:
+        """Drops from ignite's list what our retention deleted (on the worker thread, when in the background)."""
+        saver = self.save_handler
+        if self.retention_policy is not None and saver._engine is not None and saver._engine.store.removed:
+            gone = saver._engine.store.removed
+            self._saved = [item for item in self._saved if item.filename not in gone]
+
+    @staticmethod
+    def load_objects(to_load: Mapping, checkpoint: Union[str, Mapping, Path], **kwargs: Any) -> None:
+        """
+        As ignite's. A path is verified against its record first (when it has one) and loaded
+        with `weights_only=True` (`safe_globals=[...]` allows your own types); when `to_load` holds
+        an ignite `Engine`, the random state saved with the checkpoint is put back as the run
+        resumes (`restore_rng=False` to skip).
+        """
+        restore = kwargs.pop("restore_rng", True)
+        safe_globals = kwargs.pop("safe_globals", ())
+        engines = [obj for obj in to_load.values() if isinstance(obj, IgniteEngine)]
+        rng = None
+        if isinstance(checkpoint, (str, Path)):
+            checkpoint, rng = _load(str(checkpoint), safe_globals)
+        _ignite.Checkpoint.load_objects(to_load, checkpoint, **kwargs)
+        if restore and rng is not None and engines:
+            _restore_on_resume(engines[0], rng)
+
+
+def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "") -> Optional[str]:
+    """
+    The path of the newest checkpoint in `dirname` (of those named `{filename_prefix}_...` when a
+    prefix is given) that verifies against its record (ignite's own files: that loads), or None
+    when there is none. Newer bad ones are skipped with a WARNING. Reads only.
+    """
+    engine = Engine(NamedFiles(str(dirname), _layout(filename_prefix)), read_only=True,
+                    where="trainer_ckpt.ignite.latest_checkpoint")
+    found = engine.newest_good(load=False)
+    return None if found is None else found[0].paths[MAIN]
+
+
+def _moment(engine: IgniteEngine, clock: Optional[Callable[[], float]]) -> CheckpointInfo:
+    """The point the engine reached, as our policies and records see it."""
+    state = engine.state
+    length = state.epoch_length or 0
+    if length:
+        epochs, batches = divmod(state.iteration, length)
+    elif engine.last_event_name == Events.EPOCH_COMPLETED:
+        epochs, batches = state.epoch, 0
+    else:
+        epochs, batches = max(state.epoch - 1, 0), state.iteration
+    metrics = {k: v for k, v in (state.metrics or {}).items() if isinstance(v, numbers.Number)}
+    ends = state.max_epochs is not None and batches == 0 and epochs >= state.max_epochs
+    return CheckpointInfo(epochs, batches, time=(clock or time.time)(), metrics=metrics,
+                          total_batches_completed=state.iteration, training_ends=ends)
+
+
+def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """A checkpoint file (verified when it has a record) and its random state, if saved."""
+    directory, name = os.path.split(path)
+    record = storage.read_json(os.path.join(directory, LAYOUT.record(name))) if os.path.exists(
+        os.path.join(directory, LAYOUT.record(name))) else {}
+    expected = record.get("files", {})
+    try:
+        with torch.serialization.safe_globals(list(safe_globals) + _numpy_rng_types()):
+            obj = storage.load(path, expected.get(MAIN))
+            rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
+            rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
+    except storage.UnsafeCheckpoint as e:
+        raise storage.UnsafeCheckpoint(
+            f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} holds types that are not allowed to load, "
+            f"got: {e} Nothing in it was run. If you trust this file, pass those types in `safe_globals=[...]`."
+        ) from e
+    except storage.BadCheckpoint as e:
+        raise storage.BadCheckpoint(
+            f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} is not usable, got: {e}. Load the newest good "
+            f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r})."
+        ) from e
+    return obj, rng
+
+
+def _numpy_rng_types() -> List[Any]:
+    """
+    What `DeterministicEngine.state_dict()["rng_states"]` needs besides tensors (numpy's random
+    state is an array): allowed, and nothing else. ignite's own `load_objects` refuses these
+    under `weights_only=True`, so it cannot resume a DeterministicEngine from a file.
+    """
+    import numpy
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, numpy.ndarray, numpy.dtype, type(numpy.dtype("uint32"))]
+
+
+def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any]) -> None:
+    """
+    Puts the random state back when `engine.run` resumes: at STARTED (before the data iterator
+    is made, which may draw from it), and, when resuming within an epoch, once more right before
+    the first iteration (after the data iterator, DeterministicEngine's reseeding and the first
+    batch), so that the iteration runs with the very state the interrupted run had after the saved one.
+    """
+
+    # A DeterministicEngine puts its own saved state back as soon as it has made the data
+    # iterator, before the batch sampler draws the epoch's order (lazily, at the first batch): the
+    # order then differs from the interrupted run's. Ours goes back after the first batch instead.
+    if getattr(engine.state, "rng_states", None) is not None:
+        engine.state.rng_states = None
+
+    def at_start(e: IgniteEngine) -> None:
+        e.remove_event_handler(at_start, Events.STARTED)
+        restore_rng(rng)
+        length = e.state.epoch_length
+        if length and e.state.iteration % length:
+            e.add_event_handler(Events.ITERATION_STARTED, before_first)
+
+    def before_first(e: IgniteEngine) -> None:
+        e.remove_event_handler(before_first, Events.ITERATION_STARTED)
+        restore_rng(rng)
+
+    engine.add_event_handler(Events.STARTED, at_start)
+
+
+for _public in (Checkpoint, DiskSaver):
+    _public.__module__ = "trainer_ckpt.ignite"
