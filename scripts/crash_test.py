@@ -12,6 +12,8 @@ contents its name promises; anything else counts as torn or unrecoverable.
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer fvcore        # the same loop, fvcore's own
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ignite_face   # a real ignite Engine, trainer_ckpt.ignite
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ignite        # the same Engine, ignite's own
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer mmengine_face # a real mmengine Runner
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer mmengine      # the same Runner, mmengine's own
 
 The ignite runs keep ignite's default `n_saved=1` (`--ignite-n-saved 2` to keep two); a restarted
 ignite run loads the file with the highest step in its name (ignite has no finder), ours
@@ -176,6 +178,92 @@ def _ignite_child(which: str, directory: str, log_path: str, numel: int) -> None
         trainer.run(range(1_000_000), max_epochs=1)
 
 
+class _Stop(Exception):
+    """Raised by the mmengine model's first step after a resume: the restored state is in place."""
+
+
+def _mmengine_runner(which: str, directory: str, numel: int, resume: bool, log_path: Optional[str] = None):
+    """A real mmengine Runner (iteration-based) whose iteration i fills the model with i, checkpointed
+    after every iteration by (mmengine's or our) CheckpointHook, keeping one (`max_keep_ckpts=1`)."""
+    from mmengine.hooks import Hook
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Filler(BaseModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(numel), requires_grad=False)
+
+        def forward(self, *args, **kwargs):
+            return {}
+
+        def train_step(self, data, optim_wrapper):
+            if resume:
+                raise _Stop()
+            self.weight.fill_(float(self.iteration + 1))
+            return {}
+
+    class Log(Hook):
+        priority = "LOWEST"  # after the checkpoint hook
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+            runner.model.iteration = runner.iter
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            done = runner.iter + 1 - int(which.endswith("_background"))
+            if log_path is not None and done:
+                with open(log_path, "a") as log:
+                    log.write(f"{done}\n")
+
+    if which.startswith("mmengine_face"):
+        from trainer_ckpt.mmengine import CheckpointHook
+
+        extra = {"background": which.endswith("_background")}
+    else:
+        from mmengine.hooks import CheckpointHook
+
+        extra = {}
+    hook = dict(type=CheckpointHook, interval=1, by_epoch=False, max_keep_ckpts=1, **extra)
+    return Runner(
+        model=Filler(), work_dir=directory, experiment_name=f"crash-{os.getpid()}-{time.monotonic_ns()}",
+        train_dataloader=dict(dataset=list(range(8)), sampler=dict(type="InfiniteSampler", shuffle=False),
+                              batch_size=1, collate_fn=dict(type="default_collate"), num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=10**6),
+        default_hooks=dict(checkpoint=hook, logger=None, param_scheduler=None, timer=None),
+        custom_hooks=[dict(type=Log)], resume=resume, default_scope=None, log_level="ERROR",
+    )
+
+
+def _mmengine_child(which: str, directory: str, log_path: str, numel: int) -> None:
+    _mmengine_runner(which, directory, numel, resume=False, log_path=log_path).train()
+
+
+def _restore_mmengine(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
+    """What a restarted run does: Runner(resume=True); mmengine's own needs its types allowed on torch >= 2.6."""
+    from trainer_ckpt.mmengine import mmengine_safe_globals
+    from trainer_ckpt.storage import allowing
+
+    runner = _mmengine_runner(which.replace("_background", ""), directory, numel, resume=True)
+    try:
+        with allowing(mmengine_safe_globals() if which == "mmengine" else []):
+            runner.train()
+        return None, "training did not start"
+    except _Stop:
+        pass
+    except Exception as e:
+        return None, f"resume failed: {type(e).__name__}: {str(e)[:120]}"
+    finally:
+        for hook in runner.hooks:
+            if hasattr(hook, "_engine") and hook._engine is not None:
+                hook._engine.close()
+    i = runner.iter
+    if i == 0:
+        return None, "no checkpoint found"
+    if not torch.equal(runner.model.weight, torch.full((numel,), float(i))):
+        return None, f"checkpoint {i} has other contents than its name says"
+    return i, ""
+
+
 def _restore_ignite(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
     trainer, model, holder, to_save, handler = _ignite_loop(which.replace("_background", ""), directory, numel)
     if which.startswith("ignite_face"):
@@ -206,6 +294,8 @@ def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: 
         _arm(mode, k)
     if which.startswith("ignite"):
         return _ignite_child(which, directory, log_path, numel)
+    if which.startswith("mmengine"):
+        return _mmengine_child(which, directory, log_path, numel)
     save = _saver(which, directory, numel)
     with open(log_path, "a") as log:
         for i in range(1, 1_000_000):
@@ -228,6 +318,8 @@ def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str
         return _restore_plain_loop(which.replace("_background", ""), directory, numel)
     if which.startswith("ignite"):
         return _restore_ignite(which, directory, numel)
+    if which.startswith("mmengine"):
+        return _restore_mmengine(which, directory, numel)
     checkpointer = _make("ours" if which.startswith("ours") else which, directory)
     try:
         checkpoint = checkpointer.load_checkpoint()
@@ -311,10 +403,12 @@ def main() -> int:
     parser.add_argument("--size-mb", type=float, default=16.0, help="checkpoint size (model + optimizer state)")
     parser.add_argument("--checkpointer", default="ours",
                         choices=["ours", "ours_background", "allennlp", "fvcore_face", "fvcore_face_background", "fvcore",
-                                 "ignite_face", "ignite_face_background", "ignite"],
+                                 "ignite_face", "ignite_face_background", "ignite",
+                                 "mmengine_face", "mmengine_face_background", "mmengine"],
                         help="ours*: trainer_ckpt's AllenNLP face (background: true); allennlp: AllenNLP's own; "
                              "fvcore_face*: a plain loop with trainer_ckpt.fvcore; fvcore: the same loop with fvcore's own; "
-                             "ignite_face*: an ignite Engine with trainer_ckpt.ignite; ignite: the same with ignite's own")
+                             "ignite_face*: an ignite Engine with trainer_ckpt.ignite; ignite: the same with ignite's own; "
+                             "mmengine_face*: an mmengine Runner with trainer_ckpt.mmengine; mmengine: its own hook")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ignite-n-saved", type=int, default=1, help="n_saved of the ignite runs (ignite's default: 1)")
     parser.add_argument("--verbose", action="store_true")

@@ -153,9 +153,7 @@ class Checkpointer(_fvcore.Checkpointer):
             if entry is not None:
                 return self.engine.load(entry, [MAIN])[MAIN]
         try:
-            import torch
-
-            with torch.serialization.safe_globals(self.safe_globals):
+            with storage.allowing(self.safe_globals):
                 return storage.load(f)
         except storage.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(

@@ -291,7 +291,7 @@ def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[st
         os.path.join(directory, LAYOUT.record(name))) else {}
     expected = record.get("files", {})
     try:
-        with torch.serialization.safe_globals(list(safe_globals) + _numpy_rng_types()):
+        with storage.allowing(list(safe_globals) + _numpy_rng_types()):
             obj = storage.load(path, expected.get(MAIN))
             rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
             rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None

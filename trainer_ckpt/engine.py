@@ -23,7 +23,6 @@ import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
 
 from trainer_ckpt import storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
@@ -315,7 +314,7 @@ class Engine:
         loaded = {}
         expected = entry.record.get("files", {})
         try:
-            with torch.serialization.safe_globals(self.safe_globals):
+            with storage.allowing(self.safe_globals):
                 for role, path in entry.paths.items():
                     if roles is None or role in roles:
                         loaded[role] = storage.load(path, expected.get(role))

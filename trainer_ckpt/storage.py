@@ -10,6 +10,7 @@ next to its model-state file (AllenNLP's pairs included). A small JSON record wr
 what retention needs without loading the state files: the save time and the validation metrics.
 """
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import pickle
 import re
 import secrets
 import zlib
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -226,6 +227,24 @@ def _save_temp(obj: Any, path: str, mtime: Optional[float] = None, **save_kwargs
 
     tmp = _write_temp(path, write, mtime)
     return tmp, {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
+
+
+@contextlib.contextmanager
+def allowing(types: Iterable[Any]) -> Iterator[None]:
+    """
+    Lets `weights_only` loading accept `types` within. Unlike `torch.serialization.safe_globals`,
+    which on exit also drops types the user had allowed for the whole process, it takes back only
+    what it added.
+    """
+    present = torch.serialization.get_safe_globals()
+    added = [t for t in types if t not in present]
+    torch.serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        now = [t for t in torch.serialization.get_safe_globals() if not any(t is a or t == a for a in added)]
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(now)
 
 
 class BadCheckpoint(Exception):

@@ -1,0 +1,369 @@
+"""The mmengine face (see trainer_ckpt/mmengine.py, which imports it on first use)."""
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import re
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import mmengine.runner.runner as _runner_module
+import numpy
+import torch
+from mmengine.dist import is_main_process, master_only
+from mmengine.hooks import CheckpointHook as _CheckpointHook
+from mmengine.logging import print_log
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from trainer_ckpt import storage
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.retention_policies import RetentionPolicy
+
+__all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
+
+logger = logging.getLogger(__name__)
+_WHERE = "trainer_ckpt.mmengine.CheckpointHook"
+MAIN = "checkpoint"
+POINTER = "last_checkpoint"
+SCHEME = "trainer_ckpt://"  # `Runner.resume` loads through our loader (registered below) for these
+LAYOUT = Layout(
+    files=lambda name: {MAIN: name, RNG: f".{name}.rng"},
+    record=lambda name: f".{name}.json",
+    parse=lambda base: base if base.endswith(".pth") and not base.startswith(".") else None,
+)
+
+
+def _history_buffer_statistic(obj: Any, name: str) -> Any:
+    """Stands in for `getattr` while unpickling: a HistoryBuffer's state names its statistics
+    methods (`getattr(HistoryBuffer, "mean")`); nothing else may be looked up."""
+    if obj is HistoryBuffer and name in {"min", "max", "current", "mean"} | set(HistoryBuffer._statistics_methods):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not allowed in a checkpoint")
+
+
+def mmengine_safe_globals() -> List[Any]:
+    """
+    Exactly the types an mmengine checkpoint holds besides tensors and plain containers: the
+    message hub's `HistoryBuffer`s (and the statistics methods their state names), numpy arrays,
+    scalars and dtypes (metrics, best scores). Everything else is still refused.
+    """
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(numpy.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                             "uint8", "uint16", "uint32", "uint64", "bool")]
+    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), _reconstruct, scalar,
+            numpy.ndarray, numpy.dtype, *dtypes]
+
+
+def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """`torch.load` as mmengine does (onto `map_location`'s device: the CPU), with exactly the
+    types mmengine's checkpoints need allowed, and a file of ours checked against its record."""
+    directory, name = os.path.split(path)
+    record_path = os.path.join(directory, LAYOUT.record(name))
+    expected = storage.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
+    if MAIN in expected:
+        storage.verify(path, expected[MAIN])
+    try:
+        with storage.allowing(mmengine_safe_globals() + list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        raise UnsafeCheckpointError(
+            f"{_WHERE}: {path} holds types that are not allowed to load, got: {' '.join(lines) or e} Nothing in it "
+            "was run. If you trust this file, pass those types in the hook's `safe_globals`."
+        ) from e
+
+
+class _Loaded:
+    """What `before_run` found and loaded, handed to `Runner.resume` through our loader scheme."""
+
+    path: Optional[str] = None
+    checkpoint: Any = None
+    safe_globals: Sequence[Any] = ()
+
+
+def load_from_trainer_ckpt(filename: str, map_location: Any = None) -> Any:
+    path = filename[len(SCHEME):]
+    if _Loaded.path == path:
+        checkpoint, _Loaded.path, _Loaded.checkpoint = _Loaded.checkpoint, None, None
+        return checkpoint
+    return _load_local(path, _Loaded.safe_globals)
+
+
+CheckpointLoader.register_scheme(SCHEME, load_from_trainer_ckpt, force=True)
+
+
+class _DeferRemoval:
+    """A file backend whose `remove` waits until the checkpoint being saved is committed."""
+
+    def __init__(self, backend: Any, pending: List[str]) -> None:
+        self._backend, self._pending = backend, pending
+
+    def remove(self, path: str) -> None:
+        self._pending.append(str(path))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def _local(value: Any) -> bool:
+    """Whether mmengine's `backend_args` / `file_client_args` name the local disk."""
+    return value is None or (isinstance(value, dict) and value.get("backend", "local") in ("local", "disk"))
+
+
+@HOOKS.register_module(name="TrainerCkptCheckpointHook")
+class CheckpointHook(_CheckpointHook):
+    """
+    mmengine 0.10's `CheckpointHook`, same arguments, files and contents, on trainer_ckpt's engine.
+    In a config: `default_hooks=dict(checkpoint=dict(type=CheckpointHook, ...))`, or
+    `type="TrainerCkptCheckpointHook"` once `trainer_ckpt.mmengine` is imported (e.g. through
+    `custom_imports=dict(imports=["trainer_ckpt.mmengine"])`). Plus, as keywords:
+
+    background : `bool` (default `False`)
+        A save copies the state into reused CPU buffers and returns; a worker thread writes it.
+    restore_rng : `bool` (default `True`)
+        On resume, put back the random state saved with the checkpoint (python, numpy, torch,
+        every CUDA device) before training goes on.
+    safe_globals : `Sequence[type]` (default `()`)
+        Your own types that may be unpickled from checkpoints you trust, besides what mmengine's
+        checkpoints need (`mmengine_safe_globals()`).
+    retention_policy : `RetentionPolicy` (default `None`)
+        Which periodic checkpoints to keep, instead of `max_keep_ckpts` (give one, not both);
+        the newest is never deleted, nor `best_*` or published files.
+    """
+
+    def __init__(
+        self,
+        interval: int = -1,
+        by_epoch: bool = True,
+        save_optimizer: bool = True,
+        save_param_scheduler: bool = True,
+        out_dir: Optional[str] = None,
+        max_keep_ckpts: int = -1,
+        save_last: bool = True,
+        save_best: Any = None,
+        rule: Any = None,
+        greater_keys: Optional[Sequence[str]] = None,
+        less_keys: Optional[Sequence[str]] = None,
+        file_client_args: Optional[dict] = None,
+        filename_tmpl: Optional[str] = None,
+        backend_args: Optional[dict] = None,
+        published_keys: Any = None,
+        save_begin: int = 0,
+        *,
+        background: bool = False,
+        restore_rng: bool = True,
+        safe_globals: Sequence[Any] = (),
+        retention_policy: Optional[RetentionPolicy] = None,
+        clock: Optional[Callable[[], float]] = None,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in (("background", background), ("restore_rng", restore_rng)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
+        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
+            raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
+                            "Use e.g. KeepMostRecentByCount(3).")
+        if retention_policy is not None and max_keep_ckpts > 0:
+            raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
+                             f"max_keep_ckpts={max_keep_ckpts!r} and {retention_policy!r}. Express the whole rule in the policy.")
+        super().__init__(interval, by_epoch, save_optimizer, save_param_scheduler, out_dir, max_keep_ckpts, save_last,
+                         save_best, rule, greater_keys, less_keys, file_client_args, filename_tmpl, backend_args,
+                         published_keys, save_begin, **kwargs)
+        for key, value in (("backend_args", backend_args), ("file_client_args", file_client_args)):
+            if not _local(value):
+                raise ValueError(
+                    f"{_WHERE}: `{key}` must name the local disk, got {value!r}. Remote storage is not supported "
+                    "by trainer_ckpt yet: remove it, or use mmengine's own CheckpointHook for that run."
+                )
+        if out_dir is not None and "://" in str(out_dir):
+            raise ValueError(
+                f"{_WHERE}: `out_dir` must be a local directory, got {out_dir!r}. Remote storage is not supported "
+                "by trainer_ckpt yet: give a local path, or use mmengine's own CheckpointHook for that run."
+            )
+        self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
+        self.retention_policy, self.clock = retention_policy, clock
+        periodic = re.escape(self.filename_tmpl).replace(r"\{\}", r"\d+")
+        self._periodic = re.compile(rf"^{periodic}$")
+        self._engine: Optional[Engine] = None
+        self._engine_dir: Optional[str] = None
+        self._rng: Optional[Dict[str, Any]] = None
+
+    # ---- resuming ------------------------------------------------------------------------
+
+    def before_run(self, runner: Any) -> None:
+        """With `resume=True`: finds the newest good checkpoint (the one `last_checkpoint` names,
+        else older ones, with a WARNING) and has the runner resume from it, loaded safely."""
+        super().before_run(runner)
+        if not runner._resume:
+            return
+        if runner._load_from is not None:
+            path = str(runner._load_from)
+            if "://" in path:
+                return  # a remote checkpoint: mmengine's own loaders
+            checkpoint = _load_local(path, self.safe_globals)
+            rng_path = os.path.join(os.path.dirname(path), LAYOUT.files(os.path.basename(path))[RNG])
+            self._rng = storage.load(rng_path) if os.path.exists(rng_path) else None
+        else:
+            found = self._newest_good(runner.work_dir)
+            if found is None:
+                return
+            path, checkpoint = found
+        _Loaded.path, _Loaded.checkpoint, _Loaded.safe_globals = path, checkpoint, self.safe_globals
+        runner._load_from = SCHEME + path
+
+    def _newest_good(self, work_dir: str) -> Optional[tuple]:
+        pointer = os.path.join(work_dir, POINTER)
+        wanted = None
+        if os.path.exists(pointer):
+            with open(pointer) as f:
+                wanted = f.read().strip()
+        directory = os.path.dirname(wanted) if wanted else work_dir
+        periodic = self._periodic
+        engine = Engine(
+            NamedFiles(directory, LAYOUT._replace(parse=lambda b: b if periodic.match(b) else None)),
+            safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(), where=_WHERE,
+            trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock,
+        )
+        try:
+            found = engine.newest_good(prefer=os.path.basename(wanted) if wanted else None)
+        finally:
+            engine.close()
+        if found is None:
+            return None
+        entry, states = found
+        if wanted and os.path.abspath(entry.paths[MAIN]) != os.path.abspath(wanted):
+            logger.warning("%s names %s, which is missing or not usable: resuming from %s instead, the newest good "
+                           "checkpoint in %s", POINTER, wanted, entry.paths[MAIN], directory)
+        self._rng = states.get(RNG)
+        return entry.paths[MAIN], states[MAIN]
+
+    def before_train(self, runner: Any) -> None:
+        super().before_train(runner)
+        if self._rng is not None and self.restore_rng:
+            restore_rng(self._rng)  # after Runner.resume, which may have reseeded
+        self._rng = None
+
+    # ---- saving --------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of `out_dir`, made at the first save: only then does it lock and clean up."""
+        directory = str(self.out_dir)
+        if self._engine is None or self._engine_dir != directory:
+            if self._engine is not None:
+                self._engine.close()
+            self._engine = Engine(
+                NamedFiles(directory, LAYOUT), background=self.background,
+                safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(),
+                clock=self.clock, where=_WHERE, trust_hint="pass those types in the hook's `safe_globals`.",
+            )
+            self._engine_dir = directory
+            self._engine.clean_up()
+        return self._engine
+
+    def wait(self) -> None:
+        """Waits for a background save in flight; raises its error if it failed."""
+        if self._engine is not None:
+            self._engine.wait()
+
+    def after_train(self, runner: Any) -> None:
+        self.wait()
+        super().after_train(runner)
+
+    def after_run(self, runner: Any) -> None:
+        self.wait()
+        super().after_run(runner)
+
+    @contextlib.contextmanager
+    def _saving(self, runner: Any, pending: List[str], pointer: Optional[str] = None) -> Iterator[None]:
+        """Within: `runner.save_checkpoint` writes through the engine; `file_backend.remove` waits
+        in `pending` until the new checkpoint is committed; then `pointer` goes into `last_checkpoint`."""
+        backend, original = self.file_backend, _runner_module.save_checkpoint
+
+        def after_commit(name: str) -> None:
+            for path in pending:
+                if os.path.basename(path) != name:
+                    self.engine.store.remove(os.path.basename(path))
+            if pointer is not None and is_main_process():
+                payload = pointer.encode()
+                storage.atomic_write(os.path.join(runner.work_dir, POINTER), lambda f: f.write(payload))
+
+        def save(checkpoint: Dict[str, Any], filename: str, file_client_args: Any = None, backend_args: Any = None) -> None:
+            name = os.path.basename(str(filename))
+            meta = checkpoint.get("meta", {})
+            progress = (meta.get("epoch", 0), 0) if self.by_epoch else (0, meta.get("iter", 0))
+            info = CheckpointInfo(*progress, time=self.engine.clock(), total_batches_completed=meta.get("iter"))
+            retention = None
+            if self.retention_policy is not None and self._periodic.match(name):
+                periodic = self._periodic
+                retention = (self.retention_policy, lambda entry: bool(periodic.match(entry.name)))
+            self.engine.save(name, {MAIN: checkpoint, RNG: capture_rng()}, info,
+                             record={"epoch": meta.get("epoch"), "iter": meta.get("iter")},
+                             after_commit=after_commit, retention=retention)
+
+        self.file_backend = _DeferRemoval(backend, pending)
+        _runner_module.save_checkpoint = save
+        try:
+            yield
+        finally:
+            self.file_backend, _runner_module.save_checkpoint = backend, original
+
+    def _save_checkpoint_with_step(self, runner: Any, step: int, meta: Dict[str, Any]) -> None:
+        pending: List[str] = []
+        # mmengine writes `last_checkpoint` in place after the save; ours goes atomically, after the commit.
+        pointer = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
+        with self._saving(runner, pending, pointer if is_main_process() else None), _no_pointer_write(runner):
+            super()._save_checkpoint_with_step(runner, step, meta)
+
+    def _save_best_checkpoint(self, runner: Any, metrics: Dict[str, Any]) -> None:
+        with self._saving(runner, []):
+            super()._save_best_checkpoint(runner, metrics)
+
+    @master_only
+    def _publish_model(self, runner: Any, ckpt_path: str) -> None:
+        """As mmengine's (the same file name and messages), loading safely and writing atomically."""
+        self.wait()
+        checkpoint = _load_local(ckpt_path, self.safe_globals)
+        removed = [key for key in list(checkpoint) if key not in self.published_keys]
+        for key in removed:
+            checkpoint.pop(key)
+        if removed:
+            print_log(f"Key {removed} will be removed because they are not found in published_keys. If you want "
+                      f"to keep them, please set `{removed}` in published_keys", logger="current")
+        sha = hashlib.sha256(pickle.dumps(checkpoint)).hexdigest()
+        final_path = os.path.splitext(ckpt_path)[0] + f"-{sha[:8]}.pth"
+        storage.atomic_save(checkpoint, final_path)
+        print_log(f"The checkpoint ({ckpt_path}) is published to {final_path}.", logger="current")
+
+
+@contextlib.contextmanager
+def _no_pointer_write(runner: Any) -> Iterator[None]:
+    """mmengine's `_save_checkpoint_with_step` ends by rewriting `last_checkpoint` in place (a kill
+    there leaves it empty); ours was written atomically after the commit, so that write is skipped."""
+    import mmengine.hooks.checkpoint_hook as hook_module
+
+    pointer = os.path.join(runner.work_dir, POINTER)
+    real_open = open
+
+    def guarded_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if os.path.abspath(str(file)) == os.path.abspath(pointer) and "w" in mode:
+            return real_open(os.devnull, mode, *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    hook_module.open = guarded_open  # the module's global `open`, looked up before the builtin
+    try:
+        yield
+    finally:
+        del hook_module.open
+
+
+CheckpointHook.__module__ = "trainer_ckpt.mmengine"
