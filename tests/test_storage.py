@@ -108,3 +108,23 @@ def test_listing(tmp_path):
 
     layout.remove((3, 0), None)
     assert not [n for n in os.listdir(d) if "e3_b0" in n]
+
+
+class _Allowed:
+    pass
+
+
+class _AlsoAllowed:
+    pass
+
+
+def test_allowing_takes_back_only_what_it_added():
+    """torch's `safe_globals` context manager drops, on exit, types the user had allowed for the process."""
+    torch.serialization.add_safe_globals([_Allowed])
+    try:
+        with storage.allowing([_Allowed, _AlsoAllowed]):
+            assert {_Allowed, _AlsoAllowed} <= set(torch.serialization.get_safe_globals())
+        assert _Allowed in torch.serialization.get_safe_globals()
+        assert _AlsoAllowed not in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()

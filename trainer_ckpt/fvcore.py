@@ -12,18 +12,9 @@ newest good checkpoint with a warning; everything loads with `weights_only=True`
 counts the checkpoints already on disk (fvcore only counts its own process' saves); and, as
 keywords, background saves, restoring the random state on resume, and our policies.
 """
-# The face is imported on first use, so that importing this module (AllenNLP's
-# `--include-package trainer_ckpt` imports every submodule) needs no fvcore installed.
+from trainer_ckpt._lazy import lazy_face
+
 __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):  # `__path__`, `__file__`...: asked of every module, without the face
-        raise AttributeError(name)
-    from trainer_ckpt import _fvcore_face
-
-    return getattr(_fvcore_face, name)
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face("fvcore", __all__)

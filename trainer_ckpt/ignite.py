@@ -15,18 +15,9 @@ verifies a file against its record, loads with `weights_only=True` and, when `to
 ignite `Engine`, puts the random state back when the run resumes. Opt-in keywords: background
 saves, our save and retention policies, `safe_globals`.
 """
-# The face is imported on first use, so that importing this module (AllenNLP's
-# `--include-package trainer_ckpt` imports every submodule) needs no ignite installed.
+from trainer_ckpt._lazy import lazy_face
+
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):  # `__path__`, `__file__`...: asked of every module, without the face
-        raise AttributeError(name)
-    from trainer_ckpt import _ignite_face
-
-    return getattr(_ignite_face, name)
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face("ignite", __all__)

@@ -17,19 +17,12 @@ policy, `safe_globals`. `backend_args` other than the local disk are refused (no
 """
 import sys
 
+from trainer_ckpt._lazy import lazy_face
+
 __all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):  # `__path__`, `__file__`...: asked of every module, without the face
-        raise AttributeError(name)
-    from trainer_ckpt import _mmengine_face
-
-    return getattr(_mmengine_face, name)
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face("mmengine", __all__)
 
 
 # Imported by mmengine (`custom_imports`): register `TrainerCkptCheckpointHook` now. Imported
