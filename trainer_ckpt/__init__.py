@@ -5,6 +5,7 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `"trainer_ckpt"` (AllenNLP's own `"default"` is left alone), so a config can say
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
 """
+from trainer_ckpt import cli as _cli  # noqa: F401 (registers the `allennlp checkpoints` subcommand)
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
 from trainer_ckpt.group import CheckpointerGroup
