@@ -287,9 +287,8 @@ def _moment(engine: IgniteEngine, clock: Optional[Callable[[], float]]) -> Check
 def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[str, Any]]]:
     """A checkpoint file (verified when it has a record) and its random state, if saved."""
     directory, name = os.path.split(path)
-    record = storage.read_json(os.path.join(directory, LAYOUT.record(name))) if os.path.exists(
-        os.path.join(directory, LAYOUT.record(name))) else {}
-    expected = record.get("files", {})
+    record_path = os.path.join(directory, LAYOUT.record(name))
+    expected = storage.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
     try:
         with storage.allowing(list(safe_globals) + _numpy_rng_types()):
             obj = storage.load(path, expected.get(MAIN))
