@@ -2,6 +2,7 @@
 The faces import their peers only when used: AllenNLP's `--include-package trainer_ckpt` imports
 every submodule of the package, and must work where fvcore, ignite and mmengine are not installed.
 """
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,43 @@ def test_custom_imports_registers_the_mmengine_hook():
     result = subprocess.run([sys.executable, "-c", MMENGINE_CUSTOM_IMPORTS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "trainer_ckpt.mmengine"
+
+
+WITHOUT_ALLENNLP = """
+import sys
+sys.modules["allennlp"] = None  # as if AllenNLP were not installed
+import torch
+from ignite.engine import Engine, Events
+import trainer_ckpt
+from trainer_ckpt import cli
+from trainer_ckpt.ignite import Checkpoint, DiskSaver
+trainer = Engine(lambda engine, batch: None)
+trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint({"model": torch.nn.Linear(2, 2)}, DiskSaver(sys.argv[1]), n_saved=1))
+trainer.run([0, 1], max_epochs=2)
+sys.exit(cli.main(["verify", sys.argv[1]]))
+"""
+
+PLUGIN = """
+import sys
+import trainer_ckpt
+assert not any(m.startswith("allennlp") for m in sys.modules), "import trainer_ckpt imported AllenNLP"
+from allennlp.common.plugins import import_plugins
+from allennlp.training.checkpointer import Checkpointer
+import_plugins()  # imports all of AllenNLP, then the packages a .allennlp_plugins file names: trainer_ckpt alone
+del sys.modules["trainer_ckpt"]
+import trainer_ckpt
+print(sorted(n for n in Checkpointer.list_available() if n.startswith("trainer_ckpt")))
+"""
+
+
+def test_the_ignite_face_and_the_cli_work_without_allennlp(tmp_path):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_ALLENNLP, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == f"all checkpoints in {tmp_path} are good"
+    assert sorted(os.listdir(tmp_path)) == [".model_4.pt.json", ".model_4.pt.rng", ".trainer_ckpt.lock", "model_4.pt"]
+
+
+def test_import_trainer_ckpt_inside_allennlp_registers_its_checkpointers():
+    result = subprocess.run([sys.executable, "-c", PLUGIN], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "['trainer_ckpt', 'trainer_ckpt_group']"

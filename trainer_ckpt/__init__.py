@@ -5,39 +5,42 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `"trainer_ckpt"` (AllenNLP's own `"default"` is left alone), so a config can say
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
 """
-from trainer_ckpt import cli as _cli  # noqa: F401 (registers the `allennlp checkpoints` subcommand)
+import importlib
+import sys
+
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
-from trainer_ckpt.group import CheckpointerGroup
-from trainer_ckpt.retention_policies import (
-    KeepAll,
-    KeepAllOf,
-    KeepAny,
-    KeepBest,
-    KeepEveryNumBatches,
-    KeepEveryNumEpochs,
-    KeepMostRecentByAge,
-    KeepMostRecentByCount,
-    KeepOnePerTimeWindow,
-    KeepWithinDiskQuota,
-    RetentionPolicy,
-)
-from trainer_ckpt.save_policies import (
-    SaveAll,
-    SaveAny,
-    SaveAt,
-    SaveBestSoFar,
-    SaveCompletedEpochs,
-    SaveEveryNumBatches,
-    SaveEveryNumEpochs,
-    SaveEveryNumSeconds,
-    SaveLastEpoch,
-    SaveNever,
-    SaveNotBefore,
-    SavePolicy,
-)
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `import trainer_ckpt` (the CLI, the ignite/mmengine/fvcore faces)
+# does not pay for AllenNLP's training stack: name -> module.
+_LAZY = {
+    "Checkpointer": "checkpointer", "DefaultCheckpointer": "checkpointer", "CheckpointerGroup": "group",
+    **{name: "retention_policies" for name in (
+        "KeepAll", "KeepAllOf", "KeepAny", "KeepBest", "KeepEveryNumBatches", "KeepEveryNumEpochs",
+        "KeepMostRecentByAge", "KeepMostRecentByCount", "KeepOnePerTimeWindow", "KeepWithinDiskQuota",
+        "RetentionPolicy")},
+    **{name: "save_policies" for name in (
+        "SaveAll", "SaveAny", "SaveAt", "SaveBestSoFar", "SaveCompletedEpochs", "SaveEveryNumBatches",
+        "SaveEveryNumEpochs", "SaveEveryNumSeconds", "SaveLastEpoch", "SaveNever", "SaveNotBefore", "SavePolicy")},
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"trainer_ckpt.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'trainer_ckpt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# Inside AllenNLP (a `.allennlp_plugins` file imports this package alone, after all of AllenNLP):
+# register the checkpointers and the `allennlp checkpoints` subcommand now.
+if "allennlp.training" in sys.modules or "allennlp.commands" in sys.modules:
+    from trainer_ckpt import cli as _cli, group as _group  # noqa: F401
+
 
 __all__ = [
     "CheckpointInfo",

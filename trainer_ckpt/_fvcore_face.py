@@ -2,7 +2,7 @@
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
@@ -10,8 +10,9 @@ from trainer_ckpt import storage
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
-from trainer_ckpt.retention_policies import KeepMostRecentByCount, RetentionPolicy
-from trainer_ckpt.save_policies import SavePolicy
+if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
+    from trainer_ckpt.retention_policies import RetentionPolicy
+    from trainer_ckpt.save_policies import SavePolicy
 
 __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 
@@ -186,8 +187,8 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         max_to_keep: Optional[int] = None,
         file_prefix: str = "model",
         *,
-        save_policy: Optional[SavePolicy] = None,
-        retention_policy: Optional[RetentionPolicy] = None,
+        save_policy: Optional["SavePolicy"] = None,
+        retention_policy: Optional["RetentionPolicy"] = None,
     ) -> None:
         where = "trainer_ckpt.fvcore.PeriodicCheckpointer"
         if (period is None) == (save_policy is None):
@@ -207,6 +208,8 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         super().__init__(checkpointer, period or 1, max_iter, max_to_keep, file_prefix)
         self.save_policy = save_policy
         if retention_policy is None and max_to_keep is not None:
+            from trainer_ckpt.retention_policies import KeepMostRecentByCount
+
             retention_policy = KeepMostRecentByCount(max_to_keep)
         periodic = re.compile(rf"^{re.escape(file_prefix)}_\d{{7}}$")
         self._retention = None if retention_policy is None else (retention_policy, lambda e: bool(periodic.match(e.name)))

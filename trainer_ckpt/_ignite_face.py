@@ -4,7 +4,7 @@ import numbers
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import ignite.distributed as idist
 import ignite.handlers.checkpoint as _ignite
@@ -16,8 +16,9 @@ from trainer_ckpt import storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
 from trainer_ckpt.resume import capture_rng, restore_rng
-from trainer_ckpt.retention_policies import RetentionPolicy
-from trainer_ckpt.save_policies import SavePolicy
+if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
+    from trainer_ckpt.retention_policies import RetentionPolicy
+    from trainer_ckpt.save_policies import SavePolicy
 
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
@@ -84,7 +85,7 @@ class DiskSaver(_ignite.DiskSaver):
         # Set by our Checkpoint around its call: the point in training, and deletions to defer.
         self._moment: Optional[CheckpointInfo] = None
         self._extra: Dict[str, Any] = {}
-        self._retention: Optional[Tuple[RetentionPolicy, Callable]] = None
+        self._retention: Optional[Tuple["RetentionPolicy", Callable]] = None
         self._deferred: Optional[List[str]] = None
 
     @property
@@ -168,12 +169,15 @@ class Checkpoint(_ignite.Checkpoint):
         greater_or_equal: bool = False,
         save_on_rank: int = 0,
         *,
-        save_policy: Optional[SavePolicy] = None,
-        retention_policy: Optional[RetentionPolicy] = None,
+        save_policy: Optional["SavePolicy"] = None,
+        retention_policy: Optional["RetentionPolicy"] = None,
         background: bool = False,
         safe_globals: Sequence[Any] = (),
     ) -> None:
         where = "trainer_ckpt.ignite.Checkpoint"
+        if save_policy is not None or retention_policy is not None:
+            from trainer_ckpt.retention_policies import RetentionPolicy
+            from trainer_ckpt.save_policies import SavePolicy
         if save_policy is not None and not isinstance(save_policy, SavePolicy):
             raise TypeError(f"{where}: `save_policy` must be a SavePolicy, got {save_policy!r}. Use e.g. SaveEveryNumSeconds(600).")
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):

@@ -5,7 +5,7 @@ import logging
 import os
 import pickle
 import re
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import mmengine.runner.runner as _runner_module
 import numpy
@@ -21,7 +21,8 @@ from trainer_ckpt import storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
 from trainer_ckpt.resume import capture_rng, restore_rng
-from trainer_ckpt.retention_policies import RetentionPolicy
+if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
+    from trainer_ckpt.retention_policies import RetentionPolicy
 
 __all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
 
@@ -162,13 +163,15 @@ class CheckpointHook(_CheckpointHook):
         background: bool = False,
         restore_rng: bool = True,
         safe_globals: Sequence[Any] = (),
-        retention_policy: Optional[RetentionPolicy] = None,
+        retention_policy: Optional["RetentionPolicy"] = None,
         clock: Optional[Callable[[], float]] = None,
         **kwargs: Any,
     ) -> None:
         for key, value in (("background", background), ("restore_rng", restore_rng)):
             if not isinstance(value, bool):
                 raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
+        if retention_policy is not None:
+            from trainer_ckpt.retention_policies import RetentionPolicy
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
             raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
                             "Use e.g. KeepMostRecentByCount(3).")

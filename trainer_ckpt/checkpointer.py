@@ -420,6 +420,11 @@ class DefaultCheckpointer(Checkpointer):
                 return None
         return self._config
 
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        """What this checkpointer keeps (its `retention_policy`, or the one its flat keys make)."""
+        return self._retention_policy
+
     def explain(self) -> List[Tuple[CheckpointInfo, List[str]]]:
         """
         A dry run of retention: each complete checkpoint on disk, oldest first, with the rules

@@ -2,18 +2,24 @@
 Operate checkpoints from the shell, for every layout the package writes (AllenNLP pairs, and the
 one-file layouts of the fvcore, ignite and mmengine faces) and the peers' own files:
 
-    python -m trainer_ckpt ls DIR [--json]          # one line per checkpoint
-    python -m trainer_ckpt verify DIR [--quarantine] # sizes and CRC32s (or a load); exit 0 only when all are good
+    python -m trainer_ckpt ls DIR [--json] [--policy P]     # one line per checkpoint, and what keeps it
+    python -m trainer_ckpt verify DIR [--quarantine]         # sizes and CRC32s (or a load); exit 0 only when all are good
+    python -m trainer_ckpt prune DIR --policy P [--dry-run]  # apply a retention policy, explaining each deletion
+    python -m trainer_ckpt export DIR --to FILE [--checkpoint NAME|best|latest] [--format torch|safetensors]
+    python -m trainer_ckpt diff A B                          # two run directories or checkpoint files
 
 and the same as `allennlp checkpoints ...` (AllenNLP finds the subcommand through a
 `.allennlp_plugins` file naming `trainer_ckpt`; it reads `--include-package` only after parsing the
-subcommand). Errors are one line each; exit codes: 0 fine, 1 bad checkpoints found, 2 the command
-could not run.
+subcommand). Errors are one line each; exit codes: 0 fine (diff: no differences), 1 bad
+checkpoints found (diff: differences), 2 the command could not run.
 """
 import argparse
 import datetime
+import hashlib
+import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -21,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trainer_ckpt import storage
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 _PAIR = re.compile(r"^(?P<prefix>.*?)model_state_e\d+_b\d+\.th$")
@@ -49,7 +55,25 @@ def stores(directory: str) -> List[Tuple[str, Any]]:
     return [("one file per checkpoint", NamedFiles(directory, ONE_FILE))]
 
 
-def _row(kind: str, entry: storage.Entry) -> Dict[str, Any]:
+def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str = "trainer_ckpt") -> List[Tuple[str, Engine]]:
+    """
+    An engine per store: read-only, or with `write` = (what, how to do without) holding the
+    writer's lock, which is refused while a run holds it.
+    """
+    engines: List[Tuple[str, Engine]] = []
+    for kind, store in stores(directory):
+        try:
+            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=_numpy_types())))
+        except Exception as e:  # the lock: a live writer
+            for _, engine in engines:
+                engine.close()
+            raise CommandError(f"cannot {write[0]} {directory}: {str(e).split('. ')[0]}. {write[1]}") from e
+    return engines
+
+
+# ---- ls, and what keeps each checkpoint -------------------------------------------------------
+
+def _row(kind: str, entry: storage.Entry, kept_by: Optional[List[str]]) -> Dict[str, Any]:
     info, record = entry.info, entry.record
     return {
         "name": entry.name,
@@ -62,39 +86,128 @@ def _row(kind: str, entry: storage.Entry) -> Dict[str, Any]:
         "best": bool(info.is_best_so_far),
         "checksummed": bool(record.get("files")),
         "files": sorted(os.path.basename(p) for p in entry.paths.values()),
+        "kept_by": kept_by,
     }
 
 
-def ls(directory: str, as_json: bool = False) -> int:
-    rows = []
-    for kind, store in stores(directory):
-        rows += [_row(kind, e) for e in Engine(store, read_only=True).entries()]
+def _parse_policy(text: str) -> Any:
+    """`--policy`: a retention policy as JSON or jsonnet (a block or a type name)."""
+    from trainer_ckpt.retention_policies import RetentionPolicy
+
+    try:
+        import _jsonnet
+
+        value = json.loads(_jsonnet.evaluate_snippet("--policy", text))
+    except RuntimeError as e:
+        if re.fullmatch(r"[A-Za-z_][\w.]*", text.strip()):  # a bare type name
+            value = text.strip()
+        else:
+            raise CommandError(f"--policy is not JSON or jsonnet, got {text!r}: {str(e).splitlines()[0]}. "
+                               'Write e.g. \'{"type": "most_recent_by_count", "count": 2}\'.') from e
+    try:
+        return RetentionPolicy.build("--policy", "policy", value)
+    except Exception as e:
+        raise CommandError(" ".join(str(e).split())) from e
+
+
+def run_policies(directory: str) -> Tuple[Dict[str, Any], str]:
+    """
+    The retention policy of each prefix, from the run's config.json (AllenNLP): trainer_ckpt's
+    checkpointer's (or each member's of a group), or AllenNLP's own keep rules. ({}, why) when there is none.
+    """
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        return {}, "no config.json"
+    from allennlp.common import Params
+
+    from trainer_ckpt.flat_keys import _UNSET, retention_policy_from
+
+    config = Params.from_file(path).get("trainer", {}).get("checkpointer", {}) or {}
+    config = config.as_dict(quiet=True) if isinstance(config, Params) else dict(config)
+    kind = config.get("type", "default")
+    if kind == "default":  # AllenNLP's own checkpointer
+        count, age = config.get("keep_most_recent_by_count", 2), config.get("keep_most_recent_by_age")
+        return {"": retention_policy_from(None, count, age, _UNSET, None)}, "AllenNLP's checkpointer"
+    # trainer_ckpt's: its retention from its keys, as DefaultCheckpointer builds it (without
+    # building the checkpointer, which would import AllenNLP's training stack).
+    if kind in ("trainer_ckpt_group", "trainer_ckpt.CheckpointerGroup"):
+        members = [{"type": m} if isinstance(m, str) else m for m in config.get("checkpointers", [])]
+        members = [m for m in members if m.get("type", "default") in ("default", "trainer_ckpt.DefaultCheckpointer")]
+    elif kind in ("trainer_ckpt", "trainer_ckpt.DefaultCheckpointer"):
+        members = [config]
+    else:
+        return {}, f"config.json: checkpointer type {kind!r} is not trainer_ckpt's"
+    policies = {}
+    for member in members:
+        count_keys = ("keep_most_recent_by_count", "num_serialized_models_to_keep")
+        policies[member.get("filename_prefix", "")] = retention_policy_from(
+            member.get("retention_policy"),
+            *(member.get(k, _UNSET if k in count_keys else None) for k in (
+                "keep_most_recent_by_count", "keep_most_recent_by_age", "num_serialized_models_to_keep",
+                "keep_serialized_model_every_num_seconds")),
+        )
+    return policies, "config.json"
+
+
+def _judged(engine: Engine, policy: Any, only_ours: bool, now: float) -> Dict[Any, List[str]]:
+    """Key -> the rules that keep it, for the checkpoints `policy` may delete; the newest good one is always kept."""
+    select = (lambda e: bool(e.record) or isinstance(engine.store, storage.Pairs)) if only_ours else (lambda e: True)
+    entries, reasons = engine.judge(policy, select, now)
+    judged = {e.key: r for e, r in zip(entries, reasons)}
+    for entry in reversed(engine.entries()):  # the newest that verifies is kept, whatever the policy says
+        try:
+            engine.verify(entry)
+        except storage.BadCheckpoint:
+            continue
+        if entry.key in judged and "newest complete checkpoint (always kept)" not in judged[entry.key]:
+            judged[entry.key].append("newest good checkpoint (always kept)")  # the newest is corrupt
+        break
+    return judged
+
+
+def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None) -> int:
+    rows, now, why = [], time.time(), ""
+    if policy_text is not None:
+        policies = {None: _parse_policy(policy_text)}
+    else:
+        try:
+            policies, why = run_policies(directory)
+        except Exception as e:
+            policies, why = {}, f"config.json: {' '.join(str(e).split())}"
+            logger.warning("Cannot tell what keeps each checkpoint in %s: %s", directory, why)
+    for kind, engine in _engines(directory):
+        prefix = getattr(engine.store, "prefix", "")
+        policy = policies.get(None, policies.get(prefix))
+        judged = _judged(engine, policy, False, now) if policy is not None else {}
+        rows += [_row(kind, e, judged.get(e.key) if policy is not None else None) for e in engine.entries()]
     if as_json:
         print(json.dumps(rows, indent=1, sort_keys=True))
         return 0
     if not rows:
         print(f"{directory}: no checkpoints")
         return 0
-    width = max(len("checkpoint"), *(len(r["name"]) for r in rows))
-    print(f"{'checkpoint':{width}s}  {'saved':19s}  {'size':>10s}  {'checksum':8s}  metrics")
-    for r in rows:
+    metrics = [" ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())) + (" (best)" if r["best"] else "") for r in rows]
+    width, mwidth = max(len("checkpoint"), *(len(r["name"]) for r in rows)), max(len("metrics"), *map(len, metrics))
+    print(f"{'checkpoint':{width}s}  {'saved':19s}  {'size':>10s}  {'checksum':8s}  {'metrics':{mwidth}s}  kept by")
+    for r, m in zip(rows, metrics):
         saved = datetime.datetime.fromtimestamp(r["saved"]).strftime("%Y-%m-%d %H:%M:%S")
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())) + (" (best)" if r["best"] else "")
         checksum = "recorded" if r["checksummed"] else "none"
-        print(f"{r['name']:{width}s}  {saved}  {_size(r['size_bytes']):>10s}  {checksum:8s}  {metrics}".rstrip())
+        kept = ("-" if r["kept_by"] is None else ", ".join(r["kept_by"]) or "nothing: the next save deletes it")
+        print(f"{r['name']:{width}s}  {saved}  {_size(r['size_bytes']):>10s}  {checksum:8s}  {m:{mwidth}s}  {kept}")
+    if all(r["kept_by"] is None for r in rows):
+        print(f"(kept by: unknown without a retention policy ({why or 'none for this layout'}); give one with --policy)")
     return 0
 
+
+# ---- verify, prune -----------------------------------------------------------------------------
 
 def verify(directory: str, quarantine: bool = False) -> int:
     """Checks every checkpoint; `quarantine` moves the bad ones into corrupt/ (needs the writer's lock)."""
     bad, checked, start = 0, 0, time.monotonic()
-    for kind, store in stores(directory):
-        try:
-            engine = Engine(store, read_only=not quarantine, where="trainer_ckpt verify")
-        except Exception as e:  # the lock: a live writer
-            raise CommandError(f"cannot quarantine in {directory}: {str(e).split('. ')[0]}. Run verify without "
-                               "--quarantine, or when training has stopped.") from e
-        try:
+    refused = ("quarantine in", "Run verify without --quarantine, or when training has stopped.")
+    engines = _engines(directory, write=refused if quarantine else None, where="trainer_ckpt verify")
+    try:
+        for _, engine in engines:
             entries = engine.entries()
             total, width = sum(e.info.size_bytes for e in entries), max([24] + [len(e.name) for e in entries])
             for entry in entries:
@@ -103,15 +216,268 @@ def verify(directory: str, quarantine: bool = False) -> int:
                     status = "ok"
                 except storage.BadCheckpoint as e:
                     bad += 1
-                    moved = store.quarantine(entry.key) if quarantine else []
+                    moved = engine.store.quarantine(entry.key) if quarantine else []
                     status = f"BAD: {e}" + (f" (moved {', '.join(moved)} into corrupt/)" if moved else "")
                 checked += entry.info.size_bytes
                 print(f"{entry.name:{width}s}  {status}")
                 _progress(checked, total, start)
-        finally:
+    finally:
+        for _, engine in engines:
             engine.close()
     print(f"{bad} bad checkpoint(s) in {directory}" if bad else f"all checkpoints in {directory} are good")
     return 1 if bad else 0
+
+
+def prune(directory: str, policy_text: str, dry_run: bool = False) -> int:
+    """
+    Deletes the checkpoints `policy` does not keep. Never the newest good checkpoint, never a file
+    that is not part of a checkpoint of a known layout (a one-file checkpoint without our record
+    is left alone: it may be anything), never while a run holds the directory's lock.
+    """
+    policy = _parse_policy(policy_text)
+    refused = ("prune", "Prune when training has stopped, or see what it would delete with --dry-run.")
+    engines = _engines(directory, write=None if dry_run else refused, where="trainer_ckpt prune")
+    deleted = 0
+    try:
+        for _, engine in engines:
+            judged = _judged(engine, policy, True, time.time())
+            for entry in engine.entries():
+                if entry.key not in judged:
+                    print(f"keep    {entry.name}: not written by trainer_ckpt (no record), left alone")
+                elif judged[entry.key]:
+                    print(f"keep    {entry.name}: {', '.join(judged[entry.key])}")
+                else:
+                    deleted += 1
+                    verb = "would delete" if dry_run else "delete "
+                    print(f"{verb} {entry.name}: {policy.describe()} does not keep it")
+                    if not dry_run:
+                        engine.store.remove(entry.key)
+    finally:
+        for _, engine in engines:
+            engine.close()
+    print(f"{deleted} checkpoint(s) {'would be ' if dry_run else ''}deleted from {directory}")
+    return 0
+
+
+# ---- export, diff ------------------------------------------------------------------------------
+
+def _numpy_types() -> List[Any]:
+    """Numpy's array and scalar reconstruction (ignite's DeterministicEngine, mmengine's meta): data, not code."""
+    import numpy
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = {type(numpy.dtype(t)) for t in ("float64", "float32", "int64", "int32", "uint32", "bool")}
+    return [_reconstruct, scalar, numpy.ndarray, numpy.dtype, *dtypes]
+
+
+def _pick(directory: str, which: str) -> Tuple[Engine, storage.Entry]:
+    """The checkpoint `which` names in `directory`: a name (`e3_b0`, `model_6.pt`), `best` or `latest` (the newest good)."""
+    found = [(engine, e) for _, engine in _engines(directory) for e in engine.entries()]
+    if not found:
+        raise CommandError(f"no checkpoints in {directory}. Give a run directory with checkpoints.")
+    if which in ("latest", "best"):
+        candidates = sorted(found, key=lambda f: f[1].info.time)
+        if which == "best":
+            candidates = [f for f in candidates if f[1].info.is_best_so_far or f[1].name.startswith("best")]
+            if not candidates:
+                raise CommandError(f"no checkpoint in {directory} is marked best. Name one with --checkpoint.")
+        for engine, entry in reversed(candidates):
+            try:
+                engine.verify(entry)
+                return engine, entry
+            except storage.BadCheckpoint as e:
+                logger.warning("Checkpoint %s is not usable (%s); trying an older one", entry.name, e)
+        raise CommandError(f"no {which} checkpoint in {directory} verifies. Run verify on it.")
+    for engine, entry in found:
+        if which == entry.name:
+            return engine, entry
+    names = ", ".join(e.name for _, e in found[-8:])
+    raise CommandError(f"no checkpoint named {which!r} in {directory}, got {names}. Use one of those, best or latest.")
+
+
+def _resolve(target: str, which: str) -> Tuple[Engine, storage.Entry]:
+    """A run directory (its `which` checkpoint) or one checkpoint's file."""
+    if os.path.isdir(target):
+        return _pick(target, which)
+    directory, base = os.path.split(os.path.abspath(target))
+    for _, engine in _engines(directory):
+        for entry in engine.entries():
+            if base in {os.path.basename(p) for p in entry.paths.values()}:
+                return engine, entry
+    raise CommandError(f"{target} is not a checkpoint's file or a run directory. Give one of those.")
+
+
+def _load(engine: Engine, entry: storage.Entry) -> Dict[str, Any]:
+    try:
+        try:
+            return engine.load(entry, [r for r in entry.paths if r != RNG])
+        except UnsafeCheckpointError as e:
+            if "mmengine" not in str(e):
+                raise
+            from trainer_ckpt.mmengine import mmengine_safe_globals  # mmengine's message hub: its types
+
+            engine.safe_globals += mmengine_safe_globals()
+            return engine.load(entry, [r for r in entry.paths if r != RNG])
+    except (storage.BadCheckpoint, UnsafeCheckpointError, ImportError) as e:
+        raise CommandError(f"cannot load {entry.name} in {engine.directory}: {' '.join(str(e).split())}") from e
+
+
+def model_weights(loaded: Dict[str, Any], key: Optional[str], name: str) -> Dict[str, Any]:
+    """The model's state dict in a loaded checkpoint: AllenNLP's model file, mmengine's `state_dict`, `model` (fvcore, ignite)."""
+    obj = loaded.get(storage.MODEL, loaded.get("checkpoint"))
+    if key:
+        for part in key.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                have = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+                raise CommandError(f"--key {key}: {name} has no {part!r}, got {have}. Give the path to the weights' dict.")
+            obj = obj[part]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    import torch
+
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        have = ", ".join(map(str, list(obj)[:12])) if isinstance(obj, dict) else type(obj).__name__
+        raise CommandError(f"cannot tell the model's weights in {name}, got keys {have}. Name them with --key.")
+    return obj
+
+
+def export(directory: str, which: str, to: str, fmt: str, key: Optional[str]) -> int:
+    """The model's weights alone into `to` (written atomically), with its SHA-256."""
+    import torch
+
+    engine, entry = _resolve(directory, which)
+    weights = model_weights(_load(engine, entry), key, entry.name)
+    if fmt == "safetensors":
+        try:
+            from safetensors.torch import save as to_bytes
+        except ImportError as e:
+            raise CommandError("--format safetensors needs the safetensors package, got none installed. pip install safetensors.") from e
+        # safetensors refuses tensors that share memory: each gets its own copy.
+        payload = to_bytes({k: v.detach().contiguous().clone() for k, v in weights.items()}, metadata={"source": entry.name})
+        storage.atomic_write(to, lambda f: f.write(payload))
+    else:
+        storage.atomic_write(to, lambda f: torch.save(dict(weights), f))
+    digest = hashlib.sha256()
+    with open(to, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    size = os.path.getsize(to)
+    print(f"exported {entry.name} from {engine.directory}: {len(weights)} tensors, {_size(size)}, to {to} ({fmt})")
+    print(f"sha256 {digest.hexdigest()}  {to}")
+    return 0
+
+
+def _flat(obj: Any, prefix: str, out: Dict[str, Any]) -> Dict[str, Any]:
+    """Tensors and numbers by dotted path."""
+    import torch
+
+    if torch.is_tensor(obj) or (isinstance(obj, (int, float)) and not isinstance(obj, bool)):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flat(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flat(v, f"{prefix}.{i}" if prefix else str(i), out)
+    return out
+
+
+def _config(engine: Engine, loaded: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's configuration, flattened: AllenNLP's config.json, else mmengine's `meta.cfg` text by line."""
+    path = os.path.join(engine.directory, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return _flat_any(json.load(f), "")
+    checkpoint = loaded.get("checkpoint")
+    cfg = checkpoint.get("meta", {}).get("cfg") if isinstance(checkpoint, dict) and isinstance(checkpoint.get("meta"), dict) else None
+    if isinstance(cfg, str):
+        return {f"cfg line {i + 1}": line for i, line in enumerate(cfg.splitlines())}
+    return {}
+
+
+def _flat_any(obj: Any, prefix: str) -> Dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        return {k: v for key, val in obj.items() for k, v in _flat_any(val, f"{prefix}.{key}" if prefix else str(key)).items()}
+    return {prefix: obj}
+
+
+def diff(a: str, b: str, which: str, as_json: bool = False) -> int:
+    """Config keys, versions, world size, and per-tensor max abs difference between two checkpoints."""
+    import torch
+
+    sides = []
+    for target in (a, b):
+        engine, entry = _resolve(target, which)
+        loaded = _load(engine, entry)
+        # Our resume state (random generators, data order, the config) inside AllenNLP's training
+        # state: one line, not a thousand.
+        resume = loaded.get(storage.TRAINING, {}).pop("trainer_ckpt_resume", None) if isinstance(loaded.get(storage.TRAINING), dict) else None
+        sides.append((engine, entry, loaded, _flat(loaded, "", {}), _flat(resume, "", {})))
+    (ea, na, la, ta, resume_a), (eb, nb, lb, tb, resume_b) = sides
+    changes: List[Dict[str, Any]] = []
+    ca, cb = _config(ea, la), _config(eb, lb)
+    for k in sorted(set(ca) | set(cb)):
+        if ca.get(k) != cb.get(k):
+            changes.append({"what": "config", "key": k, "a": ca.get(k), "b": cb.get(k)})
+    ra, rb = (_flat_any({"versions": n.record.get("versions"), "world_size": n.record.get("world_size")}, "") for n in (na, nb))
+    for k in sorted(set(ra) | set(rb)):
+        if ra.get(k) != rb.get(k):
+            what, key = ("version", k.split(".", 1)[1]) if k.startswith("versions.") else ("record", k)
+            changes.append({"what": what, "key": key, "a": ra.get(k), "b": rb.get(k)})
+    identical, largest = 0, (0.0, "")
+    for k in sorted(set(ta) | set(tb)):
+        if k not in ta or k not in tb:
+            changes.append({"what": "tensor" if torch.is_tensor(ta.get(k, tb.get(k))) else "value", "key": k,
+                            "a": "present" if k in ta else "missing", "b": "present" if k in tb else "missing"})
+            continue
+        x, y = ta[k], tb[k]
+        if not torch.is_tensor(x) or not torch.is_tensor(y):
+            if x != y and not (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)):
+                changes.append({"what": "value", "key": k, "a": x, "b": y})
+            else:
+                identical += 1
+            continue
+        if x.shape != y.shape or x.dtype != y.dtype:
+            changes.append({"what": "tensor", "key": k, "a": f"{x.dtype} {list(x.shape)}", "b": f"{y.dtype} {list(y.shape)}"})
+        elif torch.equal(x, y) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num())):
+            identical += 1
+        else:
+            d = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+            largest = max(largest, (d, k))
+            changes.append({"what": "tensor", "key": k, "max_abs_diff": d})
+    differing = [k for k in set(resume_a) | set(resume_b) if not _same(resume_a.get(k), resume_b.get(k))]
+    if differing:
+        changes.append({"what": "resume", "key": "trainer_ckpt_resume", "differ": len(differing), "of": len(set(resume_a) | set(resume_b))})
+    if as_json:
+        print(json.dumps({"a": f"{ea.directory}/{na.name}", "b": f"{eb.directory}/{nb.name}", "identical": identical,
+                          "differences": changes}, indent=1, default=str))
+        return 1 if changes else 0
+    print(f"a: {na.name} in {ea.directory}")
+    print(f"b: {nb.name} in {eb.directory}")
+    for c in changes:
+        if "max_abs_diff" in c:
+            print(f"tensor   {c['key']}: max abs diff {c['max_abs_diff']:.6g}")
+        elif c["what"] == "resume":
+            print(f"resume   {c['key']} (random state, data order, config): {c['differ']} of {c['of']} values differ")
+        else:
+            print(f"{c['what']:8s} {c['key']}: {c['a']} -> {c['b']}")
+    differ = sum(1 for c in changes if c["what"] in ("tensor", "value"))
+    tail = f" (largest max abs diff {largest[0]:.6g} in {largest[1]})" if largest[1] else ""
+    print(f"{identical + differ} tensors and values compared: {identical} identical, {differ} differ{tail}")
+    return 1 if changes else 0
+
+
+def _same(x: Any, y: Any) -> bool:
+    import torch
+
+    if torch.is_tensor(x) and torch.is_tensor(y):
+        return x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+    return type(x) is type(y) and x == y
 
 
 def _progress(done: int, total: int, start: float) -> None:
@@ -129,21 +495,54 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+# ---- the command line --------------------------------------------------------------------------
+
+POLICY_HELP = 'a retention policy, JSON or jsonnet: \'{"type": "most_recent_by_count", "count": 2}\''
+
+
 def add_commands(subparsers: Any) -> None:
     """The commands, as subcommands of `parser` (ours, or AllenNLP's `checkpoints`)."""
-    p = subparsers.add_parser("ls", description="One line per checkpoint in a run directory.", help="list checkpoints")
+    p = subparsers.add_parser("ls", description="One line per checkpoint in a run directory, with what keeps it "
+                              "(the run's retention policy from its config.json, or --policy).", help="list checkpoints")
     p.add_argument("directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(command=lambda a: ls(a.directory, a.json))
+    p.add_argument("--policy", help=POLICY_HELP + " (default: the run's, from config.json)")
+    p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
+    p.set_defaults(command=lambda a: ls(a.directory, a.json, a.policy))
     p = subparsers.add_parser("verify", description="Check every checkpoint's size and CRC32 against its record "
                               "(a file without one: that it loads).", help="check checkpoints")
     p.add_argument("directory")
     p.add_argument("--quarantine", action="store_true", help="move bad checkpoints into corrupt/")
     p.set_defaults(command=lambda a: verify(a.directory, a.quarantine))
+    p = subparsers.add_parser("prune", description=prune.__doc__.strip().split("\n\n")[0].replace("\n    ", " ")
+                              + " Applies a retention policy to an existing directory.", help="apply a retention policy")
+    p.add_argument("directory")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
+    p.set_defaults(command=lambda a: prune(a.directory, a.policy, a.dry_run))
+    p = subparsers.add_parser("export", description="Write one checkpoint's model weights alone to a file, "
+                              "atomically, and print its SHA-256.", help="export model weights")
+    p.add_argument("directory", help="a run directory, or one checkpoint's file")
+    p.add_argument("--checkpoint", default="latest", help="a name (e3_b0, model_6.pt), best, or latest (default): the newest good one")
+    p.add_argument("--to", required=True, help="the file to write")
+    p.add_argument("--format", choices=("torch", "safetensors"), default="torch")
+    p.add_argument("--key", help="dotted path to the weights inside the checkpoint, when they cannot be told")
+    p.set_defaults(command=lambda a: export(a.directory, a.checkpoint, a.to, a.format, a.key))
+    p = subparsers.add_parser("diff", description="Config keys, versions, world size and per-tensor max abs "
+                              "difference between two checkpoints (each a run directory or a checkpoint's file).",
+                              help="compare two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--checkpoint", default="latest", help="which checkpoint of a run directory (default: latest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(command=lambda a: diff(a.a, a.b, a.checkpoint, a.json))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        for package in getattr(args, "include_package", None) or []:
+            importlib.import_module(package)
         return args.command(args)
     except CommandError as e:
         print(f"trainer_ckpt: {e}", file=sys.stderr)
@@ -161,10 +560,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _register_allennlp_subcommand() -> None:
-    try:
-        from allennlp.commands.subcommand import Subcommand
-    except ImportError:
+    """Only inside AllenNLP's command line (importing it costs seconds): it has imported its commands by now."""
+    if "allennlp.commands" not in sys.modules:
         return
+    from allennlp.commands.subcommand import Subcommand
 
     @Subcommand.register("checkpoints", exist_ok=True)
     class Checkpoints(Subcommand):

@@ -17,24 +17,47 @@ one is moved into `corrupt/` with a WARNING and the next one is tried. Retention
 which checkpoints to keep, never deletes the newest, and deletes the record first.
 """
 import errno
+import functools
 import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 from trainer_ckpt import storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.lock import lock_directory, unlock_directory
-from trainer_ckpt.retention_policies import RetentionPolicy
 from trainer_ckpt.storage import Entry, Layout, NamedFiles  # noqa: F401 (faces import them from here)
+
+if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: not needed to save or load
+    from trainer_ckpt.retention_policies import RetentionPolicy
 
 logger = logging.getLogger(__name__)
 
 RNG = "rng"  # the role of the random state's file, when a face keeps it apart
-Retention = Tuple[RetentionPolicy, Callable[[Entry], bool]]  # a policy, and the entries it judges
+Retention = Tuple["RetentionPolicy", Callable[[Entry], bool]]  # a policy, and the entries it judges
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> Dict[str, str]:
+    """What wrote a checkpoint, for `trainer_ckpt diff`."""
+    import platform
+
+    import torch
+
+    from trainer_ckpt import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "trainer_ckpt": __version__}
+
+
+def _world_size(store: Any) -> int:
+    import torch.distributed as dist
+
+    if getattr(store, "sharded", False):
+        return store.world_size
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class UnusableCheckpoint(RuntimeError):
@@ -169,6 +192,7 @@ class Engine:
             storage.remove_file(self.store.record_path(key))
             storage.commit(temps)  # in order: the last role's file is renamed last
             full = storage.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
+            full.update(versions=dict(_versions()), world_size=_world_size(self.store))
             full.update(record or {}, files=files)
             if info.run_start is not None:
                 full["run_start"] = info.run_start
@@ -243,7 +267,7 @@ class Engine:
             self._index = {e.key: e for e in entries}
         return entries
 
-    def judge(self, policy: RetentionPolicy, select: Callable[[Entry], bool], now: float) -> Tuple[List[Entry], List[List[str]]]:
+    def judge(self, policy: "RetentionPolicy", select: Callable[[Entry], bool], now: float) -> Tuple[List[Entry], List[List[str]]]:
         """The checkpoints `policy` judges (those `select` picks), oldest first, with the rules that keep each."""
         candidates = [e for e in self.entries(own_only=True) if select(e)]
         # Judged by this rank's files (other ranks may still be writing the newest checkpoint);
@@ -263,7 +287,7 @@ class Engine:
                 reason.append("newest complete checkpoint (always kept)")
         return candidates, reasons
 
-    def retain(self, policy: RetentionPolicy, select: Callable[[Entry], bool] = lambda e: True) -> None:
+    def retain(self, policy: "RetentionPolicy", select: Callable[[Entry], bool] = lambda e: True) -> None:
         """Deletes the checkpoints among `select`'s that `policy` does not keep (never the newest)."""
         for entry, reasons in zip(*self.judge(policy, select, self.clock())):
             if not reasons:

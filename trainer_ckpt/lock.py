@@ -3,9 +3,16 @@ import fcntl
 import os
 from typing import Dict, List
 
-from allennlp.common.checks import ConfigurationError
+_WHERE = "trainer_ckpt checkpointer"
 
-from trainer_ckpt._validate import WHERE as _WHERE
+
+def _configuration_error(message: str) -> Exception:
+    """AllenNLP's ConfigurationError, imported only when there is one to raise (ValueError without AllenNLP)."""
+    try:
+        from allennlp.common.checks import ConfigurationError as error
+    except ImportError:
+        error = ValueError
+    return error(message)
 
 # Directories this process holds the writer's lock on: realpath -> [file descriptor, holders]. The
 # lock is an flock: the kernel releases it when the process exits or is killed, so a crashed run
@@ -23,7 +30,7 @@ def lock_directory(directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise ConfigurationError(
+        raise _configuration_error(
             f"{_WHERE}: serialization directory {directory} is not writable, got "
             f"{type(e).__name__}: {e}. Give a writable directory, or use read_only=True to only read."
         ) from e
@@ -32,7 +39,7 @@ def lock_directory(directory: str) -> str:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise ConfigurationError(
+        raise _configuration_error(
             f"{_WHERE}: serialization directory {directory} is in use by another training process, "
             f"got its lock held by pid {holder}. Wait for that run to end or stop it, or give this "
             "run another serialization directory; to only read checkpoints, use read_only=True."
