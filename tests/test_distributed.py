@@ -21,11 +21,18 @@ class Trainer:
         return TrainerCheckpoint({"w": torch.full((2,), float(rank))},
                                  {"epochs_completed": self.e, "batches_in_epoch_completed": self.b, "rank": rank})
 
-try:
-    DefaultCheckpointer(run_dir, save_every_num_seconds=60)
-    sys.exit("expected a ConfigurationError for time-based saving")
-except ConfigurationError as e:
-    assert "time-based saving is not supported in distributed training" in str(e), e
+class RankClock:
+    # Rank 1's clock runs three times as fast as rank 0's: alone, each would save at other batches.
+    def __init__(self):
+        self.now = 0.0
+    def __call__(self):
+        self.now += 1.0 + 2.0 * rank
+        return self.now
+
+timed = DefaultCheckpointer(run_dir + "_timed", save_every_num_seconds=4, keep_most_recent_by_count=None, clock=RankClock())
+timed.state_is_sharded = True
+print("timed saves", [b for b in range(1, 21) if timed.maybe_save_checkpoint(Trainer(0, b), 0, b)])
+timed.close()
 
 checkpointer = DefaultCheckpointer(run_dir, save_every_num_batches=5)
 checkpointer.state_is_sharded = True  # what AllenNLP's trainer sets for a sharded model
@@ -58,6 +65,14 @@ def test_two_gloo_ranks_save_and_restore_their_own_shards(tmp_path):
     ]
     outputs = [p.communicate(timeout=180)[0] for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    # A time-based policy under DDP: rank 0's clock decides, so every rank saves at the same batches
+    # and every checkpoint is complete (both ranks' shards).
+    timed = [next(line for line in o.splitlines() if line.startswith("timed saves")) for o in outputs]
+    assert timed[0] == timed[1] and timed[0] != "timed saves []", timed
+    batches = eval(timed[0][len("timed saves "):])
+    assert len(batches) >= 3
+    complete = storage.CheckpointDir(str(run_dir) + "_timed", "").list(range(2)).complete
+    assert [f.progress for f in complete] == [(0, b) for b in batches]
     layout = storage.CheckpointDir(str(run_dir))
     found = layout.list(range(2))
     assert found.incomplete == []

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
-from trainer_ckpt import storage
+from trainer_ckpt import distributed, storage
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
@@ -229,7 +229,7 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
             current = CheckpointInfo(0, iteration + 1, time=now, total_batches_completed=iteration + 1, training_ends=final)
             if not self._previous:  # where this process (re)started
                 self._previous.append(CheckpointInfo(0, iteration, time=now, total_batches_completed=iteration))
-            periodic = self.save_policy.should_save(current, self._previous)
+            periodic = distributed.should_save(self.save_policy, current, self._previous)
             if periodic:
                 self._previous.append(current)
         if periodic:

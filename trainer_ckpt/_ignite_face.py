@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
-from trainer_ckpt import storage
+from trainer_ckpt import distributed, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
 from trainer_ckpt.resume import capture_rng, restore_rng
@@ -217,7 +217,7 @@ class Checkpoint(_ignite.Checkpoint):
         if self.save_policy is not None:
             if not self._previous:  # where this process (re)started
                 self._previous.append(CheckpointInfo(*moment.progress, time=moment.time))
-            if not self.save_policy.should_save(moment, self._previous):
+            if not distributed.should_save(self.save_policy, moment, self._previous):
                 return
             self._previous.append(moment)
         if not isinstance(saver, DiskSaver):

@@ -21,7 +21,7 @@ from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt import resume, storage
+from trainer_ckpt import distributed, resume, storage
 from trainer_ckpt._validate import WHERE as _WHERE
 from trainer_ckpt._validate import flag
 from trainer_ckpt.checkpoint_info import CheckpointInfo
@@ -154,7 +154,7 @@ class DefaultCheckpointer(Checkpointer):
     save_completed_epochs : `bool`, optional (default=`True`)
         AllenNLP 2.10: save at the end of every epoch.
     save_every_num_seconds : `float`, optional (default=`None`)
-        AllenNLP 2.10: save when this many seconds passed since the last save. Not in distributed runs.
+        AllenNLP 2.10: save when this many seconds passed since the last save (in distributed runs, by rank 0's clock).
     save_every_num_batches : `int`, optional (default=`None`)
         AllenNLP 2.10: save every this many batches within an epoch.
     keep_most_recent_by_count : `int`, optional (default=`2`)
@@ -251,13 +251,6 @@ class DefaultCheckpointer(Checkpointer):
             num_serialized_models_to_keep,
             keep_serialized_model_every_num_seconds,
         )
-        if self._world_size > 1 and self._save_policy.depends_on_clock:
-            # Ranks would decide at different batches; a sharded checkpoint would never complete.
-            raise ConfigurationError(
-                f"{_WHERE}: time-based saving is not supported in distributed training, got "
-                f"save policy {type(self._save_policy).__name__} with world size "
-                f"{self._world_size}. Save by batches or epochs instead."
-            )
         self._engine = Engine(
             self._store,
             background=flag(_WHERE, "background", background),
@@ -316,7 +309,7 @@ class DefaultCheckpointer(Checkpointer):
         """Called by the trainer after every batch and epoch; saves when the save policy says so."""
         self._engine.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
-        if not self._save_policy.should_save(current, self._previous):
+        if not distributed.should_save(self._save_policy, current, self._previous):
             return False
         return self._save(trainer, current) is not None
 

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
-from trainer_ckpt import storage
+from trainer_ckpt import distributed, storage
 from trainer_ckpt.background import BackgroundWriter, Snapshotter
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.lock import lock_directory, unlock_directory
@@ -53,11 +53,7 @@ def _versions() -> Dict[str, str]:
 
 
 def _world_size(store: Any) -> int:
-    import torch.distributed as dist
-
-    if getattr(store, "sharded", False):
-        return store.world_size
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return store.world_size if getattr(store, "sharded", False) else distributed.world_size()
 
 
 class UnusableCheckpoint(RuntimeError):

@@ -23,7 +23,8 @@ class SavePolicy(CheckedRegistrable):
     the first batch on, and after `--recover` without counting the time the run was dead.
     """
 
-    #: True when decisions depend on the wall clock, so ranks of a distributed run could disagree.
+    #: True when decisions depend on the wall clock, so ranks of a distributed run could disagree:
+    #: there rank 0 decides for all (trainer_ckpt.distributed: one broadcast per call).
     depends_on_clock = False
     kind = "save policy"
     example = '"completed_epochs" or {"type": "every_num_batches", "num_batches": 100}'

@@ -1,0 +1,35 @@
+"""
+What checkpointing needs from torch.distributed, for every face: one decision for all ranks.
+
+A clock-based save policy would decide at different batches on different ranks (their clocks and
+speeds differ): a sharded checkpoint would never complete, and ranks that gather state for the
+primary would wait on each other. So the primary decides and every rank follows: one broadcast of
+one byte per call, and only when the policy reads the clock (progress-based policies decide alike
+on every rank without talking). `scripts/bench_collective.py` measures its cost.
+"""
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def primary_decides(decision: bool) -> bool:
+    """Rank 0's `decision`, on every rank (a collective: every rank must call it, in the same order)."""
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":  # NCCL moves CUDA tensors only
+        device = torch.device("cuda", torch.cuda.current_device())
+    flag = torch.tensor([1 if decision else 0], dtype=torch.uint8, device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def should_save(policy: Any, current: Any, previous: Sequence[Any]) -> bool:
+    """`policy.should_save(current, previous)`, the primary's answer when the policy reads the clock in a distributed run."""
+    decision = policy.should_save(current, previous)
+    if getattr(policy, "depends_on_clock", False) and world_size() > 1:
+        return primary_decides(decision)
+    return decision
