@@ -67,10 +67,11 @@ step "AllenNLP's runtime dependencies and pytest" \
   huggingface-hub dill base58 sacremoses typer "protobuf<4" traitlets requests numpy pillow \
   pytest
 # The peers whose APIs the faces reproduce, for the interop tests (trainer_ckpt itself imports
-# none of them unless a face is used), and safetensors for `export --format safetensors`.
-step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors" \
+# none of them unless a face is used), safetensors for `export --format safetensors`, and s3fs with
+# moto's standalone S3 server for the object-storage tests (a real server on 127.0.0.1).
+step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto" \
   "${pip[@]}" "torch==2.13.0" "termcolor==1.1.0" "fvcore==0.1.5.post20221221" "pytorch-ignite==0.5.5" "mmengine==0.10.7" \
-  safetensors
+  safetensors "s3fs==2026.9.0" "moto[server]==5.2.5"
 step "trainer_ckpt (editable)" "${pip[@]}" --no-deps -e "$root"
 step "checking the imports" env PYTHONWARNINGS=ignore "$venv/bin/python" -c \
   'import allennlp.training, torch, trainer_ckpt, fvcore.common.checkpoint, ignite.handlers, mmengine.runner; print("ok", torch.__version__)'

@@ -1,4 +1,9 @@
 import os
+import random
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -71,3 +76,38 @@ def restore_registry():
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def endpoint():
+    """A real S3-compatible server (moto's standalone server) on 127.0.0.1, for the whole session."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("moto's server did not start")
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(endpoint, request):
+    """A new bucket: (its s3:// URL prefix, storage_options, an s3fs filesystem on it)."""
+    import s3fs
+
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+    fs = s3fs.S3FileSystem(**options)
+    name = f"b{random.getrandbits(40):x}"
+    fs.mkdir(name)
+    return f"s3://{name}", options, fs

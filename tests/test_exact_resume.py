@@ -183,3 +183,23 @@ def test_time_based_saves_under_ddp_follow_rank_0_and_resume_bit_exact(tmp_path,
     after = [(tmp_path / f"saves_rank{r}.txt").read_text().split() for r in range(2)]
     assert after[0] == after[1] and len(after[0]) > len(before[0]), after
     assert max_difference(uninterrupted("two_gloo_processes"), final_states(tmp_path)) == 0.0
+
+
+def test_a_new_machine_resumes_from_the_bucket_bit_exact(tmp_path, uninterrupted, bucket, endpoint):
+    """A real `allennlp train` uploading to S3 (a real S3-compatible server on 127.0.0.1) is
+    SIGKILLed; a plain `allennlp train` into a new, empty serialization directory (another
+    machine) resumes from the bucket and ends bit-identical to the uninterrupted run."""
+    from scripts.main_job import allennlp_train
+
+    url, _, fs = bucket
+    config = ROOT / "fixtures" / "configs" / "exact_resume_bucket.jsonnet"
+    env = {**variables("trainer_ckpt", 1, False), "TRAINER_CKPT_TEST_BUCKET": f"{url}/run", "TRAINER_CKPT_TEST_ENDPOINT": endpoint}
+    killed = allennlp_train(config, tmp_path / "machine_a", kill_at="1:12", env=env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    fs.invalidate_cache()
+    assert "checkpoint_e1_b10.json" in [p.rsplit("/", 1)[-1] for p in fs.ls(f"{url[5:]}/run", detail=False)]
+    resumed = allennlp_train(config, tmp_path / "machine_b", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (tmp_path / "machine_b" / "out.log").read_text()
+    assert "Downloaded checkpoint checkpoint_e1_b10.json from" in log and "Restoring checkpoint e1_b10" in log
+    assert max_difference(uninterrupted("plain"), final_states(tmp_path / "machine_b")) == 0.0

@@ -100,9 +100,28 @@ def _name(progress: Tuple[int, int]) -> str:
 def _versions() -> Dict[str, str]:
     import allennlp.version
 
-    import trainer_ckpt
+    from trainer_ckpt.engine import _versions as engine_versions
 
-    return {"trainer_ckpt": trainer_ckpt.__version__, "torch": torch.__version__, "allennlp": allennlp.version.VERSION}
+    return {**engine_versions(), "allennlp": allennlp.version.VERSION}
+
+
+def _remote_store(store: storage.Pairs, url: Any, options: Any) -> Any:
+    """`store`, or `store` mirrored to object storage at `url`."""
+    if url is None:
+        if options is not None:
+            raise ConfigurationError(f"{_WHERE}: `storage_options` is for `upload_to`, got {options!r} without it. Add upload_to, or remove storage_options.")
+        return store
+    from trainer_ckpt.remote import Mirrored, is_url
+
+    if not is_url(url):
+        raise ConfigurationError(f'{_WHERE}: `upload_to` must be an fsspec URL, got {url!r}. Write e.g. "s3://my-bucket/runs/my_run".')
+    if options is not None and not isinstance(options, dict):
+        raise ConfigurationError(f"{_WHERE}: `storage_options` must be a mapping, got {options!r}. Write e.g. {{\"anon\": false}}.")
+    try:
+        return Mirrored(store, url, options)
+    except ImportError as e:
+        raise ConfigurationError(f"{_WHERE}: `upload_to` {url!r} needs a package that is not installed, got {e}. "
+                                 "pip install fsspec and the protocol's package (s3fs for s3://).") from e
 
 
 def _import_global(name: Any) -> Any:
@@ -193,6 +212,14 @@ class DefaultCheckpointer(Checkpointer):
         Put before every file name (`best_model_state_e3_b0.th`), so that several checkpointers
         share a directory without touching each other's files. AllenNLP's own checkpointer reads
         unprefixed names only.
+    upload_to : `str`, optional (default=`None`)
+        An fsspec URL (`"s3://bucket/runs/my_run"`): every checkpoint is also uploaded there, each
+        file whole and the record last; retention deletes there too; a run whose serialization
+        directory holds no checkpoint (a new machine) resumes from the newest good one there.
+        Needs `fsspec` and the protocol's package (`s3fs` for S3). See README, "Scaling out".
+    storage_options : `Dict[str, Any]`, optional (default=`None`)
+        Passed to fsspec for `upload_to`, e.g. `{"endpoint_url": "http://127.0.0.1:9000"}` (s3fs
+        `client_kwargs`, credentials...).
     clock : `Callable[[], float]`, optional (default=`time.time`)
         For tests and embedding only, not a config key: the clock policies see.
     """
@@ -216,6 +243,8 @@ class DefaultCheckpointer(Checkpointer):
         read_only: bool = False,
         restore_rng: bool = True,
         background: bool = False,
+        upload_to: Optional[str] = None,
+        storage_options: Optional[Dict[str, Any]] = None,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         if not isinstance(filename_prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", filename_prefix):
@@ -252,7 +281,7 @@ class DefaultCheckpointer(Checkpointer):
             keep_serialized_model_every_num_seconds,
         )
         self._engine = Engine(
-            self._store,
+            _remote_store(self._store, upload_to, storage_options),
             background=flag(_WHERE, "background", background),
             safe_globals=[_import_global(name) for name in safe_globals or []],
             read_only=read_only,
@@ -486,7 +515,7 @@ class DefaultCheckpointer(Checkpointer):
             differences.append(f"world size ({entry.record['world_size']} -> {self._world_size})")
         running = _versions()
         for package, version in entry.record.get("versions", {}).items():
-            if running.get(package) != version:
+            if package in running and running[package] != version:
                 differences.append(f"{package} version ({version} -> {running.get(package)})")
         if differences:
             logger.warning(

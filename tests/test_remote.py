@@ -1,0 +1,128 @@
+"""
+Object storage through fsspec, against a real S3-compatible server (moto's standalone server, the
+way s3fs tests itself) started on 127.0.0.1: uploads whole with the record last, retention in the
+bucket, SIGKILL during uploads, resume from the bucket into a fresh directory.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, trainer_at
+from trainer_ckpt import DefaultCheckpointer, storage
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.engine import Engine
+from trainer_ckpt.remote import Mirrored
+
+
+def objects(fs, url):
+    fs.invalidate_cache()
+    return sorted(os.path.basename(p) for p in fs.ls(url[len("s3://"):], detail=False))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_checkpoints_go_to_the_bucket_retention_deletes_there_and_a_fresh_directory_resumes(tmp_path, bucket, background):
+    url, options, fs = bucket
+    run = f"{url}/run"
+    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=2, upload_to=run,
+                                       storage_options=options, background=background)
+    for epoch in (1, 2, 3):
+        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
+    checkpointer.close()
+    assert objects(fs, run) == ["checkpoint_e2_b0.json", "checkpoint_e3_b0.json", "model_state_e2_b0.th",
+                                "model_state_e3_b0.th", "training_state_e2_b0.th", "training_state_e3_b0.th"]
+    record = json.loads(fs.cat_file(f"{run[5:]}/checkpoint_e3_b0.json"))
+    assert record["files"]["model_state"]["size"] == fs.size(f"{run[5:]}/model_state_e3_b0.th")
+    # A new machine: an empty serialization directory resumes from the bucket.
+    fresh = DefaultCheckpointer(tmp_path / "elsewhere", upload_to=run, storage_options=options)
+    model_state, training_state = fresh.load_checkpoint()
+    torch.testing.assert_close(model_state, trainer_at(3, 0)._model_state, rtol=0, atol=0)
+    assert (training_state["epochs_completed"], training_state["batches_in_epoch_completed"]) == (3, 0)
+    fresh.close()
+
+
+def test_a_bad_newest_object_falls_back_to_the_previous_checkpoint(tmp_path, bucket):
+    url, options, fs = bucket
+    run = f"{url}/run"
+    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options)
+    for epoch in (1, 2):
+        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
+    checkpointer.close()
+    fs.pipe(f"{run[5:]}/model_state_e2_b0.th", b"garbage")  # the object changed after its record was written
+    model_state, _ = DefaultCheckpointer(tmp_path / "elsewhere", upload_to=run, storage_options=options).load_checkpoint()
+    torch.testing.assert_close(model_state, trainer_at(1, 0)._model_state, rtol=0, atol=0)
+
+
+def test_upload_to_must_be_a_url(tmp_path):
+    from allennlp.common.checks import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"`upload_to` must be an fsspec URL, got '/data/run'\. Write e\.g\."):
+        DefaultCheckpointer(tmp_path, upload_to="/data/run")
+    with pytest.raises(ConfigurationError, match="`storage_options` is for `upload_to`"):
+        DefaultCheckpointer(tmp_path, storage_options={"anon": True})
+
+
+WRITER = """
+import sys, torch
+from trainer_ckpt import storage
+from trainer_ckpt.engine import Engine
+from trainer_ckpt.remote import Mirrored
+from trainer_ckpt.retention_policies import KeepMostRecentByCount
+import json
+local, url, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+engine = Engine(Mirrored(storage.Pairs(local), url, options))
+engine.clean_up()
+step = max([e.key[1] for e in engine.entries()], default=0)
+while True:
+    step += 1
+    state = torch.full((2 << 20,), float(step))  # 8 MiB
+    from trainer_ckpt.checkpoint_info import CheckpointInfo
+    engine.save((0, step), {storage.MODEL: {"w": state}, storage.TRAINING: {"step": step}}, CheckpointInfo(0, step, time=step),
+                retention=(KeepMostRecentByCount(1), lambda e: True))
+    print(step, flush=True)
+"""
+
+
+def test_sigkill_during_uploads_leaves_a_complete_checkpoint_in_the_bucket(tmp_path, bucket):
+    """A writer uploading 8 MiB checkpoints back to back, keeping 1, is SIGKILLed at random moments;
+    after each kill a fresh directory resumes from the bucket, and every record there names
+    complete objects. The next writer removes the objects of an interrupted upload."""
+    url, options, fs = bucket
+    run = f"{url}/run"
+    rng, interrupted = random.Random(7), 0
+    for trial in range(6):
+        local = tmp_path / f"writer{trial}"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(local), run, json.dumps(options)],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert writer.stdout.readline(), writer.stderr.read()[-2000:]  # one checkpoint committed
+        time.sleep(rng.uniform(0, 0.8))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        names = objects(fs, run)
+        records = [n for n in names if n.endswith(".json")]
+        assert 1 <= len(records) <= 2, names  # the old set, or the old set plus one complete checkpoint
+        named = set(records)
+        for name in records:
+            for f in json.loads(fs.cat_file(f"{run[5:]}/{name}"))["files"].values():
+                assert fs.size(f"{run[5:]}/{f['name']}") == f["size"], (name, f)
+                named.add(f["name"])
+        strays = set(names) - named
+        interrupted += bool(strays)
+        fresh = DefaultCheckpointer(tmp_path / f"fresh{trial}", upload_to=run, storage_options=options, read_only=True)
+        model_state, training_state = fresh.load_checkpoint()
+        assert torch.equal(model_state["w"], torch.full((2 << 20,), float(training_state["step"])))
+    print(f"{interrupted} of 6 kills interrupted an upload")
+    # The next writer removes what an interrupted upload left, once, before its first upload.
+    fs.pipe(f"{run[5:]}/model_state_e0_b999.th", b"half an upload")
+    engine = Engine(Mirrored(storage.Pairs(str(tmp_path / "last")), run, options))
+    engine.save((5, 0), {storage.MODEL: {"w": torch.zeros(1)}, storage.TRAINING: {}}, CheckpointInfo(5, 0, time=1e10))
+    engine.close()
+    names = objects(fs, run)
+    named = {f["name"] for n in names if n.endswith(".json") for f in json.loads(fs.cat_file(f"{run[5:]}/{n}"))["files"].values()}
+    assert "model_state_e0_b999.th" not in names and set(names) == named | {n for n in names if n.endswith(".json")}

@@ -1,0 +1,132 @@
+"""
+Checkpoints in object storage (S3, GCS, Azure, any fsspec URL), behind a local store.
+
+The engine writes each checkpoint into the local directory as always (temp file, fsync, rename,
+record last), so a local crash is handled as before. `Mirrored.write_record` then uploads every
+state file of the checkpoint whole (one object each: an object store has no partial objects), and
+the record last. In the bucket, a checkpoint exists when its record does: a crash leaves the old
+set, or the old set plus one complete checkpoint, plus state objects without a record, which the
+next writer removes. Retention deletes the record first, then the state objects. A background
+save uploads in the writer thread, from the files written from its snapshot.
+
+Reading starts from the local directory. When it holds no complete checkpoint (a new machine, a
+lost disk), every checkpoint in the bucket is downloaded first (state files, then the record), and
+verified and loaded as local ones are: a bad one falls back to an older one.
+
+Not covered: two writers on one bucket prefix (the lock is the local directory's), and sharded
+checkpoints (each rank would upload its own files; not tested).
+"""
+import json
+import logging
+import os
+import secrets
+from typing import Any, Dict, List, Optional
+
+from trainer_ckpt import storage
+
+logger = logging.getLogger(__name__)
+
+
+def is_url(path: Any) -> bool:
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+class Mirrored:
+    """A local store whose checkpoints are also kept at `url` (see the module's docstring)."""
+
+    def __init__(self, local: Any, url: str, storage_options: Optional[Dict[str, Any]] = None) -> None:
+        import fsspec  # only for remote storage: `pip install fsspec s3fs` (or gcsfs, adlfs)
+
+        self.local, self.url = local, url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.directory = local.directory
+        self._cleaned = False
+
+    def __getattr__(self, name: str) -> Any:  # files, record_path, label, order, sharded, ...
+        return getattr(self.local, name)
+
+    def _remote(self, path: str) -> str:
+        return f"{self.root}/{os.path.basename(path)}"
+
+    def _rm(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def write_record(self, key: Any, record: Dict[str, Any]) -> None:
+        self.local.write_record(key, record)
+        if not self._cleaned:
+            self._clean_up_remote()
+        # A record of an earlier checkpoint of this key goes first: its objects are about to change.
+        record_path = self.local.record_path(key)
+        self._rm(self._remote(record_path))
+        for path in self.local.files(key).values():
+            if os.path.exists(path):
+                self.fs.put_file(path, self._remote(path))
+        self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
+
+    def remove(self, key: Any) -> None:
+        self._rm(self._remote(self.local.record_path(key)))  # the record first
+        for path in self.local.files(key).values():
+            self._rm(self._remote(path))
+        self.local.remove(key)
+
+    def _clean_up_remote(self) -> None:
+        """Removes state objects no record names: uploads a killed writer left (the writer does this once)."""
+        self._cleaned = True
+        records, objects = self._remote_records()
+        named = {f["name"] for r in records.values() for f in r.get("files", {}).values()}
+        for name in objects:
+            if name not in named and name not in records and not name.endswith(".lock"):
+                logger.info("Removing %s/%s: an upload that was interrupted before its record", self.url, name)
+                self._rm(f"{self.root}/{name}")
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def _remote_records(self) -> "tuple[Dict[str, Dict[str, Any]], List[str]]":
+        """({record name: record}, every object's name) in the bucket."""
+        try:
+            objects = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
+        except FileNotFoundError:
+            return {}, []
+        records = {}
+        for name in objects:
+            if name.endswith(".json"):
+                try:
+                    record = json.loads(self.fs.cat_file(f"{self.root}/{name}"))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("files"), dict):
+                    records[name] = record
+        return records, objects
+
+    def list(self, own_only: bool = False) -> storage.Listing:
+        listing = self.local.list(own_only)
+        if listing.complete:
+            return listing
+        if self._pull():
+            listing = self.local.list(own_only)
+        return listing
+
+    def _pull(self) -> int:
+        """Downloads every checkpoint of the bucket into the empty local directory; how many."""
+        records, objects = self._remote_records()
+        present, pulled = set(objects), 0
+        os.makedirs(self.directory, exist_ok=True)
+        for name, record in sorted(records.items(), key=lambda item: item[1].get("time", 0)):
+            files = [f["name"] for f in record["files"].values()]
+            if not all(f in present for f in files):
+                continue  # its upload was interrupted: not a checkpoint
+            for f in files + [name]:  # the record last, as a save writes them
+                target = os.path.join(self.directory, f)
+                tmp = os.path.join(self.directory, f".{f}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+                self.fs.get_file(f"{self.root}/{f}", tmp)
+                os.replace(tmp, target)
+            pulled += 1
+            logger.info("Downloaded checkpoint %s from %s", name, self.url)
+        if pulled:
+            storage.fsync_dir(self.directory)
+        return pulled
