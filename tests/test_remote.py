@@ -126,3 +126,27 @@ def test_sigkill_during_uploads_leaves_a_complete_checkpoint_in_the_bucket(tmp_p
     names = objects(fs, run)
     named = {f["name"] for n in names if n.endswith(".json") for f in json.loads(fs.cat_file(f"{run[5:]}/{n}"))["files"].values()}
     assert "model_state_e0_b999.th" not in names and set(names) == named | {n for n in names if n.endswith(".json")}
+
+
+def test_ignite_disk_saver_with_a_bucket_url(tmp_path, bucket):
+    """ignite's `DiskSaver("s3://...")`: n_saved applies in the bucket, and a new machine's
+    `latest_checkpoint(url)` downloads and names the newest good checkpoint."""
+    from ignite.engine import Engine as IgniteEngine, Events
+
+    from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
+
+    url, options, fs = bucket
+    run = f"{url}/ignite"
+    model = torch.nn.Linear(2, 2)
+    trainer = IgniteEngine(lambda engine, batch: None)
+    saver = DiskSaver(run, storage_options=options, staging_dir=str(tmp_path / "staging"))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint({"model": model}, saver, n_saved=2))
+    trainer.run([0, 1], max_epochs=3)
+    saver.engine.close()
+    assert objects(fs, run) == [".model_4.pt.json", ".model_4.pt.rng", ".model_6.pt.json", ".model_6.pt.rng",
+                                "model_4.pt", "model_6.pt"]
+    path = latest_checkpoint(run, storage_options=options, staging_dir=str(tmp_path / "new_machine"))
+    assert path == str(tmp_path / "new_machine" / "model_6.pt")
+    torch.testing.assert_close(torch.load(path, weights_only=True), model.state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`storage_options` and `staging_dir` are for a URL `dirname`"):
+        DiskSaver(tmp_path / "local", storage_options=options)

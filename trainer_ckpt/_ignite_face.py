@@ -15,6 +15,8 @@ from ignite.engine import Events
 from trainer_ckpt import distributed, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
+from trainer_ckpt.remote import is_url, mirrored
+from trainer_ckpt.remote import staging_dir as remote_staging_dir
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
@@ -62,6 +64,11 @@ class DiskSaver(_ignite.DiskSaver):
         `wait()` waits for it (so do `remove`, `latest_checkpoint` and process exit).
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust.
+    dirname may be an fsspec URL (`"s3://bucket/run"`): checkpoints are written into a local
+    staging directory (`staging_dir`, default one per URL under the temp directory: `dirname`
+    then names it), then uploaded whole, record last; retention deletes in the bucket too; an
+    empty staging directory is filled from the bucket when the checkpoints are listed
+    (`latest_checkpoint(url, storage_options=...)`). `storage_options` go to fsspec.
     """
 
     def __init__(
@@ -75,11 +82,20 @@ class DiskSaver(_ignite.DiskSaver):
         background: bool = False,
         safe_globals: Sequence[Any] = (),
         clock: Optional[Callable[[], float]] = None,
+        storage_options: Optional[Dict[str, Any]] = None,
+        staging_dir: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(background, bool):
             raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `background` must be True or False, got {background!r}. Pass a bool.")
+        self.url, self.storage_options = (str(dirname), storage_options) if is_url(str(dirname)) else (None, None)
+        if self.url is None and (storage_options is not None or staging_dir is not None):
+            raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `storage_options` and `staging_dir` are for a URL `dirname`, got "
+                             f"dirname={dirname!r}. Give a URL (s3://bucket/run), or remove them.")
+        if self.url is not None:
+            dirname = staging_dir or remote_staging_dir(self.url)  # written locally first, then uploaded
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
+        self._store = mirrored(_Store(str(self.dirname)), self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
         self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
         self._engine: Optional[Engine] = None
         # Set by our Checkpoint around its call: the point in training, and deletions to defer.
@@ -93,7 +109,7 @@ class DiskSaver(_ignite.DiskSaver):
         """The engine, made at first use: only then does the writer lock the directory and clean up."""
         if self._engine is None:
             self._engine = Engine(
-                _Store(str(self.dirname)), background=self.background, safe_globals=self.safe_globals,
+                self._store, background=self.background, safe_globals=self.safe_globals,
                 primary=idist.get_rank() == self.save_on_rank, clock=self.clock,
                 where="trainer_ckpt.ignite.DiskSaver", trust_hint="pass those types in `safe_globals`.",
                 save_kwargs=self.kwargs,
@@ -260,13 +276,17 @@ class Checkpoint(_ignite.Checkpoint):
             _restore_on_resume(engines[0], rng)
 
 
-def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "") -> Optional[str]:
+def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "", storage_options: Optional[Dict[str, Any]] = None,
+                      staging_dir: Optional[str] = None) -> Optional[str]:
     """
     The path of the newest checkpoint in `dirname` (of those named `{filename_prefix}_...` when a
     prefix is given) that verifies against its record (ignite's own files: that loads), or None
-    when there is none. Newer bad ones are skipped with a WARNING. Reads only.
+    when there is none. Newer bad ones are skipped with a WARNING. Reads only. `dirname` may be
+    a URL (a DiskSaver's): the local copy's path, downloaded when the staging directory is empty.
     """
-    engine = Engine(NamedFiles(str(dirname), _layout(filename_prefix)), read_only=True,
+    url = str(dirname) if is_url(str(dirname)) else None
+    local = NamedFiles(staging_dir or remote_staging_dir(url) if url else str(dirname), _layout(filename_prefix))
+    engine = Engine(mirrored(local, url, storage_options, "trainer_ckpt.ignite.latest_checkpoint"), read_only=True,
                     where="trainer_ckpt.ignite.latest_checkpoint")
     found = engine.newest_good(load=False)
     return None if found is None else found[0].paths[MAIN]

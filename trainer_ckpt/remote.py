@@ -31,6 +31,25 @@ def is_url(path: Any) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
+def staging_dir(url: str) -> str:
+    """Where a face that is given a URL writes locally first: one directory per URL, kept across restarts."""
+    import hashlib
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "trainer_ckpt-staging", hashlib.sha1(url.encode()).hexdigest()[:16])
+
+
+def mirrored(local: Any, url: Optional[str], storage_options: Optional[Dict[str, Any]], where: str) -> Any:
+    """`local`, or `local` mirrored to `url`, with a clear error when fsspec's protocol package is missing."""
+    if url is None:
+        return local
+    try:
+        return Mirrored(local, url, storage_options)
+    except ImportError as e:
+        raise ValueError(f"{where}: {url!r} needs a package that is not installed, got {e}. "
+                         "pip install fsspec and the protocol's package (s3fs for s3://).") from e
+
+
 class Mirrored:
     """A local store whose checkpoints are also kept at `url` (see the module's docstring)."""
 
