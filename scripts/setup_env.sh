@@ -65,7 +65,7 @@ step "AllenNLP's runtime dependencies and pytest" \
   "${pip[@]}" "torch==2.13.0" jsonnet cached-path spacy nltk tensorboardX tqdm h5py scikit-learn scipy \
   "transformers==4.44.2" sentencepiece filelock lmdb more-itertools "termcolor==1.1.0" \
   huggingface-hub dill base58 sacremoses typer "protobuf<4" traitlets requests numpy pillow \
-  pytest
+  pytest "pytest-xdist==3.8.0"
 # The peers whose APIs the faces reproduce, for the interop tests (trainer_ckpt itself imports
 # none of them unless a face is used), safetensors for `export --format safetensors`, and s3fs with
 # moto's standalone S3 server for the object-storage tests (a real server on 127.0.0.1).
