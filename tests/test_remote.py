@@ -150,3 +150,71 @@ def test_ignite_disk_saver_with_a_bucket_url(tmp_path, bucket):
     torch.testing.assert_close(torch.load(path, weights_only=True), model.state_dict(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="`storage_options` and `staging_dir` are for a URL `dirname`"):
         DiskSaver(tmp_path / "local", storage_options=options)
+
+
+NODE = """
+import json, os, signal, sys, torch, torch.distributed as dist
+from allennlp.training.trainer import TrainerCheckpoint
+rank, url, options, local, store, kill_at = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+from trainer_ckpt import DefaultCheckpointer
+
+class Trainer:
+    def __init__(self, b):
+        self.b = b
+    def get_checkpoint_state(self):
+        return TrainerCheckpoint({"w": torch.full((1 << 18,), float(self.b * 10 + rank))},
+                                 {"epochs_completed": 0, "batches_in_epoch_completed": self.b})
+
+checkpointer = DefaultCheckpointer(local, save_every_num_batches=1, keep_most_recent_by_count=2, upload_to=url, storage_options=options)
+checkpointer.state_is_sharded = True  # each rank its own shard, as with a sharded model
+resumed = checkpointer.load_checkpoint()
+start = resumed.trainer_state["batches_in_epoch_completed"] if resumed else 0
+if resumed:
+    assert torch.equal(resumed.model_state["w"], torch.full((1 << 18,), float(start * 10 + rank)))
+print("resumed from", start, flush=True)
+for b in range(start + 1, start + 4):
+    checkpointer.maybe_save_checkpoint(Trainer(b), 0, b)
+    print("saved", b, flush=True)
+    if b == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpointer.close()
+dist.destroy_process_group()
+"""
+
+
+def test_two_nodes_with_their_own_disks_resume_from_the_shared_bucket(tmp_path, bucket):
+    """Two gloo processes as two nodes: each its own local directory, one bucket, sharded state.
+    Node B is killed right after its second save; node A fails with it. Both restart on new,
+    empty disks and resume from the newest checkpoint that both finished uploading; a checkpoint
+    only one node finished is not taken."""
+    url, options, fs = bucket
+    run = f"{url}/two_nodes"
+
+    def nodes(tag, kill_at):
+        procs = [subprocess.Popen([sys.executable, "-c", NODE, str(r), run, json.dumps(options), str(tmp_path / f"{tag}_node{r}"),
+                                   str(tmp_path / f"{tag}_store"), str(kill_at if r == 1 else -1)],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+        try:
+            outs = [p.communicate(timeout=240)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        return procs, outs
+
+    procs, outs = nodes("first", kill_at=2)
+    assert procs[1].returncode == -signal.SIGKILL and procs[0].returncode != 0, outs
+    assert "saved 2" in outs[1]
+    assert "checkpoint_e0_b2_w1.json" in objects(fs, run)  # node B's part of e0_b2 is in the bucket
+    procs, outs = nodes("second", kill_at=-1)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("resumed from 2" in o for o in outs), outs
+    # Now node B dies while uploading e0_b5: its record never reaches the bucket. Node A's part is
+    # complete, but the checkpoint is not: both resume from e0_b4.
+    fs.rm_file(f"{run[5:]}/checkpoint_e0_b5_w1.json")
+    procs, outs = nodes("third", kill_at=-1)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("resumed from 4" in o for o in outs), outs
+    records = [n for n in objects(fs, run) if n.endswith(".json")]
+    assert {"checkpoint_e0_b6_w0.json", "checkpoint_e0_b6_w1.json", "checkpoint_e0_b7_w0.json", "checkpoint_e0_b7_w1.json"} <= set(records)
+    assert not [n for n in objects(fs, run) if "_b5_" in n]  # the incomplete one is gone, every node's part

@@ -13,8 +13,14 @@ Reading starts from the local directory. When it holds no complete checkpoint (a
 lost disk), every checkpoint in the bucket is downloaded first (state files, then the record), and
 verified and loaded as local ones are: a bad one falls back to an older one.
 
-Not covered: two writers on one bucket prefix (the lock is the local directory's), and sharded
-checkpoints (each rank would upload its own files; not tested).
+Sharded state (AllenNLP's `_w{rank}` files): each rank uploads its own files and record; a
+checkpoint is complete where every rank's files are, so one that a killed rank did not finish
+uploading is not taken (tested with two gloo processes, each with its own local directory, as two
+nodes sharing a bucket). Objects of interrupted uploads are then left in the bucket (no rank can
+tell them from another rank's upload in flight). With separate local disks, a rank sees only its
+own files: retention also keeps the checkpoint it downloaded at the start (the newest it saw
+complete), and non-primary ranks do not prune their local copies. Not covered: two runs writing
+to one bucket prefix (the lock is the local directory's).
 """
 import json
 import logging
@@ -77,7 +83,7 @@ class Mirrored:
 
     def write_record(self, key: Any, record: Dict[str, Any]) -> None:
         self.local.write_record(key, record)
-        if not self._cleaned:
+        if not self._cleaned and not self.local.sharded:  # sharded: another rank may be uploading
             self._clean_up_remote()
         # A record of an earlier checkpoint of this key goes first: its objects are about to change.
         record_path = self.local.record_path(key)
@@ -88,9 +94,8 @@ class Mirrored:
         self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
 
     def remove(self, key: Any) -> None:
-        self._rm(self._remote(self.local.record_path(key)))  # the record first
-        for path in self.local.files(key).values():
-            self._rm(self._remote(path))
+        for name in self.local.names(key):  # every rank's, the record first
+            self._rm(f"{self.root}/{name}")
         self.local.remove(key)
 
     def _clean_up_remote(self) -> None:

@@ -510,6 +510,11 @@ class Pairs:
     def quarantine(self, key: Progress) -> List[str]:
         return self.dir.quarantine(key, self._ranks())
 
+    def names(self, key: Progress) -> List[str]:
+        """Every rank's file names of a checkpoint, the record first."""
+        ranks = self._ranks() or [None]
+        return [self.dir.name(kind, key, r) for kind in (RECORD, MODEL, TRAINING) for r in ranks]
+
     def label(self, key: Progress) -> str:
         return f"{self.prefix}e{key[0]}_b{key[1]}"
 
@@ -588,8 +593,11 @@ class NamedFiles:
             remove_file(path)
 
     def quarantine(self, key: str) -> List[str]:
-        names = [self.layout.record(key)] + list(self.layout.files(key).values())
-        return move_into_corrupt(self.directory, names)
+        return move_into_corrupt(self.directory, self.names(key))
+
+    def names(self, key: str) -> List[str]:
+        """A checkpoint's file names, the record first."""
+        return [self.layout.record(key)] + list(self.layout.files(key).values())
 
     def label(self, key: str) -> str:
         return key
