@@ -218,3 +218,47 @@ def test_two_nodes_with_their_own_disks_resume_from_the_shared_bucket(tmp_path, 
     records = [n for n in objects(fs, run) if n.endswith(".json")]
     assert {"checkpoint_e0_b6_w0.json", "checkpoint_e0_b6_w1.json", "checkpoint_e0_b7_w0.json", "checkpoint_e0_b7_w1.json"} <= set(records)
     assert not [n for n in objects(fs, run) if "_b5_" in n]  # the incomplete one is gone, every node's part
+
+
+def test_fvcore_checkpointer_with_a_bucket_url(tmp_path, bucket):
+    """fvcore's `Checkpointer(model, save_dir="s3://...")` with `PeriodicCheckpointer(max_to_keep)`:
+    the bucket keeps what fvcore keeps, and a new machine resumes from it."""
+    from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
+
+    url, options, fs = bucket
+    run = f"{url}/fvcore"
+    model = torch.nn.Linear(3, 3)
+    checkpointer = Checkpointer(model, run, storage_options=options, staging_dir=str(tmp_path / "staging"))
+    periodic = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=2)
+    for iteration in range(8):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        periodic.step(iteration)
+    checkpointer.engine.close()
+    assert [n for n in objects(fs, run) if not n.startswith(".")] == ["model_0000005.pth", "model_0000007.pth"]
+    fresh = torch.nn.Linear(3, 3)
+    elsewhere = Checkpointer(fresh, run, storage_options=options, staging_dir=str(tmp_path / "new_machine"))
+    extra = elsewhere.resume_or_load("", resume=True)
+    assert extra["iteration"] == 7
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`storage_options` and `staging_dir` are for a URL `save_dir`"):
+        Checkpointer(fresh, str(tmp_path / "local"), storage_options=options)
+
+
+def test_mmengine_hook_with_a_bucket_url(tmp_path, bucket):
+    """mmengine's `CheckpointHook(out_dir="s3://...")` in a real Runner: `max_keep_ckpts` applies in
+    the bucket, and a Runner with `resume=True` on a new machine resumes from it."""
+    from scripts.mmengine_run import build_runner
+    from trainer_ckpt.mmengine import CheckpointHook
+
+    url, options, fs = bucket
+    hook = dict(type=CheckpointHook, interval=1, max_keep_ckpts=2, out_dir=f"{url}/mm", storage_options=options)
+    build_runner(str(tmp_path / "a" / "work"), {**hook, "staging_dir": str(tmp_path / "staging_a")}, max_epochs=3).train()
+    assert [n for n in objects(fs, f"{url}/mm/work") if not n.startswith(".")] == ["epoch_2.pth", "epoch_3.pth"]
+    runner = build_runner(str(tmp_path / "b" / "work"), {**hook, "staging_dir": str(tmp_path / "staging_b")},
+                          max_epochs=4, resume=True)
+    runner.train()
+    assert runner._load_from == "trainer_ckpt://" + str(tmp_path / "staging_b" / "work" / "epoch_3.pth")
+    assert [n for n in objects(fs, f"{url}/mm/work") if not n.startswith(".")] == ["epoch_3.pth", "epoch_4.pth"]
+    with pytest.raises(ValueError, match="`storage_options` and `staging_dir` are for a URL `out_dir`"):
+        CheckpointHook(interval=1, storage_options=options)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 import fvcore.common.checkpoint as _fvcore
 
 from trainer_ckpt import distributed, storage
+from trainer_ckpt.remote import is_url, mirrored
+from trainer_ckpt.remote import staging_dir as remote_staging_dir
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
@@ -40,6 +42,11 @@ class Checkpointer(_fvcore.Checkpointer):
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust; all else loads with
         `weights_only=True`.
+    save_dir may be an fsspec URL (`"s3://bucket/run"`): checkpoints are written into a local
+    staging directory first (`staging_dir`, default one per URL under the temp directory;
+    `save_dir` then names it), then uploaded whole, record last; `max_to_keep` deletes in the
+    bucket too; with an empty staging directory (a new machine) `has_checkpoint()` and
+    `resume_or_load` download the bucket's checkpoints. `storage_options` go to fsspec.
     """
 
     def __init__(
@@ -51,12 +58,21 @@ class Checkpointer(_fvcore.Checkpointer):
         background: bool = False,
         restore_rng: bool = True,
         safe_globals: Sequence[Any] = (),
+        storage_options: Optional[Dict[str, Any]] = None,
+        staging_dir: Optional[str] = None,
         **checkpointables: Any,
     ) -> None:
         for key, value in (("background", background), ("restore_rng", restore_rng)):
             if not isinstance(value, bool):
                 raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
+        self.url = save_dir if is_url(save_dir) else None
+        if self.url is None and (storage_options is not None or staging_dir is not None):
+            raise ValueError(f"{_WHERE}: `storage_options` and `staging_dir` are for a URL `save_dir`, got "
+                             f"save_dir={save_dir!r}. Give a URL (s3://bucket/run), or remove them.")
+        if self.url is not None:
+            save_dir = staging_dir or remote_staging_dir(self.url)  # written locally first, then uploaded
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self._store = mirrored(NamedFiles(self.save_dir, LAYOUT), self.url, storage_options, _WHERE)
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
         self._engine: Optional[Engine] = None
         self._preloaded: Optional[tuple] = None  # (path, checkpoint) handed from resume to fvcore's load
@@ -66,7 +82,7 @@ class Checkpointer(_fvcore.Checkpointer):
         """The engine, made at first use: only then does a writer take the directory's lock."""
         if self._engine is None:
             self._engine = Engine(
-                NamedFiles(self.save_dir, LAYOUT), background=self.background, safe_globals=self.safe_globals,
+                self._store, background=self.background, safe_globals=self.safe_globals,
                 read_only=not self.save_to_disk, where=_WHERE,
             )
             self._engine.clean_up()
@@ -106,6 +122,10 @@ class Checkpointer(_fvcore.Checkpointer):
 
     def has_checkpoint(self) -> bool:
         self.wait()
+        if self.url is not None and self.save_dir and not super().has_checkpoint():
+            entries = self.engine.entries()  # an empty staging directory is filled from the bucket
+            if entries:
+                self.tag_last_checkpoint(os.path.basename(entries[-1].paths[MAIN]))
         return super().has_checkpoint()
 
     def get_checkpoint_file(self) -> str:

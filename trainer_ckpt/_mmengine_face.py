@@ -20,6 +20,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from trainer_ckpt import storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.remote import is_url, mirrored
+from trainer_ckpt.remote import staging_dir as remote_staging_dir
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
@@ -139,6 +141,11 @@ class CheckpointHook(_CheckpointHook):
     retention_policy : `RetentionPolicy` (default `None`)
         Which periodic checkpoints to keep, instead of `max_keep_ckpts` (give one, not both);
         the newest is never deleted, nor `best_*` or published files.
+    out_dir may be an fsspec URL (`"s3://bucket/runs"`): checkpoints go into a local staging
+    directory first (`staging_dir`, default one per URL under the temp directory), then to
+    `{out_dir}/{work_dir's name}/` in the bucket, each file whole and the record last;
+    `max_keep_ckpts` deletes there too; `resume=True` on a new machine downloads from it.
+    `storage_options` go to fsspec.
     """
 
     def __init__(
@@ -165,6 +172,8 @@ class CheckpointHook(_CheckpointHook):
         safe_globals: Sequence[Any] = (),
         retention_policy: Optional["RetentionPolicy"] = None,
         clock: Optional[Callable[[], float]] = None,
+        storage_options: Optional[Dict[str, Any]] = None,
+        staging_dir: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         for key, value in (("background", background), ("restore_rng", restore_rng)):
@@ -178,22 +187,26 @@ class CheckpointHook(_CheckpointHook):
         if retention_policy is not None and max_keep_ckpts > 0:
             raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
                              f"max_keep_ckpts={max_keep_ckpts!r} and {retention_policy!r}. Express the whole rule in the policy.")
+        url = str(out_dir) if is_url(str(out_dir)) else None
+        if url is None and (storage_options is not None or staging_dir is not None):
+            raise ValueError(f"{_WHERE}: `storage_options` and `staging_dir` are for a URL `out_dir`, got out_dir={out_dir!r}. "
+                             "Give a URL (s3://bucket/runs), or remove them.")
+        if url is not None:
+            out_dir = staging_dir or remote_staging_dir(url)  # written locally first, then uploaded
         super().__init__(interval, by_epoch, save_optimizer, save_param_scheduler, out_dir, max_keep_ckpts, save_last,
                          save_best, rule, greater_keys, less_keys, file_client_args, filename_tmpl, backend_args,
                          published_keys, save_begin, **kwargs)
         for key, value in (("backend_args", backend_args), ("file_client_args", file_client_args)):
             if not _local(value):
                 raise ValueError(
-                    f"{_WHERE}: `{key}` must name the local disk, got {value!r}. Remote storage is not supported "
-                    "by trainer_ckpt yet: remove it, or use mmengine's own CheckpointHook for that run."
+                    f"{_WHERE}: `{key}` must name the local disk, got {value!r}. For object storage give `out_dir` "
+                    "as an fsspec URL (s3://bucket/runs) with `storage_options`, or use mmengine's own CheckpointHook."
                 )
-        if out_dir is not None and "://" in str(out_dir):
-            raise ValueError(
-                f"{_WHERE}: `out_dir` must be a local directory, got {out_dir!r}. Remote storage is not supported "
-                "by trainer_ckpt yet: give a local path, or use mmengine's own CheckpointHook for that run."
-            )
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
         self.retention_policy, self.clock = retention_policy, clock
+        self.url, self.storage_options, self._staging = url, storage_options, str(out_dir) if url else None
+        if url is not None:
+            mirrored(NamedFiles(self._staging, LAYOUT), url, storage_options, _WHERE)  # a bad URL fails here, not at the first save
         periodic = re.escape(self.filename_tmpl).replace(r"\{\}", r"\d+")
         self._periodic = re.compile(rf"^{periodic}$")
         self._engine: Optional[Engine] = None
@@ -230,9 +243,11 @@ class CheckpointHook(_CheckpointHook):
             with open(pointer) as f:
                 wanted = f.read().strip()
         directory = os.path.dirname(wanted) if wanted else work_dir
+        if self.url is not None and not wanted:  # a new machine: the staging directory, filled from the bucket
+            directory = os.path.join(self._staging, os.path.basename(os.path.normpath(work_dir)))
         periodic = self._periodic
         engine = Engine(
-            NamedFiles(directory, LAYOUT._replace(parse=lambda b: b if periodic.match(b) else None)),
+            self._store(directory, LAYOUT._replace(parse=lambda b: b if periodic.match(b) else None)),
             safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(), where=_WHERE,
             trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock,
         )
@@ -265,13 +280,21 @@ class CheckpointHook(_CheckpointHook):
             if self._engine is not None:
                 self._engine.close()
             self._engine = Engine(
-                NamedFiles(directory, LAYOUT), background=self.background,
+                self._store(directory, LAYOUT), background=self.background,
                 safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(),
                 clock=self.clock, where=_WHERE, trust_hint="pass those types in the hook's `safe_globals`.",
             )
             self._engine_dir = directory
             self._engine.clean_up()
         return self._engine
+
+    def _store(self, directory: str, layout: Layout) -> Any:
+        """`directory`'s store; with a URL `out_dir`, mirrored to the same place under the URL."""
+        store = NamedFiles(directory, layout)
+        if self.url is None:
+            return store
+        remote = f"{self.url.rstrip('/')}/{os.path.relpath(directory, self._staging)}".replace("/./", "/")
+        return mirrored(store, remote.rstrip("/."), self.storage_options, _WHERE)
 
     def wait(self) -> None:
         """Waits for a background save in flight; raises its error if it failed."""

@@ -51,9 +51,9 @@ def mirrored(local: Any, url: Optional[str], storage_options: Optional[Dict[str,
         return local
     try:
         return Mirrored(local, url, storage_options)
-    except ImportError as e:
-        raise ValueError(f"{where}: {url!r} needs a package that is not installed, got {e}. "
-                         "pip install fsspec and the protocol's package (s3fs for s3://).") from e
+    except (ImportError, ValueError) as e:  # a protocol whose package is missing, or no such protocol
+        raise ValueError(f"{where}: {url!r} cannot be opened with fsspec, got {type(e).__name__}: {e}. Install the "
+                         "protocol's package (s3fs for s3://), or check the URL.") from e
 
 
 class Mirrored:
