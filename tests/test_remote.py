@@ -262,3 +262,30 @@ def test_mmengine_hook_with_a_bucket_url(tmp_path, bucket):
     assert [n for n in objects(fs, f"{url}/mm/work") if not n.startswith(".")] == ["epoch_3.pth", "epoch_4.pth"]
     with pytest.raises(ValueError, match="`storage_options` and `staging_dir` are for a URL `out_dir`"):
         CheckpointHook(interval=1, storage_options=options)
+
+
+def test_a_failed_upload_is_a_failed_save_and_keeps_the_earlier_checkpoints(tmp_path, bucket, caplog):
+    """The bucket goes away after the first checkpoint: the second save fails like a full disk
+    (a clear error, or a WARNING with on_save_error="warn"), and the first stays, here and there."""
+    import logging
+
+    from trainer_ckpt.engine import CheckpointSaveError
+
+    url, options, fs = bucket
+    run = f"{url}/run"
+    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options)
+    checkpointer.maybe_save_checkpoint(trainer_at(1, 0), 1, 0)
+    checkpointer._engine.store.root = "no-such-bucket-anywhere/run"  # uploads now go to a bucket that is not there
+    with pytest.raises(CheckpointSaveError, match=r"could not save checkpoint e2_b0 in .*, got OSError: uploading to s3://"):
+        checkpointer.maybe_save_checkpoint(trainer_at(2, 0), 2, 0)
+    assert sorted(p.name for p in (tmp_path / "here").iterdir() if p.suffix in (".th", ".json")) == [
+        "checkpoint_e1_b0.json", "model_state_e1_b0.th", "training_state_e1_b0.th"]
+    assert [n for n in objects(fs, run) if n.endswith(".json")] == ["checkpoint_e1_b0.json"]
+    checkpointer.close()
+    warned = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options,
+                                 on_save_error="warn")
+    warned._engine.store.root = "no-such-bucket-anywhere/run"
+    with caplog.at_level(logging.WARNING):
+        assert not warned.maybe_save_checkpoint(trainer_at(2, 0), 2, 0)
+    assert "uploading to s3://" in caplog.text
+    warned.close()

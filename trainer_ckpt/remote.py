@@ -87,11 +87,14 @@ class Mirrored:
             self._clean_up_remote()
         # A record of an earlier checkpoint of this key goes first: its objects are about to change.
         record_path = self.local.record_path(key)
-        self._rm(self._remote(record_path))
-        for path in self.local.files(key).values():
-            if os.path.exists(path):
-                self.fs.put_file(path, self._remote(path))
-        self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
+        try:
+            self._rm(self._remote(record_path))
+            for path in self.local.files(key).values():
+                if os.path.exists(path):
+                    self.fs.put_file(path, self._remote(path))
+            self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
+        except Exception as e:  # the engine's failed-save path: this checkpoint goes, earlier ones stay
+            raise OSError(f"uploading to {self.url} failed, got {type(e).__name__}: {e}") from e
 
     def remove(self, key: Any) -> None:
         for name in self.local.names(key):  # every rank's, the record first
