@@ -289,3 +289,33 @@ def test_a_failed_upload_is_a_failed_save_and_keeps_the_earlier_checkpoints(tmp_
         assert not warned.maybe_save_checkpoint(trainer_at(2, 0), 2, 0)
     assert "uploading to s3://" in caplog.text
     warned.close()
+
+
+def test_the_shell_commands_read_a_bucket(tmp_path, bucket):
+    """`python -m trainer_ckpt ls|verify|export s3://...` work on a bucket (through a temp copy);
+    prune and quarantine are refused there: a bucket has no lock to keep a live run out."""
+    from tests.test_cli import cli
+
+    url, options, fs = bucket
+    run = f"{url}/run"
+    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options)
+    for epoch in (1, 2):
+        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
+    checkpointer.close()
+    opts = ("--storage-options", json.dumps(options))
+    listed = cli("ls", run, *opts)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:3]] == ["e1_b0", "e2_b0"]
+    exported = cli("export", run, "--to", tmp_path / "w.th", *opts)
+    assert exported.returncode == 0, exported.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "w.th", weights_only=True), trainer_at(2, 0)._model_state, rtol=0, atol=0)
+    assert cli("verify", run, *opts).returncode == 0
+    fs.pipe(f"{run[5:]}/model_state_e2_b0.th", b"not what was uploaded")
+    bad = cli("verify", run, *opts)
+    assert bad.returncode == 1 and "BAD: model_state_e2_b0.th has 21 bytes, its record says" in bad.stdout, bad.stdout
+    refused = cli("prune", run, "--policy", "all", *opts)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"trainer_ckpt: cannot prune {run}: a bucket has no writer's lock to keep a live "
+                                      "run out. Run it on the run's local directory: what it deletes there goes from the bucket too.")
+    missing = cli("ls", f"{url}-nope/run", *opts)
+    assert missing.returncode == 2 and missing.stderr.startswith(f"trainer_ckpt: cannot read {url}-nope/run: ")

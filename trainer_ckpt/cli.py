@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trainer_ckpt import storage
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.remote import Mirrored, is_url, mirrored
 
 logger = logging.getLogger(__name__)
 _PAIR = re.compile(r"^(?P<prefix>.*?)model_state_e\d+_b\d+\.th$")
@@ -43,16 +44,41 @@ class CommandError(Exception):
     """A command that cannot run: its message is the one line printed."""
 
 
+_STORAGE_OPTIONS: Dict[str, Any] = {}  # --storage-options, for bucket URLs
+
+
 def stores(directory: str) -> List[Tuple[str, Any]]:
-    """(what it is, store) for each set of checkpoints in `directory`."""
+    """(what it is, store) for each set of checkpoints in `directory` (a bucket URL: read through a temp copy)."""
+    if is_url(directory):
+        return _remote_stores(directory)
     try:
         names = os.listdir(directory)
     except OSError as e:
         raise CommandError(f"cannot read {directory}: {e.strerror or e}. Give a run directory.") from e
+    return _stores(directory, names)
+
+
+def _stores(directory: str, names: List[str]) -> List[Tuple[str, Any]]:
     prefixes = sorted({m.group("prefix") for m in map(_PAIR.match, names) if m})
     if prefixes:
         return [(f"AllenNLP pairs{f' ({p!r})' if p else ''}", storage.Pairs(directory, p)) for p in prefixes]
     return [("one file per checkpoint", NamedFiles(directory, ONE_FILE))]
+
+
+def _remote_stores(url: str) -> List[Tuple[str, Any]]:
+    """A bucket's checkpoints, downloaded into a temp directory when first listed."""
+    import tempfile
+
+    copy = tempfile.mkdtemp(prefix="trainer_ckpt-")
+    try:
+        probe = mirrored(NamedFiles(copy, ONE_FILE), url, _STORAGE_OPTIONS, "trainer_ckpt")
+        names = [os.path.basename(p.rstrip("/")) for p in probe.fs.ls(probe.root, detail=False)]
+    except FileNotFoundError as e:
+        raise CommandError(f"cannot read {url}: no such bucket or prefix. Give a bucket URL with checkpoints.") from e
+    except Exception as e:
+        raise CommandError(f"cannot read {url}: {type(e).__name__}: {' '.join(str(e).split())}. Check the URL and "
+                           "--storage-options (endpoint, credentials).") from e
+    return [(kind, Mirrored(store, url, _STORAGE_OPTIONS)) for kind, store in _stores(copy, names)]
 
 
 def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str = "trainer_ckpt") -> List[Tuple[str, Engine]]:
@@ -61,6 +87,9 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
     writer's lock, which is refused while a run holds it.
     """
     engines: List[Tuple[str, Engine]] = []
+    if write is not None and is_url(directory):
+        raise CommandError(f"cannot {write[0]} {directory}: a bucket has no writer's lock to keep a live run out. "
+                           "Run it on the run's local directory: what it deletes there goes from the bucket too.")
     for kind, store in stores(directory):
         try:
             engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=_numpy_types())))
@@ -300,7 +329,7 @@ def _pick(directory: str, which: str) -> Tuple[Engine, storage.Entry]:
 
 def _resolve(target: str, which: str) -> Tuple[Engine, storage.Entry]:
     """A run directory (its `which` checkpoint) or one checkpoint's file."""
-    if os.path.isdir(target):
+    if os.path.isdir(target) or is_url(target):
         return _pick(target, which)
     directory, base = os.path.split(os.path.abspath(target))
     for _, engine in _engines(directory):
@@ -497,6 +526,7 @@ def _size(n: float) -> str:
 
 # ---- the command line --------------------------------------------------------------------------
 
+STORAGE_HELP = "for a bucket URL (s3://bucket/run): fsspec's options as JSON, e.g. endpoint and credentials"
 POLICY_HELP = 'a retention policy, JSON or jsonnet: \'{"type": "most_recent_by_count", "count": 2}\''
 
 
@@ -508,11 +538,13 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--policy", help=POLICY_HELP + " (default: the run's, from config.json)")
     p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
+    p.add_argument("--storage-options", help=STORAGE_HELP)
     p.set_defaults(command=lambda a: ls(a.directory, a.json, a.policy))
     p = subparsers.add_parser("verify", description="Check every checkpoint's size and CRC32 against its record "
                               "(a file without one: that it loads).", help="check checkpoints")
     p.add_argument("directory")
     p.add_argument("--quarantine", action="store_true", help="move bad checkpoints into corrupt/")
+    p.add_argument("--storage-options", help=STORAGE_HELP)
     p.set_defaults(command=lambda a: verify(a.directory, a.quarantine))
     p = subparsers.add_parser("prune", description=prune.__doc__.strip().split("\n\n")[0].replace("\n    ", " ")
                               + " Applies a retention policy to an existing directory.", help="apply a retention policy")
@@ -520,6 +552,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
+    p.add_argument("--storage-options", help=STORAGE_HELP)
     p.set_defaults(command=lambda a: prune(a.directory, a.policy, a.dry_run))
     p = subparsers.add_parser("export", description="Write one checkpoint's model weights alone to a file, "
                               "atomically, and print its SHA-256.", help="export model weights")
@@ -528,6 +561,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--to", required=True, help="the file to write")
     p.add_argument("--format", choices=("torch", "safetensors"), default="torch")
     p.add_argument("--key", help="dotted path to the weights inside the checkpoint, when they cannot be told")
+    p.add_argument("--storage-options", help=STORAGE_HELP)
     p.set_defaults(command=lambda a: export(a.directory, a.checkpoint, a.to, a.format, a.key))
     p = subparsers.add_parser("diff", description="Config keys, versions, world size and per-tensor max abs "
                               "difference between two checkpoints (each a run directory or a checkpoint's file).",
@@ -536,6 +570,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("b")
     p.add_argument("--checkpoint", default="latest", help="which checkpoint of a run directory (default: latest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--storage-options", help=STORAGE_HELP)
     p.set_defaults(command=lambda a: diff(a.a, a.b, a.checkpoint, a.json))
 
 
@@ -543,6 +578,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         for package in getattr(args, "include_package", None) or []:
             importlib.import_module(package)
+        if getattr(args, "storage_options", None):
+            try:
+                _STORAGE_OPTIONS.update(json.loads(args.storage_options))
+            except ValueError as e:
+                raise CommandError(f"--storage-options must be a JSON object, got {args.storage_options!r}. "
+                                   'Write e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'.') from e
         return args.command(args)
     except CommandError as e:
         print(f"trainer_ckpt: {e}", file=sys.stderr)
