@@ -88,6 +88,25 @@ def test_not_saving_touches_no_disk(tmp_path, monkeypatch):
     assert not any(checkpointer.maybe_save_checkpoint(trainer, 1, b) for b in range(1, 50))
 
 
+def test_the_first_call_that_does_not_save_allocates_the_buffers_of_the_first_save(tmp_path):
+    """Off the training thread: the first save then only copies into buffers that exist."""
+    checkpointer = DefaultCheckpointer(tmp_path, background=True, save_every_num_batches=3, save_completed_epochs=False)
+    assert not checkpointer.maybe_save_checkpoint(big_trainer(0, 1.0), 0, 1)
+    checkpointer.wait()
+    buffers = checkpointer._engine._snapshot._buffers
+    ahead = {path: buffer.data_ptr() for path, buffer in buffers.items()}
+    assert ("model_state", "weight") in ahead and ("training_state", "optimizer", "state", 0, "exp_avg") in ahead
+    assert not checkpointer.maybe_save_checkpoint(big_trainer(0, 2.0), 0, 2)  # once only
+    trainer = big_trainer(0, 3.0)
+    trainer._training_state["batches_in_epoch_completed"] = 3
+    assert checkpointer.maybe_save_checkpoint(trainer, 0, 3)
+    checkpointer.wait()
+    assert {path: buffers[path].data_ptr() for path in ahead} == ahead  # the first save filled those
+    model_state, _ = checkpointer.load_checkpoint()
+    assert torch.equal(model_state["weight"], trainer._model_state["weight"])
+    checkpointer.close()
+
+
 EXITS_RIGHT_AWAY = """
 import sys, torch
 from allennlp.training.trainer import TrainerCheckpoint

@@ -23,6 +23,26 @@ class Snapshotter:
         self._buffers: Dict[Tuple, torch.Tensor] = {}
         self._cuda = False
 
+    def prepare(self, state: Any, path: Tuple = ()) -> None:
+        """
+        Allocates (and touches: page faults, pinning) the buffers `take(state)` will fill, without
+        copying anything: only shapes and dtypes are read, so training may change the values
+        meanwhile. Run on the worker thread, it takes the allocation off the first save.
+        """
+        if isinstance(state, torch.Tensor):
+            if state.layout == torch.strided:
+                buffer = self._buffers.get(path)
+                if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
+                    buffer = torch.empty(state.shape, dtype=state.dtype, pin_memory=state.is_cuda)
+                    buffer.zero_()
+                    self._buffers[path] = buffer
+        elif isinstance(state, dict):
+            for key, value in state.items():
+                self.prepare(value, path + (key,))
+        elif type(state) in (list, tuple):
+            for i, value in enumerate(state):
+                self.prepare(value, path + (i,))
+
     def take(self, state: Any, path: Tuple = ()) -> Any:
         self._cuda = False
         copied = self._copy(state, path)

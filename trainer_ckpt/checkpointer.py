@@ -292,6 +292,7 @@ class DefaultCheckpointer(Checkpointer):
             trust_hint='list those types in the checkpointer\'s `safe_globals`, e.g. ["my_pkg.MyState"].',
             save_error_hint=', or set on_save_error: "warn" to train on',
         )
+        self._prepared = False  # the background snapshot's buffers
         self._listener = _MetricsListener()
         self._listener.on_training_end = self.wait
         self._resume = resume.ResumeTracker(restore=flag(_WHERE, "restore_rng", restore_rng))
@@ -339,8 +340,17 @@ class DefaultCheckpointer(Checkpointer):
         self._engine.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not distributed.should_save(self._save_policy, current, self._previous):
+            if self._engine.background and not self._prepared:
+                self._prepare(trainer)
             return False
         return self._save(trainer, current) is not None
+
+    def _prepare(self, trainer: Trainer) -> None:
+        """The first call that does not save: the snapshot buffers are allocated off the training thread."""
+        self._prepared = True
+        with _checkpoint_state(trainer) as state:
+            if state is not None:
+                self._engine.prepare({storage.MODEL: state[0], storage.TRAINING: state[1]})
 
     def _moment(self, trainer: Trainer, epochs: int, batches: int) -> CheckpointInfo:
         """Stamps the point the trainer reached, with what the trainer knows there."""

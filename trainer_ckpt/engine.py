@@ -159,6 +159,16 @@ class Engine:
             return None
         return self.store.files(key)
 
+    def prepare(self, states: Dict[str, Any]) -> None:
+        """
+        With background saves: allocates the snapshot buffers for `states` ({role: object}, as a
+        later `save` will get them) on the worker thread, so that the first save only copies.
+        They stay allocated for the saves that follow (the memory a background save needs anyway).
+        """
+        if self.background and not self.read_only:
+            self.wait()
+            self._writer.submit(lambda: self._snapshot.prepare(states))
+
     def _commit_or_warn(self, *args: Any) -> bool:
         try:
             self._commit(*args)
