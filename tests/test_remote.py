@@ -26,15 +26,20 @@ def objects(fs, url):
     return sorted(os.path.basename(p) for p in fs.ls(url[len("s3://"):], detail=False))
 
 
+def upload_epochs(directory, run, options, epochs, **kwargs):
+    """Checkpoints at the end of each of `epochs`, kept here and uploaded to `run`."""
+    checkpointer = DefaultCheckpointer(directory, upload_to=run, storage_options=options,
+                                       **{"keep_most_recent_by_count": None, **kwargs})
+    for epoch in epochs:
+        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
+    checkpointer.close()
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_checkpoints_go_to_the_bucket_retention_deletes_there_and_a_fresh_directory_resumes(tmp_path, bucket, background):
     url, options, fs = bucket
     run = f"{url}/run"
-    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=2, upload_to=run,
-                                       storage_options=options, background=background)
-    for epoch in (1, 2, 3):
-        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
-    checkpointer.close()
+    upload_epochs(tmp_path / "here", run, options, (1, 2, 3), keep_most_recent_by_count=2, background=background)
     assert objects(fs, run) == ["checkpoint_e2_b0.json", "checkpoint_e3_b0.json", "model_state_e2_b0.th",
                                 "model_state_e3_b0.th", "training_state_e2_b0.th", "training_state_e3_b0.th"]
     record = json.loads(fs.cat_file(f"{run[5:]}/checkpoint_e3_b0.json"))
@@ -50,10 +55,7 @@ def test_checkpoints_go_to_the_bucket_retention_deletes_there_and_a_fresh_direct
 def test_a_bad_newest_object_falls_back_to_the_previous_checkpoint(tmp_path, bucket):
     url, options, fs = bucket
     run = f"{url}/run"
-    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options)
-    for epoch in (1, 2):
-        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
-    checkpointer.close()
+    upload_epochs(tmp_path / "here", run, options, (1, 2))
     fs.pipe(f"{run[5:]}/model_state_e2_b0.th", b"garbage")  # the object changed after its record was written
     model_state, _ = DefaultCheckpointer(tmp_path / "elsewhere", upload_to=run, storage_options=options).load_checkpoint()
     torch.testing.assert_close(model_state, trainer_at(1, 0)._model_state, rtol=0, atol=0)
@@ -298,10 +300,7 @@ def test_the_shell_commands_read_a_bucket(tmp_path, bucket):
 
     url, options, fs = bucket
     run = f"{url}/run"
-    checkpointer = DefaultCheckpointer(tmp_path / "here", keep_most_recent_by_count=None, upload_to=run, storage_options=options)
-    for epoch in (1, 2):
-        checkpointer.maybe_save_checkpoint(trainer_at(epoch, 0), epoch, 0)
-    checkpointer.close()
+    upload_epochs(tmp_path / "here", run, options, (1, 2))
     opts = ("--storage-options", json.dumps(options))
     listed = cli("ls", run, *opts)
     assert listed.returncode == 0, listed.stderr

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 import fvcore.common.checkpoint as _fvcore
 
 from trainer_ckpt import distributed, storage
-from trainer_ckpt.remote import is_url, mirrored
-from trainer_ckpt.remote import staging_dir as remote_staging_dir
+from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
@@ -65,12 +64,7 @@ class Checkpointer(_fvcore.Checkpointer):
         for key, value in (("background", background), ("restore_rng", restore_rng)):
             if not isinstance(value, bool):
                 raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
-        self.url = save_dir if is_url(save_dir) else None
-        if self.url is None and (storage_options is not None or staging_dir is not None):
-            raise ValueError(f"{_WHERE}: `storage_options` and `staging_dir` are for a URL `save_dir`, got "
-                             f"save_dir={save_dir!r}. Give a URL (s3://bucket/run), or remove them.")
-        if self.url is not None:
-            save_dir = staging_dir or remote_staging_dir(self.url)  # written locally first, then uploaded
+        save_dir, self.url = local_place(_WHERE, "save_dir", save_dir, storage_options, staging_dir)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self._store = mirrored(NamedFiles(self.save_dir, LAYOUT), self.url, storage_options, _WHERE)
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)

@@ -15,8 +15,7 @@ from ignite.engine import Events
 from trainer_ckpt import distributed, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
-from trainer_ckpt.remote import is_url, mirrored
-from trainer_ckpt.remote import staging_dir as remote_staging_dir
+from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
@@ -88,12 +87,8 @@ class DiskSaver(_ignite.DiskSaver):
     ) -> None:
         if not isinstance(background, bool):
             raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `background` must be True or False, got {background!r}. Pass a bool.")
-        self.url, self.storage_options = (str(dirname), storage_options) if is_url(str(dirname)) else (None, None)
-        if self.url is None and (storage_options is not None or staging_dir is not None):
-            raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `storage_options` and `staging_dir` are for a URL `dirname`, got "
-                             f"dirname={dirname!r}. Give a URL (s3://bucket/run), or remove them.")
-        if self.url is not None:
-            dirname = staging_dir or remote_staging_dir(self.url)  # written locally first, then uploaded
+        dirname, self.url = local_place("trainer_ckpt.ignite.DiskSaver", "dirname", dirname, storage_options, staging_dir)
+        self.storage_options = storage_options
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
         self._store = mirrored(_Store(str(self.dirname)), self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
         self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
@@ -284,8 +279,8 @@ def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "", stor
     when there is none. Newer bad ones are skipped with a WARNING. Reads only. `dirname` may be
     a URL (a DiskSaver's): the local copy's path, downloaded when the staging directory is empty.
     """
-    url = str(dirname) if is_url(str(dirname)) else None
-    local = NamedFiles(staging_dir or remote_staging_dir(url) if url else str(dirname), _layout(filename_prefix))
+    directory, url = local_place("trainer_ckpt.ignite.latest_checkpoint", "dirname", dirname, storage_options, staging_dir)
+    local = NamedFiles(str(directory), _layout(filename_prefix))
     engine = Engine(mirrored(local, url, storage_options, "trainer_ckpt.ignite.latest_checkpoint"), read_only=True,
                     where="trainer_ckpt.ignite.latest_checkpoint")
     found = engine.newest_good(load=False)
@@ -314,7 +309,9 @@ def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[st
     record_path = os.path.join(directory, LAYOUT.record(name))
     expected = storage.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
     try:
-        with storage.allowing(list(safe_globals) + _numpy_rng_types()):
+        # numpy's types: DeterministicEngine's random state is numpy's; ignite's own `load_objects`
+        # refuses them under weights_only=True, so it cannot resume a DeterministicEngine from a file.
+        with storage.allowing(list(safe_globals) + storage.numpy_types()):
             obj = storage.load(path, expected.get(MAIN))
             rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
             rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
@@ -329,21 +326,6 @@ def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[st
             f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r})."
         ) from e
     return obj, rng
-
-
-def _numpy_rng_types() -> List[Any]:
-    """
-    What `DeterministicEngine.state_dict()["rng_states"]` needs besides tensors (numpy's random
-    state is an array): allowed, and nothing else. ignite's own `load_objects` refuses these
-    under `weights_only=True`, so it cannot resume a DeterministicEngine from a file.
-    """
-    import numpy
-
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return [_reconstruct, numpy.ndarray, numpy.dtype, type(numpy.dtype("uint32"))]
 
 
 def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any]) -> None:

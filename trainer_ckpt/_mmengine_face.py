@@ -8,7 +8,6 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import mmengine.runner.runner as _runner_module
-import numpy
 import torch
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
@@ -20,8 +19,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from trainer_ckpt import storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
-from trainer_ckpt.remote import is_url, mirrored
-from trainer_ckpt.remote import staging_dir as remote_staging_dir
+from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
@@ -54,14 +52,7 @@ def mmengine_safe_globals() -> List[Any]:
     message hub's `HistoryBuffer`s (and the statistics methods their state names), numpy arrays,
     scalars and dtypes (metrics, best scores). Everything else is still refused.
     """
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(numpy.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                             "uint8", "uint16", "uint32", "uint64", "bool")]
-    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), _reconstruct, scalar,
-            numpy.ndarray, numpy.dtype, *dtypes]
+    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), *storage.numpy_types()]
 
 
 def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
@@ -187,12 +178,7 @@ class CheckpointHook(_CheckpointHook):
         if retention_policy is not None and max_keep_ckpts > 0:
             raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
                              f"max_keep_ckpts={max_keep_ckpts!r} and {retention_policy!r}. Express the whole rule in the policy.")
-        url = str(out_dir) if is_url(str(out_dir)) else None
-        if url is None and (storage_options is not None or staging_dir is not None):
-            raise ValueError(f"{_WHERE}: `storage_options` and `staging_dir` are for a URL `out_dir`, got out_dir={out_dir!r}. "
-                             "Give a URL (s3://bucket/runs), or remove them.")
-        if url is not None:
-            out_dir = staging_dir or remote_staging_dir(url)  # written locally first, then uploaded
+        out_dir, url = local_place(_WHERE, "out_dir", out_dir, storage_options, staging_dir)
         super().__init__(interval, by_epoch, save_optimizer, save_param_scheduler, out_dir, max_keep_ckpts, save_last,
                          save_best, rule, greater_keys, less_keys, file_client_args, filename_tmpl, backend_args,
                          published_keys, save_begin, **kwargs)

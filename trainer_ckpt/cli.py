@@ -92,7 +92,7 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
                            "Run it on the run's local directory: what it deletes there goes from the bucket too.")
     for kind, store in stores(directory):
         try:
-            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=_numpy_types())))
+            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=storage.numpy_types())))
         except Exception as e:  # the lock: a live writer
             for _, engine in engines:
                 engine.close()
@@ -178,12 +178,15 @@ def run_policies(directory: str) -> Tuple[Dict[str, Any], str]:
     return policies, "config.json"
 
 
-def _judged(engine: Engine, policy: Any, only_ours: bool, now: float) -> Dict[Any, List[str]]:
-    """Key -> the rules that keep it, for the checkpoints `policy` may delete; the newest good one is always kept."""
+def _judged(engine: Engine, policy: Any, only_ours: bool, now: float, newest_good: bool = True) -> Dict[Any, List[str]]:
+    """
+    Key -> the rules that keep it, for the checkpoints `policy` may delete. With `newest_good`
+    (prune), the newest checkpoint that verifies is kept too: that reads it, which `ls` does not.
+    """
     select = (lambda e: bool(e.record) or isinstance(engine.store, storage.Pairs)) if only_ours else (lambda e: True)
     entries, reasons = engine.judge(policy, select, now)
     judged = {e.key: r for e, r in zip(entries, reasons)}
-    for entry in reversed(engine.entries()):  # the newest that verifies is kept, whatever the policy says
+    for entry in reversed(engine.entries() if newest_good else []):  # the newest that verifies is kept, whatever the policy says
         try:
             engine.verify(entry)
         except storage.BadCheckpoint:
@@ -207,7 +210,7 @@ def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None)
     for kind, engine in _engines(directory):
         prefix = getattr(engine.store, "prefix", "")
         policy = policies.get(None, policies.get(prefix))
-        judged = _judged(engine, policy, False, now) if policy is not None else {}
+        judged = _judged(engine, policy, False, now, newest_good=False) if policy is not None else {}
         rows += [_row(kind, e, judged.get(e.key) if policy is not None else None) for e in engine.entries()]
     if as_json:
         print(json.dumps(rows, indent=1, sort_keys=True))
@@ -289,18 +292,6 @@ def prune(directory: str, policy_text: str, dry_run: bool = False) -> int:
 
 
 # ---- export, diff ------------------------------------------------------------------------------
-
-def _numpy_types() -> List[Any]:
-    """Numpy's array and scalar reconstruction (ignite's DeterministicEngine, mmengine's meta): data, not code."""
-    import numpy
-
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = {type(numpy.dtype(t)) for t in ("float64", "float32", "int64", "int32", "uint32", "bool")}
-    return [_reconstruct, scalar, numpy.ndarray, numpy.dtype, *dtypes]
-
 
 def _pick(directory: str, which: str) -> Tuple[Engine, storage.Entry]:
     """The checkpoint `which` names in `directory`: a name (`e3_b0`, `model_6.pt`), `best` or `latest` (the newest good)."""

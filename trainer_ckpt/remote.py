@@ -45,6 +45,18 @@ def staging_dir(url: str) -> str:
     return os.path.join(tempfile.gettempdir(), "trainer_ckpt-staging", hashlib.sha1(url.encode()).hexdigest()[:16])
 
 
+def local_place(where: str, key: str, path: Any, storage_options: Any, staging: Optional[str]) -> "tuple[Any, Optional[str]]":
+    """
+    A face's directory argument `key` = `path`: (the local directory to write into, the URL or
+    None). A URL is written into `staging` (a face's `staging_dir`; default one per URL) first.
+    """
+    url = str(path) if is_url(str(path)) else None
+    if url is None and (storage_options is not None or staging is not None):
+        raise ValueError(f"{where}: `storage_options` and `staging_dir` are for a URL `{key}`, got {key}={path!r}. "
+                         "Give a URL (s3://bucket/run), or remove them.")
+    return (path, None) if url is None else (staging or staging_dir(url), url)
+
+
 def mirrored(local: Any, url: Optional[str], storage_options: Optional[Dict[str, Any]], where: str) -> Any:
     """`local`, or `local` mirrored to `url`, with a clear error when fsspec's protocol package is missing."""
     if url is None:

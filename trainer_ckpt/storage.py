@@ -251,6 +251,23 @@ class BadCheckpoint(Exception):
     """A checkpoint file that cannot be used: truncated, altered, missing, unreadable."""
 
 
+def numpy_types() -> List[Any]:
+    """
+    numpy's array, scalar and dtype reconstruction, for `allowing`: what checkpoints hold besides
+    tensors where numpy is involved (ignite's DeterministicEngine random state, mmengine's metrics).
+    Data, not code: every other global is still refused.
+    """
+    import numpy
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(numpy.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                             "uint8", "uint16", "uint32", "uint64", "bool")]
+    return [_reconstruct, scalar, numpy.ndarray, numpy.dtype, *dtypes]
+
+
 class UnsafeCheckpoint(Exception):
     """A state file holds types that `weights_only` loading refuses: it was not unpickled."""
 
