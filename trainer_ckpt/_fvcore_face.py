@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
-from trainer_ckpt import distributed, storage
+from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
@@ -75,9 +75,11 @@ class Checkpointer(_fvcore.Checkpointer):
     def engine(self) -> Engine:
         """The engine, made at first use: only then does a writer take the directory's lock."""
         if self._engine is None:
+            # Sharded state (FSDP2) is written by every rank; `save_to_disk` names the primary.
             self._engine = Engine(
                 self._store, background=self.background, safe_globals=self.safe_globals,
-                read_only=not self.save_to_disk, where=_WHERE,
+                read_only=not self.save_to_disk and distributed.world_size() == 1, primary=self.save_to_disk,
+                where=_WHERE,
             )
             self._engine.clean_up()
         return self._engine
@@ -86,16 +88,19 @@ class Checkpointer(_fvcore.Checkpointer):
         self._save(name, kwargs)
 
     def _save(self, name: str, kwargs: Dict[str, Any], retention=None) -> None:
-        if not self.save_dir or not self.save_to_disk:
+        if not self.save_dir:
             return
         data = {"model": self.model.state_dict()}
+        if not self.save_to_disk and not sharded.is_sharded(data):
+            return
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
         basename = "{}.pth".format(name)
         save_file = os.path.join(self.save_dir, basename)
         assert os.path.basename(save_file) == basename, basename
-        self.logger.info("Saving checkpoint to {}".format(save_file))
+        if self.save_to_disk:
+            self.logger.info("Saving checkpoint to {}".format(save_file))
         done = kwargs.get("iteration")
         done = done + 1 if isinstance(done, int) and not isinstance(done, bool) else None
         info = CheckpointInfo(0, done or 0, time=self.engine.clock(), total_batches_completed=done)
@@ -139,7 +144,7 @@ class Checkpointer(_fvcore.Checkpointer):
         if not (resume and self.save_dir and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
         wanted = os.path.basename(self.get_checkpoint_file())
-        found = self.engine.newest_good(prefer=LAYOUT.parse(wanted))
+        found = self.engine.newest_good(prefer=LAYOUT.parse(wanted), templates=self._templates())
         if found is None:
             logger.warning("%s names %s, which is missing, and no other checkpoint is in %s", POINTER, wanted, self.save_dir)
             return self.load(path, checkpointables=[])
@@ -158,6 +163,28 @@ class Checkpointer(_fvcore.Checkpointer):
             restore_rng(states[RNG])
         return extra
 
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """As fvcore's; a checkpoint of sharded state is a directory (DCP's), each rank loading its shards."""
+        if not (path and os.path.isdir(path)):
+            return super().load(path, checkpointables)
+        self.logger.info("[Checkpointer] Loading from {} ...".format(path))
+        checkpoint = self._load_file(path)
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                self.logger.info("Loading {} from {} ...".format(key, path))
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+    def _templates(self) -> Optional[Dict[str, Any]]:
+        """For sharded state in a distributed run: the live state dicts that every rank loads its shards into."""
+        model = self.model.state_dict()
+        if distributed.world_size() == 1 or not sharded.is_sharded(model):
+            return None
+        return {MAIN: {"model": model, **{key: sharded.template(obj) for key, obj in self.checkpointables.items()}}}
+
     def _load_file(self, f: str) -> Dict[str, Any]:
         """Loads with `weights_only=True`; a checkpoint of ours is verified against its record first."""
         if self._preloaded is not None and self._preloaded[0] == f:
@@ -166,7 +193,8 @@ class Checkpointer(_fvcore.Checkpointer):
         if self.save_dir and name is not None and os.path.samefile(os.path.dirname(f) or ".", self.save_dir):
             entry = next((e for e in self.engine.entries() if e.name == name), None)
             if entry is not None:
-                return self.engine.load(entry, [MAIN])[MAIN]
+                templates = self._templates()
+                return self.engine.load(entry, [MAIN], templates, collective=bool(templates))[MAIN]
         try:
             with storage.allowing(self.safe_globals):
                 return storage.load(f)

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
-from trainer_ckpt import distributed, storage
+from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
 from trainer_ckpt.remote import local_place, mirrored
@@ -113,8 +113,8 @@ class DiskSaver(_ignite.DiskSaver):
         return self._engine
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
-        if idist.get_rank() != self.save_on_rank:
-            return
+        if idist.get_rank() != self.save_on_rank and not sharded.is_sharded(checkpoint):
+            return  # sharded state (FSDP2): every rank writes its shards
         engine = self.engine
         info = self._moment or CheckpointInfo(0, 0, time=engine.clock())
         record = dict(self._extra)
@@ -265,7 +265,7 @@ class Checkpoint(_ignite.Checkpoint):
         engines = [obj for obj in to_load.values() if isinstance(obj, IgniteEngine)]
         rng = None
         if isinstance(checkpoint, (str, Path)):
-            checkpoint, rng = _load(str(checkpoint), safe_globals)
+            checkpoint, rng = _load(str(checkpoint), safe_globals, to_load)
         _ignite.Checkpoint.load_objects(to_load, checkpoint, **kwargs)
         if restore and rng is not None and engines:
             _restore_on_resume(engines[0], rng)
@@ -303,7 +303,7 @@ def _moment(engine: IgniteEngine, clock: Optional[Callable[[], float]]) -> Check
                           total_batches_completed=state.iteration, training_ends=ends)
 
 
-def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[str, Any]]]:
+def _load(path: str, safe_globals: Sequence[Any], to_load: Mapping) -> Tuple[Any, Optional[Dict[str, Any]]]:
     """A checkpoint file (verified when it has a record) and its random state, if saved."""
     directory, name = os.path.split(path)
     record_path = os.path.join(directory, LAYOUT.record(name))
@@ -312,7 +312,11 @@ def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[st
         # numpy's types: DeterministicEngine's random state is numpy's; ignite's own `load_objects`
         # refuses them under weights_only=True, so it cannot resume a DeterministicEngine from a file.
         with storage.allowing(list(safe_globals) + storage.numpy_types()):
-            obj = storage.load(path, expected.get(MAIN))
+            if "parts" in expected.get(MAIN, {}):  # sharded state (DCP's directory): every rank loads its shards
+                storage.verify(path, expected[MAIN])
+                obj = sharded.load(path, *_templates(to_load))
+            else:
+                obj = storage.load(path, expected.get(MAIN))
             rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
             rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
     except storage.UnsafeCheckpoint as e:
@@ -326,6 +330,17 @@ def _load(path: str, safe_globals: Sequence[Any]) -> Tuple[Any, Optional[Dict[st
             f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r})."
         ) from e
     return obj, rng
+
+
+def _templates(to_load: Mapping) -> Tuple[Optional[Dict[str, Any]], bool]:
+    """The live state dicts the shards load into (ignite saves a lone object's at the top), and whether they are sharded."""
+    objects = {k: getattr(obj, "module", obj) if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+               for k, obj in to_load.items()}
+    found = {k: sharded.template(obj) for k, obj in objects.items() if hasattr(obj, "state_dict")}
+    if len(found) == 1:
+        found = {**found, **next(iter(found.values()))}
+    together = distributed.world_size() > 1 and sharded.is_sharded(found)
+    return found, together
 
 
 def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any]) -> None:

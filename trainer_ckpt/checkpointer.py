@@ -21,7 +21,7 @@ from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt import distributed, resume, storage
+from trainer_ckpt import distributed, resume, sharded, storage
 from trainer_ckpt._validate import WHERE as _WHERE
 from trainer_ckpt._validate import flag
 from trainer_ckpt.checkpoint_info import CheckpointInfo
@@ -416,6 +416,7 @@ class DefaultCheckpointer(Checkpointer):
                     self._previous.append(current)
                 return {}
             model_state, training_state = state
+            self._use_dcp(model_state)
             resume_state["config"] = self._run_config()
             training_state = {**training_state, resume.KEY: resume_state}
             if current is None:
@@ -491,8 +492,14 @@ class DefaultCheckpointer(Checkpointer):
         trainer = resume.find_trainer(self)
         if trainer is not None:
             self._resume.attach(trainer)  # also on fresh runs: it records each epoch's start
+        model = getattr(trainer, "model", None)
+        templates = None
+        if isinstance(model, torch.nn.Module) and self._use_dcp(model.state_dict()):
+            optimizer = getattr(trainer, "optimizer", None)
+            templates = {storage.MODEL: model.state_dict(),
+                         storage.TRAINING: {} if optimizer is None else {"optimizer": sharded.template(optimizer)}}
         try:
-            found = self._engine.newest_good(load=True)
+            found = self._engine.newest_good(load=True, templates=templates)
         except UnsafeCheckpointError as e:
             raise ConfigurationError(str(e)) from e
         if found is None:
@@ -511,6 +518,16 @@ class DefaultCheckpointer(Checkpointer):
         self._previous = [CheckpointInfo(*entry.key, time=self._clock())]
         self._run_start = entry.record.get("run_start", self._run_start)
         return TrainerCheckpoint(model_state, training_state)
+
+    def _use_dcp(self, model_state: Dict[str, Any]) -> bool:
+        """
+        Whether the model's state is sharded into DTensors (FSDP2): then every rank writes its
+        shards into one checkpoint through DCP, instead of AllenNLP's `_w{rank}` files.
+        """
+        if distributed.world_size() == 1 or not sharded.is_sharded(model_state):
+            return False
+        self._store.sharded = False  # one set of names, written by every rank together
+        return True
 
     def _compare_run(self, entry: storage.Entry, saved: Dict[str, Any]) -> None:
         """Says what differs between the run that wrote the checkpoint and this one."""

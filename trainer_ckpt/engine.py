@@ -150,9 +150,11 @@ class Engine:
         primary). In the background, the objects are copied now and written on the worker thread.
         Returns the state files' paths, or None when the save failed and `on_save_error` is "warn".
         """
+        if not (self.primary or self.store.sharded or self._sharded(states)):
+            return {}  # unsharded state: the primary writes it
         self.require_writable()
         self.wait()  # at most one save in flight; the snapshot buffers are free again
-        if self.background:
+        if self.background and not self._sharded(states):  # sharded state: every rank writes now
             states = self._snapshot.take(states)  # a consistent copy now: training may go on
             self._writer.submit(lambda: self._commit_or_warn(key, states, info, record, after_commit, retention))
         elif not self._commit_or_warn(key, states, info, record, after_commit, retention):
@@ -179,42 +181,86 @@ class Engine:
             return False
         return True
 
+    @staticmethod
+    def _sharded(states: Dict[str, Any]) -> List[str]:
+        """The roles whose state holds DTensors: every rank writes them with DCP, at once."""
+        from trainer_ckpt import sharded
+
+        return [role for role, state in states.items() if sharded.is_sharded(state)]
+
     def _commit(self, key, states, info, record, after_commit, retention) -> None:
         paths = self.store.files(key)
+        collective = [role for role in self._sharded(states) if role in paths]
+        temps, files = [], {}
         try:
-            self._check_free_space(key)
-            os.makedirs(self.directory, exist_ok=True)
-            temps, files = [], {}
-            try:
-                for role, path in paths.items():
-                    if role in states:
-                        tmp, files[role] = storage._save_temp(states[role], path, info.time, **self.save_kwargs)
-                        temps.append((tmp, path))
-            except BaseException:
-                for tmp, _ in temps:
-                    storage.remove_file(tmp)
-                raise
-            # A record of an earlier checkpoint of this key goes first: its files are about to change.
-            storage.remove_file(self.store.record_path(key))
-            storage.commit(temps)  # in order: the last role's file is renamed last
-            full = storage.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
-            full.update(versions=dict(_versions()), world_size=_world_size(self.store))
-            full.update(record or {}, files=files)
-            if info.run_start is not None:
-                full["run_start"] = info.run_start
-            self.store.write_record(key, full)
+            if collective:  # every rank; a failure on any rank raises on every rank
+                from trainer_ckpt import sharded
+
+                os.makedirs(self.directory, exist_ok=True)
+                for role in collective:
+                    tmp, files[role] = sharded.save_temp(states[role], paths[role])
+                    temps.append((tmp, paths[role]))
         except OSError as e:
-            self._save_failed(key, e)
+            self._discard(temps)
+            self._save_failed(key, e)  # on every rank: each raises
+        failure: Optional[OSError] = None
+        writes = self.primary or self.store.sharded  # AllenNLP's per-rank files: each rank its own
+        if writes:
+            try:
+                self._write_and_commit(key, states, info, record, paths, temps, files, collective)
+            except OSError as e:
+                failure = e
+        if collective and distributed.world_size() > 1:
+            # The primary's commit is the checkpoint's: every rank returns its outcome.
+            outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+            distributed.dist.broadcast_object_list(outcome, src=0)
+            if outcome[0] is not None and failure is None:
+                raise CheckpointSaveError(
+                    f"{self.where}: could not save checkpoint {self.store.label(key)} in {self.directory}: "
+                    f"the primary rank failed to commit it, got {outcome[0]}. Earlier checkpoints are untouched."
+                )
+        if failure is not None:
+            self._save_failed(key, failure)
+        if not writes:
+            return
         self._last_size = sum(f["size"] for f in files.values())
         self._verified.add((key, self._last_size, info.time))
         if self._index is not None:
-            self._index[key] = Entry(key, self.store.label(key), {r: paths[r] for r in files}, full,
-                                     storage.entry_info(info.progress, info.time, self._last_size, full))
+            self._index[key] = Entry(key, self.store.label(key), {r: paths[r] for r in files}, self._last_record,
+                                     storage.entry_info(info.progress, info.time, self._last_size, self._last_record))
         logger.debug("Saved checkpoint %s in %s", self.store.label(key), self.directory)
         if after_commit is not None:
             after_commit(key)
         if retention is not None and self.may_write:
             self.retain(*retention)
+
+    @staticmethod
+    def _discard(temps: List[Tuple[str, str]]) -> None:
+        for tmp, _ in temps:
+            storage.remove_file(tmp)
+
+    def _write_and_commit(self, key, states, info, record, paths, temps, files, collective) -> None:
+        """Writes the other roles, renames every temp file into place, writes the record last."""
+        try:
+            self._check_free_space(key)
+            os.makedirs(self.directory, exist_ok=True)
+            for role, path in paths.items():
+                if role in states and role not in collective:
+                    tmp, files[role] = storage._save_temp(states[role], path, info.time, **self.save_kwargs)
+                    temps.append((tmp, path))
+        except BaseException:
+            self._discard(temps)
+            raise
+        # A record of an earlier checkpoint of this key goes first: its files are about to change.
+        storage.remove_file(self.store.record_path(key))
+        storage.commit(temps)  # in order: the last role's file is renamed last
+        full = storage.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
+        full.update(versions=dict(_versions()), world_size=_world_size(self.store))
+        full.update(record or {}, files=files)
+        if info.run_start is not None:
+            full["run_start"] = info.run_start
+        self.store.write_record(key, full)
+        self._last_record = full
 
     def _check_free_space(self, key: Any) -> None:
         if self._last_size is None:  # the first save of this process: estimate from the newest on disk
@@ -233,8 +279,8 @@ class Engine:
 
     def _save_failed(self, key: Any, error: OSError) -> None:
         # The temp files were removed where the error struck; a state file already renamed into
-        # place belongs to this incomplete checkpoint only.
-        for path in [*self.store.files(key).values(), self.store.record_path(key)]:
+        # place belongs to this incomplete checkpoint only. Only a writer of files removes them.
+        for path in [*self.store.files(key).values(), self.store.record_path(key)] if self.primary or self.store.sharded else []:
             try:
                 storage.remove_file(path)
             except OSError:
@@ -339,15 +385,30 @@ class Engine:
 
     # ---- loading -------------------------------------------------------------------------
 
-    def load(self, entry: Entry, roles: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-        """Verifies `entry`'s files against its record, then loads them ({role: object})."""
+    def load(
+        self, entry: Entry, roles: Optional[Sequence[str]] = None, templates: Optional[Dict[str, Any]] = None,
+        collective: bool = False,
+    ) -> Dict[str, Any]:
+        """
+        Verifies `entry`'s files against its record, then loads them ({role: object}). A role of
+        sharded state loads into `templates[role]` (the live state dicts; see `sharded.load`);
+        `collective`: every rank loads at once, the primary having verified the checkpoint.
+        """
+        from trainer_ckpt import sharded
+
         loaded = {}
         expected = entry.record.get("files", {})
         try:
             with storage.allowing(self.safe_globals):
                 for role, path in entry.paths.items():
-                    if roles is None or role in roles:
+                    if roles is not None and role not in roles:
+                        continue
+                    if "parts" not in expected.get(role, {}):
                         loaded[role] = storage.load(path, expected.get(role))
+                        continue
+                    if (entry.key, entry.info.size_bytes, entry.info.time) not in self._verified:
+                        storage.verify(path, expected[role])  # on every rank alike: each reaches the same verdict
+                    loaded[role] = sharded.load(path, (templates or {}).get(role), collective)
         except storage.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{self.where}: checkpoint {entry.name} in {self.directory} holds types that are not "
@@ -376,14 +437,18 @@ class Engine:
         return newest if (newest.key, newest.info.size_bytes, newest.info.time) in self._verified else None
 
     def newest_good(
-        self, load: bool = True, prefer: Any = None, roles: Optional[Sequence[str]] = None
+        self, load: bool = True, prefer: Any = None, roles: Optional[Sequence[str]] = None,
+        templates: Optional[Dict[str, Any]] = None,
     ) -> Optional[Tuple[Entry, Optional[Dict[str, Any]]]]:
         """
         The newest checkpoint that verifies (and, with `load`, loads: its states come with it),
         `prefer` (a key) tried first; bad ones are moved into corrupt/ with a WARNING. Cleans up
-        first. None when there is no checkpoint at all.
+        first. None when there is no checkpoint at all. `templates` ({role: state dict}) receive
+        sharded state; when they hold DTensors in a distributed run, every rank must call this.
         """
         self.wait()
+        if templates and distributed.world_size() > 1 and self._sharded(templates):
+            return self._newest_good_together(load, prefer, roles, templates)
         listing = self.store.list()
         self.clean_up(listing)
         entries = sorted(listing.complete, key=lambda e: e.key == prefer)  # stable: `prefer` last
@@ -391,7 +456,7 @@ class Engine:
         for entry in reversed(entries):
             try:
                 if load:
-                    return entry, self.load(entry, roles)
+                    return entry, self.load(entry, roles, templates)
                 self.verify(entry)
                 return entry, None
             except storage.BadCheckpoint as e:
@@ -409,3 +474,30 @@ class Engine:
                 "start a new run, or restore a good copy of one of them."
             )
         return None
+
+    def _newest_good_together(self, load, prefer, roles, templates) -> Optional[Tuple[Entry, Optional[Dict[str, Any]]]]:
+        """Sharded state: the primary verifies and chooses (falling back), every rank loads its shards of that choice."""
+        choice: List[Any] = [None]
+        if self.primary:
+            try:
+                found = self.newest_good(load=False, prefer=prefer)
+                choice[0] = ("found", found[0].key) if found else ("none", None)
+            except UnusableCheckpoint as e:
+                choice[0] = ("unusable", str(e))
+        distributed.dist.broadcast_object_list(choice, src=0)
+        outcome, value = choice[0]
+        if outcome == "unusable":
+            raise UnusableCheckpoint(value)
+        if outcome == "none":
+            return None
+        entry = next(e for e in self.store.list().complete if e.key == value)
+        self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))  # by the primary
+        if not load:
+            return entry, None
+        try:
+            return entry, self.load(entry, roles, templates, collective=True)
+        except storage.BadCheckpoint as e:  # verified by the primary: the model does not fit it
+            raise RuntimeError(
+                f"{self.where}: checkpoint {entry.name} in {self.directory} verified, but did not load into "
+                f"this model's sharded state, got: {e}. Load it into the model it was saved from."
+            ) from e

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -135,6 +136,8 @@ def commit(renames: List[Tuple[str, str]]) -> None:
             finally:
                 os.close(fd)
         for tmp, path in renames:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)  # sharded state saved again under the same name: its record is gone
             os.replace(tmp, path)
             _IN_FLIGHT.discard(os.path.abspath(tmp))
     except BaseException:
@@ -299,6 +302,10 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
 
 def verify(path: str, expected: Dict[str, Any]) -> None:
     """Checks a file's size, then its CRC32, against its record; raises BadCheckpoint."""
+    if "parts" in expected:  # a directory of sharded state
+        from trainer_ckpt import sharded
+
+        return sharded.verify(path, expected)
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -346,11 +353,14 @@ def move_into_corrupt(directory: str, names: Iterable[str]) -> List[str]:
 
 
 def remove_file(path: str) -> None:
+    """Removes a file, or a directory of sharded state."""
     _IN_FLIGHT.discard(os.path.abspath(path))
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class CheckpointDir:

@@ -1,0 +1,205 @@
+"""
+One rank of a 2-process gloo group on the CPU with a real FSDP2 (`fully_shard`) model and Adam:
+`python tests/fsdp_rank.py SCENARIO RANK DIR STORE`. Run by tests/test_sharded.py.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+scenario, rank, directory, store = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+
+
+def build(width=16):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(width, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    for layer in (model[0], model[2]):
+        fully_shard(layer)
+    fully_shard(model)
+    return model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def step(model, optimizer, i, width=16):
+    data = torch.Generator().manual_seed(100 * i + rank)  # each rank its own batch
+    model(torch.randn(8, width, generator=data)).pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def full(model):
+    return {k: v.full_tensor() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def fvcore():
+    from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
+
+    reference, optimizer = build()
+    states = {}
+    for i in range(6):
+        step(reference, optimizer, i)
+        states[i] = full(reference)
+    if rank == 0:
+        torch.save(states, os.path.join(directory, "reference.pt"))
+
+    # Interrupted after iteration 3: saves at 1 and 3 (every rank calls save: the state is sharded).
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    periodic = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=2)
+    for i in range(4):
+        step(model, optimizer, i)
+        periodic.step(i)
+    del model, optimizer, checkpointer
+
+    # Resumed: a new model, optimizer and checkpointer load their shards, and train on bit-identically.
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    start = checkpointer.resume_or_load("", resume=True)["iteration"] + 1
+    assert start == 4, start
+    same(full(model), states[3])
+    periodic = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=2)
+    for i in range(start, 6):
+        step(model, optimizer, i)
+        periodic.step(i)
+    same(full(model), states[5])
+    dist.barrier()
+    if rank == 0:
+        names = sorted(os.listdir(directory))
+        assert [n for n in names if n.endswith(".pth")] == ["model_0000003.pth", "model_0000005.pth"], names
+        assert sorted(os.listdir(os.path.join(directory, "model_0000005.pth"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        # A shard changes on disk (bit rot, a torn copy): resuming falls back to model_0000003.
+        shard = os.path.join(directory, "model_0000005.pth", "__1_0.distcp")
+        with open(shard, "r+b") as f:
+            f.seek(200)
+            byte = f.read(1)
+            f.seek(200)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    dist.barrier()
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 3
+    same(full(model), states[3])
+    step(model, optimizer, 4)
+    same(full(model), states[4])
+    print(f"rank {rank}: fvcore ok", flush=True)
+
+
+def loop():
+    """Saves back to back until killed: every parameter holds the iteration it was saved at."""
+    from trainer_ckpt.fvcore import Checkpointer
+
+    model, optimizer = build(width=4096)  # 4096 x 32 floats, sharded: about 0.5 MiB per rank
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    i = 0
+    while True:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(i))
+        checkpointer.save(f"model_{i:07d}", iteration=i)
+        i += 1
+
+
+def ignite():
+    from ignite.engine import Engine, Events
+
+    from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
+
+    def trainer_of(model, optimizer):
+        return Engine(lambda engine, batch: step(model, optimizer, engine.state.iteration))
+
+    reference, optimizer = build()
+    trainer_of(reference, optimizer).run(range(6), max_epochs=1)
+    expected = full(reference)
+
+    # Every rank calls the handler (ignite's rule); with sharded state every rank writes its shard.
+    model, optimizer = build()
+    trainer = trainer_of(model, optimizer)
+    checkpoint = Checkpoint({"model": model, "optimizer": optimizer, "trainer": trainer},
+                            DiskSaver(directory, require_empty=False), n_saved=2)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=1), checkpoint)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda e: e.terminate())
+    trainer.run(range(6), max_epochs=1)
+    dist.barrier()
+    path = latest_checkpoint(directory)
+    assert os.path.basename(path) == "checkpoint_4.pt", path
+    if rank == 0:
+        assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == ["checkpoint_3.pt", "checkpoint_4.pt"]
+        assert os.path.isdir(path)
+
+    model, optimizer = build()
+    trainer = trainer_of(model, optimizer)
+    Checkpoint.load_objects({"model": model, "optimizer": optimizer, "trainer": trainer}, path)
+    assert trainer.state.iteration == 4, trainer.state.iteration
+    trainer.run(range(6), max_epochs=1)
+    same(full(model), expected)
+    print(f"rank {rank}: ignite ok", flush=True)
+
+
+def allennlp():
+    from allennlp.training.trainer import TrainerCheckpoint
+
+    from trainer_ckpt import DefaultCheckpointer
+
+    class Trainer:
+        """What the checkpointer reads of AllenNLP's trainer: its state, model and optimizer."""
+
+        def __init__(self, model, optimizer):
+            self.model, self.optimizer, self.e, self.b = model, optimizer, 0, 0
+
+        def restore(self):  # as AllenNLP's trainer restores: from its own method
+            return self._checkpointer.load_checkpoint()
+
+        def get_checkpoint_state(self):
+            return TrainerCheckpoint(self.model.state_dict(), {
+                "optimizer": self.optimizer.state_dict(), "epochs_completed": self.e, "batches_in_epoch_completed": self.b,
+            })
+
+    reference, optimizer = build()
+    states = {}
+    for i in range(4):
+        step(reference, optimizer, i)
+        states[i] = full(reference)
+    model, optimizer = build()
+    trainer = Trainer(model, optimizer)
+    checkpointer = DefaultCheckpointer(directory, save_every_num_batches=2, keep_most_recent_by_count=None)
+    checkpointer.state_is_sharded = True  # what AllenNLP's trainer sets for a sharded model
+    trainer._checkpointer = checkpointer
+    for i in range(3):
+        step(model, optimizer, i)
+        trainer.b = i + 1
+        checkpointer.maybe_save_checkpoint(trainer, 0, i + 1)
+    checkpointer.close()
+    dist.barrier()
+    if rank == 0:
+        names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+        assert names == ["checkpoint_e0_b2.json", "model_state_e0_b2.th", "training_state_e0_b2.th"], names
+        assert os.path.isdir(os.path.join(directory, "model_state_e0_b2.th"))
+    model, optimizer = build()
+    trainer = Trainer(model, optimizer)
+    checkpointer = DefaultCheckpointer(directory)
+    checkpointer.state_is_sharded = True
+    trainer._checkpointer = checkpointer
+    model_state, training_state = trainer.restore()
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(training_state["optimizer"])
+    assert training_state["batches_in_epoch_completed"] == 2
+    same(full(model), states[1])
+    step(model, optimizer, 2)
+    step(model, optimizer, 3)
+    same(full(model), states[3])
+    print(f"rank {rank}: allennlp ok", flush=True)
+
+
+globals()[scenario]()
+dist.barrier()
+dist.destroy_process_group()
