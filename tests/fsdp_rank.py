@@ -200,6 +200,51 @@ def allennlp():
     print(f"rank {rank}: allennlp ok", flush=True)
 
 
+def mmengine():
+    import uuid
+
+    from mmengine.runner import Runner
+
+    from scripts.mmengine_run import ToyData, _classes
+    from trainer_ckpt.mmengine import CheckpointHook
+
+    ToyModel, _ = _classes()
+    # mmengine's Runner broadcasts every parameter after `init_weights`, which DTensors do not
+    # support (mmengine runs FSDP through its FlexibleRunner): here the model comes initialized.
+    Runner._init_model_weights = lambda self: None
+
+    def runner(work_dir, max_epochs, resume=False):
+        torch.manual_seed(0)
+        model = ToyModel()
+        for layer in (model.net[0], model.net[3]):
+            fully_shard(layer)
+        fully_shard(model.net)
+        loader = dict(dataset=ToyData(), sampler=dict(type="DefaultSampler", shuffle=True), batch_size=8, num_workers=0)
+        return Runner(
+            model=model, work_dir=work_dir, train_dataloader=loader,
+            optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
+            param_scheduler=dict(type="MultiStepLR", milestones=[2], end=3),  # the same schedule in every run
+            train_cfg=dict(by_epoch=True, max_epochs=max_epochs), default_hooks=dict(checkpoint=dict(type=CheckpointHook, interval=1)),
+            randomness=dict(seed=0), resume=resume, default_scope=None, log_level="WARNING",
+            experiment_name=f"fsdp-{uuid.uuid4().hex[:12]}",
+        )
+
+    reference = runner(os.path.join(directory, "reference"), 3)
+    reference.train()
+    expected = {k: v.full_tensor() for k, v in reference.model.net.state_dict().items()}
+    runner(os.path.join(directory, "run"), 2).train()
+    dist.barrier()
+    if rank == 0:
+        names = sorted(n for n in os.listdir(os.path.join(directory, "run")) if n.endswith(".pth"))
+        assert names == ["epoch_1.pth", "epoch_2.pth"], names
+        assert os.path.isdir(os.path.join(directory, "run", "epoch_2.pth"))
+    resumed = runner(os.path.join(directory, "run"), 3, resume=True)
+    resumed.train()
+    assert resumed.iter == reference.iter == 12, (resumed.iter, reference.iter)
+    same({k: v.full_tensor() for k, v in resumed.model.net.state_dict().items()}, expected)
+    print(f"rank {rank}: mmengine ok", flush=True)
+
+
 globals()[scenario]()
 dist.barrier()
 dist.destroy_process_group()

@@ -16,7 +16,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from trainer_ckpt import storage
+from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
 from trainer_ckpt.remote import local_place, mirrored
@@ -215,14 +215,14 @@ class CheckpointHook(_CheckpointHook):
             rng_path = os.path.join(os.path.dirname(path), LAYOUT.files(os.path.basename(path))[RNG])
             self._rng = storage.load(rng_path) if os.path.exists(rng_path) else None
         else:
-            found = self._newest_good(runner.work_dir)
+            found = self._newest_good(runner.work_dir, _templates(runner))
             if found is None:
                 return
             path, checkpoint = found
         _Loaded.path, _Loaded.checkpoint, _Loaded.safe_globals = path, checkpoint, self.safe_globals
         runner._load_from = SCHEME + path
 
-    def _newest_good(self, work_dir: str) -> Optional[tuple]:
+    def _newest_good(self, work_dir: str, templates: Optional[Dict[str, Any]] = None) -> Optional[tuple]:
         pointer = os.path.join(work_dir, POINTER)
         wanted = None
         if os.path.exists(pointer):
@@ -238,7 +238,7 @@ class CheckpointHook(_CheckpointHook):
             trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock,
         )
         try:
-            found = engine.newest_good(prefer=os.path.basename(wanted) if wanted else None)
+            found = engine.newest_good(prefer=os.path.basename(wanted) if wanted else None, templates=templates)
         finally:
             engine.close()
         if found is None:
@@ -324,10 +324,16 @@ class CheckpointHook(_CheckpointHook):
 
         self.file_backend = _DeferRemoval(backend, pending)
         _runner_module.save_checkpoint = save
+        # `Runner.save_checkpoint` runs on the main process only; sharded state needs every rank.
+        every_rank = not is_main_process() and _templates(runner) is not None
+        if every_rank:
+            runner.save_checkpoint = type(runner).save_checkpoint.__wrapped__.__get__(runner)
         try:
             yield
         finally:
             self.file_backend, _runner_module.save_checkpoint = backend, original
+            if every_rank:
+                del runner.save_checkpoint
 
     def _save_checkpoint_with_step(self, runner: Any, step: int, meta: Dict[str, Any]) -> None:
         pending: List[str] = []
@@ -355,6 +361,16 @@ class CheckpointHook(_CheckpointHook):
         final_path = os.path.splitext(ckpt_path)[0] + f"-{sha[:8]}.pth"
         storage.atomic_save(checkpoint, final_path)
         print_log(f"The checkpoint ({ckpt_path}) is published to {final_path}.", logger="current")
+
+
+def _templates(runner: Any) -> Optional[Dict[str, Any]]:
+    """For sharded state (FSDP2) in a distributed run: the live state dicts every rank loads its shards into."""
+    model = getattr(runner.model, "module", runner.model)
+    state = model.state_dict()
+    if distributed.world_size() == 1 or not sharded.is_sharded(state):
+        return None
+    optimizer = getattr(getattr(runner, "optim_wrapper", None), "optimizer", None)
+    return {MAIN: {"state_dict": state, **({} if optimizer is None else {"optimizer": sharded.template(optimizer)})}}
 
 
 @contextlib.contextmanager

@@ -17,6 +17,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def primary_decides(decision: bool) -> bool:
     """Rank 0's `decision`, on every rank (a collective: every rank must call it, in the same order)."""
     device = torch.device("cpu")
