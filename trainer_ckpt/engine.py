@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: not needed to s
 logger = logging.getLogger(__name__)
 
 RNG = "rng"  # the role of the random state's file, when a face keeps it apart
-PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state
+PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see resume.restore_rng)
 Retention = Tuple["RetentionPolicy", Callable[[Entry], bool]]  # a policy, and the entries it judges
 
 
@@ -411,9 +411,6 @@ class Engine:
                         continue
                     if "parts" not in expected.get(role, {}):
                         loaded[role] = storage.load(path, expected.get(role))
-                        if isinstance(loaded[role], dict) and PER_RANK in loaded[role]:
-                            ranks = loaded[role][PER_RANK]  # another world size: rank 0's
-                            loaded[role] = ranks[distributed.rank()] if distributed.rank() < len(ranks) else ranks[0]
                         continue
                     if (entry.key, entry.info.size_bytes, entry.info.time) not in self._verified:
                         storage.verify(path, expected[role])  # on every rank alike: each reaches the same verdict

@@ -50,6 +50,12 @@ def capture_rng() -> Dict[str, Any]:
 
 
 def restore_rng(state: Dict[str, Any]) -> None:
+    """Puts back a random state of `capture_rng`; of a sharded checkpoint's, this rank's (rank 0's under another world size)."""
+    if "per_rank" in state:  # engine.PER_RANK
+        from trainer_ckpt.distributed import rank
+
+        ranks = state["per_rank"]
+        state = ranks[rank()] if rank() < len(ranks) else ranks[0]
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     n = state["numpy"]

@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import secrets
+import warnings
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -69,14 +70,16 @@ def temp_dir(path: str) -> str:
 KEYS = "_trainer_ckpt_keys"  # [fqn, kinds, *path] of the entries whose path has a dict key that is not a str
 
 
-def _typed_paths(obj: Dict[str, Any]) -> Dict[str, Tuple[str, tuple]]:
+def _typed_paths(obj: Dict[str, Any]) -> Tuple[Dict[str, Tuple[str, tuple]], List[Tuple[str, tuple]]]:
     """
     DCP flattens a state dict into "a.b.0" names, turning every dict key into a str (an
     optimizer's state is keyed by int) and reading ints in its paths as list indices: for the
     paths that had a dict key of another type, their kinds ("d" dict key, "l" list index) and
-    keys, to rebuild them on load. Walks as DCP's `traverse_state_dict` does.
+    keys, to rebuild them on load; and the empty dicts, which DCP drops. Walks as DCP's
+    `traverse_state_dict` does.
     """
     found: Dict[str, Tuple[str, tuple]] = {}
+    empty: List[Tuple[str, tuple]] = []  # DCP drops empty dicts (an optimizer's state before its first step)
 
     def terminal(value: Any) -> bool:
         if isinstance(value, dict):
@@ -85,6 +88,8 @@ def _typed_paths(obj: Dict[str, Any]) -> Dict[str, Tuple[str, tuple]]:
 
     def walk(path: tuple, kinds: str, typed: bool, value: Any) -> None:
         if isinstance(value, dict):
+            if not value:
+                empty.append((kinds, path))
             for k, v in value.items():
                 walk(path + (k,), kinds + "d", typed or not isinstance(k, str), v)
         elif terminal(value):
@@ -96,7 +101,7 @@ def _typed_paths(obj: Dict[str, Any]) -> Dict[str, Tuple[str, tuple]]:
 
     for key, value in obj.items():
         walk((key,), "d", not isinstance(key, str), value)
-    return found
+    return found, empty
 
 
 def _put(root: Dict[Any, Any], kinds: str, path: tuple, value: Any) -> None:
@@ -140,12 +145,14 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
     from trainer_ckpt import storage
 
     storage._IN_FLIGHT.add(os.path.abspath(tmp))
-    typed = _typed_paths(obj)
-    if typed:  # one entry (a list of lists is a leaf to DCP): [fqn, kinds, *path] per path
-        obj = {**obj, KEYS: [[fqn, kinds, *path] for fqn, (kinds, path) in typed.items()]}
+    typed, empty = _typed_paths(obj)
+    if typed or empty:  # one entry (a list of lists is a leaf to DCP): [fqn, kinds, *path] per path, "" for an empty dict
+        obj = {**obj, KEYS: [[fqn, kinds, *path] for fqn, (kinds, path) in typed.items()] + [["", kinds, *path] for kinds, path in empty]}
     try:
-        dcp.save(obj, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True),
-                 no_dist=not _distributed())
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(obj, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True),
+                     no_dist=not _distributed())
     except CheckpointException as e:  # a BaseException, raised on every rank when any failed
         causes = [c for c in getattr(e, "failures", {}).values() if isinstance(c, BaseException)]
         number = next((c.errno for c in causes if isinstance(c, OSError)), errno.EIO)
@@ -247,8 +254,10 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
             flat[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype) if whole else None
             mapping[fqn] = (metadata.planner_data or {}).get(fqn, (fqn,))
     try:
-        dcp.load(flat, storage_reader=reader, planner=SafePlanner(flatten_state_dict=False, flatten_sharded_tensors=False),
-                 no_dist=not (collective and _distributed()))
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(flat, storage_reader=reader, planner=SafePlanner(flatten_state_dict=False, flatten_sharded_tensors=False),
+                     no_dist=not (collective and _distributed()))
     except BaseException as e:  # CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
@@ -257,11 +266,15 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
             lines = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
             raise UnsafeCheckpoint(f"{os.path.basename(path)}: {' '.join(lines) or text}") from e
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {text[:500]}") from e
-    typed = {row[0]: (row[1], tuple(row[2:])) for row in flat.pop(KEYS, None) or []}
+    rows = flat.pop(KEYS, None) or []
+    typed = {row[0]: (row[1], tuple(row[2:])) for row in rows if row[0]}
     state: Dict[Any, Any] = {}
     for fqn, value in flat.items():
         path = mapping[fqn]
         _put(state, *typed.get(fqn, ("".join("l" if isinstance(p, int) else "d" for p in path), path)), value)
+    for row in rows:
+        if not row[0]:
+            _put(state, row[1], tuple(row[2:]), {})
     return state
 
 
