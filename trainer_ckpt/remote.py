@@ -94,6 +94,11 @@ class Mirrored:
     # ---- writing -------------------------------------------------------------------------
 
     def write_record(self, key: Any, record: Dict[str, Any]) -> None:
+        if any("parts" in f for f in record.get("files", {}).values()):
+            raise OSError(
+                f"uploading to {self.url}: sharded state (a DCP directory) is not uploaded yet, got checkpoint "
+                f"{self.local.label(key)} of sharded state. Save it to a local or shared directory instead of a URL."
+            )
         self.local.write_record(key, record)
         if not self._cleaned and not self.local.sharded:  # sharded: another rank may be uploading
             self._clean_up_remote()
