@@ -355,3 +355,27 @@ def test_fvcores_messages_for_missing_and_unexpected_keys(tmp_path, caplog):
     assert "extra.{bias, weight}" in caplog.text
     assert "The checkpoint state_dict contains keys that are not used by the model:" in caplog.text
     assert "1.{bias, weight}" in caplog.text
+
+
+def test_background_first_step_that_does_not_save_allocates_the_first_saves_buffers(tmp_path):
+    """Off the training thread: the first periodic save then only copies into buffers that exist."""
+    model = nn.Linear(256, 256)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 256)).sum().backward()
+    optimizer.step()
+    checkpointer = Checkpointer(model, str(tmp_path), background=True, optimizer=optimizer)
+    periodic = PeriodicCheckpointer(checkpointer, period=3)
+    periodic.step(0)  # does not save: allocates
+    checkpointer.wait()
+    buffers = checkpointer.engine._snapshot._buffers
+    ahead = {path: buffer.data_ptr() for path, buffer in buffers.items()}
+    assert ("checkpoint", "model", "weight") in ahead and ("checkpoint", "optimizer", "state", 0, "exp_avg") in ahead
+    assert not os.listdir(tmp_path) or os.listdir(tmp_path) == [".trainer_ckpt.lock"]
+    periodic.step(1)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    periodic.step(2)  # saves model_0000002 from those buffers
+    checkpointer.wait()
+    assert {path: buffers[path].data_ptr() for path in ahead} == ahead
+    saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert torch.equal(saved["model"]["weight"], torch.full((256, 256), 3.0))

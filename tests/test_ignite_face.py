@@ -213,3 +213,32 @@ def test_sigkill_and_resume_of_an_engine_run_is_bit_exact(tmp_path, uninterrupte
     assert max_difference(got, expected) == 0.0
     for key in expected["model"]:
         assert torch.equal(got["model"][key], expected["model"][key]), key
+
+
+def test_background_buffers_are_allocated_after_the_first_iteration(tmp_path):
+    """Off the training thread, once the optimizer's state exists: the first save only copies."""
+    model = torch.nn.Linear(256, 256)
+    optimizer = torch.optim.Adam(model.parameters())
+
+    def update(engine, batch):
+        optimizer.zero_grad()
+        model(torch.randn(2, 256)).sum().backward()
+        optimizer.step()
+
+    trainer = Engine(update)
+    saver = DiskSaver(str(tmp_path), background=True)
+    handler = Checkpoint({"model": model, "optimizer": optimizer, "trainer": trainer}, saver, n_saved=2)
+    seen = {}
+
+    def after_first(engine):
+        saver.wait()
+        seen.update({path: b.data_ptr() for path, b in saver.engine._snapshot._buffers.items()})
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), after_first)  # after ours (added first)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=3), handler)
+    trainer.run(range(3), max_epochs=1)
+    saver.wait()
+    assert ("checkpoint", "model", "weight") in seen and ("checkpoint", "optimizer", "state", 0, "exp_avg") in seen
+    assert {path: saver.engine._snapshot._buffers[path].data_ptr() for path in seen} == seen
+    saved = torch.load(tmp_path / "checkpoint_3.pt", weights_only=True)
+    assert torch.equal(saved["model"]["weight"], model.weight.detach())

@@ -147,3 +147,29 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path):
     cut = torch.load(tmp_path / "cut" / "final.pt", weights_only=True)
     assert full["iter"] == cut["iter"] == 32
     assert max_difference(full, cut) == 0.0
+
+
+def test_background_saves_buffers_are_allocated_at_the_first_iteration(tmp_path):
+    """A real Runner saving each epoch in the background: the buffers of the first save exist
+    after the first iteration (allocated on the worker thread), and the saves fill those."""
+    from mmengine.hooks import Hook
+
+    seen = {}
+
+    class Peek(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if runner.iter == 1:  # after the first iteration's hooks (this one runs last)
+                hook = next(h for h in runner.hooks if isinstance(h, CheckpointHook))
+                hook.wait()
+                seen.update({path: b.data_ptr() for path, b in hook.engine._snapshot._buffers.items()})
+
+    runner = build_runner(str(tmp_path), dict(type=CheckpointHook, interval=1, background=True), max_epochs=2,
+                          custom_hooks=[dict(type=Peek, priority="LOWEST")])
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, CheckpointHook))
+    hook.wait()
+    assert ("checkpoint", "state_dict", "net.0.weight") in seen
+    assert ("checkpoint", "optimizer", "state", 0, "momentum_buffer") in seen
+    assert {path: hook.engine._snapshot._buffers[path].data_ptr() for path in seen} == seen
+    saved = load(tmp_path / "epoch_2.pth")
+    assert torch.equal(saved["state_dict"]["net.0.weight"], runner.model.state_dict()["net.0.weight"])

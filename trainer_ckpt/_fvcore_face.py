@@ -70,6 +70,7 @@ class Checkpointer(_fvcore.Checkpointer):
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
         self._engine: Optional[Engine] = None
         self._preloaded: Optional[tuple] = None  # (path, checkpoint) handed from resume to fvcore's load
+        self._prepared = False  # the background snapshot's buffers
 
     @property
     def engine(self) -> Engine:
@@ -105,6 +106,18 @@ class Checkpointer(_fvcore.Checkpointer):
         done = done + 1 if isinstance(done, int) and not isinstance(done, bool) else None
         info = CheckpointInfo(0, done or 0, time=self.engine.clock(), total_batches_completed=done)
         self.engine.save(name, {MAIN: data, RNG: capture_rng()}, info, after_commit=self._tag, retention=retention)
+
+    def prepare(self) -> None:
+        """
+        With `background=True`: allocates the snapshot buffers for the state `save` will copy, on the
+        worker thread, so that the first save only copies. `PeriodicCheckpointer.step` calls it at
+        its first iteration that does not save; the buffers stay for the saves that follow.
+        """
+        if self.background and self.save_dir and self.save_to_disk:
+            data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}
+            if not sharded.is_sharded(data):
+                self.engine.prepare({MAIN: data})
+        self._prepared = True
 
     def _tag(self, name: str) -> None:
         self.tag_last_checkpoint(f"{name}.pth")
@@ -277,6 +290,8 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         if periodic:
             name = "{}_{:07d}".format(self.file_prefix, iteration)
             self.checkpointer._save(name, additional_state, retention=self._retention)
+        elif not final and not self.checkpointer._prepared:
+            self.checkpointer.prepare()
         if final:
             self.checkpointer.save(f"{self.file_prefix}_final", **additional_state)
 

@@ -220,6 +220,20 @@ class Checkpoint(_ignite.Checkpoint):
         )
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
+        if isinstance(save_handler, DiskSaver) and save_handler.background:
+            # After the first iteration (the optimizer's state exists then), the snapshot buffers
+            # are allocated on the worker thread, so that the first save only copies.
+            for obj in to_save.values():
+                if isinstance(obj, IgniteEngine):
+                    obj.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._prepare)
+                    break
+
+    def _prepare(self, engine: IgniteEngine) -> None:
+        saver = self.save_handler
+        if idist.get_rank() == saver.save_on_rank:
+            checkpoint = self._setup_checkpoint()
+            if not sharded.is_sharded(checkpoint):
+                saver.engine.prepare({MAIN: checkpoint})
 
     def __call__(self, engine: IgniteEngine, *args: Any, **kwargs: Any) -> None:
         saver = self.save_handler

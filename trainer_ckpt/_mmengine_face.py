@@ -189,6 +189,7 @@ class CheckpointHook(_CheckpointHook):
                     "as an fsspec URL (s3://bucket/runs) with `storage_options`, or use mmengine's own CheckpointHook."
                 )
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
+        self._prepared = False  # the background snapshot's buffers
         self.retention_policy, self.clock = retention_policy, clock
         self.url, self.storage_options, self._staging = url, storage_options, str(out_dir) if url else None
         if url is not None:
@@ -286,6 +287,19 @@ class CheckpointHook(_CheckpointHook):
         """Waits for a background save in flight; raises its error if it failed."""
         if self._engine is not None:
             self._engine.wait()
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+        if self.background and not self._prepared and is_main_process():
+            # The first iteration: the snapshot buffers are allocated on the worker thread, so that
+            # the first save only copies (mmengine's checkpoint puts them under these keys).
+            self._prepared = True
+            optim_wrapper = getattr(runner, "optim_wrapper", None)
+            state = {"state_dict": getattr(runner.model, "module", runner.model).state_dict()}
+            if optim_wrapper is not None and hasattr(optim_wrapper, "state_dict"):
+                state["optimizer"] = optim_wrapper.state_dict()
+            if not sharded.is_sharded(state):
+                self.engine.prepare({MAIN: state})
 
     def after_train(self, runner: Any) -> None:
         self.wait()

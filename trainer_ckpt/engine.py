@@ -167,9 +167,10 @@ class Engine:
         With background saves: allocates the snapshot buffers for `states` ({role: object}, as a
         later `save` will get them) on the worker thread, so that the first save only copies.
         They stay allocated for the saves that follow (the memory a background save needs anyway).
+        Never waits: with a save in flight, there is nothing to do.
         """
-        if self.background and not self.read_only:
-            self.wait()
+        if self.background and not self.read_only and not self._writer.busy:  # busy: a save made them
+            self.check()
             self._writer.submit(lambda: self._snapshot.prepare(states))
 
     def _commit_or_warn(self, *args: Any) -> bool:

@@ -121,14 +121,9 @@ def _put(root: Dict[Any, Any], kinds: str, path: tuple, value: Any) -> None:
 
 
 def _crc(path: str) -> Dict[str, Any]:
-    crc, size, buffer = 0, 0, bytearray(1 << 24)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buffer)
-            if not n:
-                break
-            crc, size = zlib.crc32(view[:n], crc), size + n
+    from trainer_ckpt.storage import file_crc
+
+    size, crc = file_crc(path)
     return {"size": size, "crc32": crc}
 
 

@@ -103,14 +103,21 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
 _IN_FLIGHT: set = set()
 
 
-def _write_temp(path: str, write, mtime: Optional[float] = None) -> str:
-    """Writes a hidden temp file next to `path` (not yet fsynced); removes it if that fails."""
+def _write_temp(path: str, write, mtime: Optional[float] = None, direct: bool = False) -> str:
+    """Writes a hidden temp file next to `path` (not yet fsynced; `direct`: with O_DIRECT); removes it if that fails."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     _IN_FLIGHT.add(os.path.abspath(tmp))
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        if direct:
+            f = _DirectFile(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644))
+            try:
+                write(f)
+            finally:
+                f.close()
+        else:
+            with open(tmp, "wb") as f:
+                write(f)
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
     except BaseException as e:
@@ -168,8 +175,8 @@ def _crc_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _forget_crc_pool() -> None:
-    global _CRC_POOL
-    _CRC_POOL = None  # a forked child has no worker thread: it starts its own
+    global _CRC_POOL, _IO_POOL
+    _CRC_POOL = _IO_POOL = None  # a forked child has no worker thread: it starts its own
 
 
 os.register_at_fork(after_in_child=_forget_crc_pool)
@@ -206,6 +213,129 @@ class _ChecksummingWriter:
         self.f.flush()
 
 
+# ---- direct I/O ------------------------------------------------------------------------------
+#
+# Buffered writes of a large checkpoint go through the page cache: their speed swings with how many
+# dirty pages the kernel holds (0.37 to 1.8 GB/s on the VM this was measured on), and the fsync
+# then waits for all of them. Written with O_DIRECT through an aligned bounce buffer, the same
+# bytes go to the disk at its speed every time: the file stays a plain torch.save file (only how
+# it is written changes), the checksum is computed in the same pass, and the temp-file, fsync,
+# rename protocol is unchanged. A file system without O_DIRECT (tmpfs) gets buffered writes,
+# decided once per directory and logged.
+
+_DIRECT_BLOCK = 4096  # O_DIRECT's alignment of offsets, lengths and buffer addresses
+_DIRECT_CHUNK = 16 << 20  # bytes per direct write; two bounce buffers of this size, kept per process
+_DIRECT: Dict[str, bool] = {}  # directory -> whether O_DIRECT works there
+_BOUNCE: List[Any] = []
+
+
+def direct_io(directory: str) -> bool:
+    """Whether checkpoints in `directory` are written with O_DIRECT (probed once, logged)."""
+    directory = os.path.abspath(directory)
+    if directory not in _DIRECT:
+        _DIRECT[directory] = _probe_direct(directory)
+        logger.info("Checkpoint files in %s are written %s", directory,
+                    "with direct I/O (O_DIRECT)" if _DIRECT[directory] else "through the page cache (no O_DIRECT here)")
+    return _DIRECT[directory]
+
+
+def _probe_direct(directory: str) -> bool:
+    if os.environ.get("TRAINER_CKPT_DIRECT_IO", "1") == "0" or not hasattr(os, "O_DIRECT"):
+        return False
+    probe = os.path.join(directory, f".direct-probe.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    try:
+        os.write(fd, _bounce()[0][:_DIRECT_BLOCK])
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        remove_file(probe)
+
+
+def _bounce() -> List[Any]:
+    """Two page-aligned buffers (anonymous mmaps), made once per process and reused."""
+    if not _BOUNCE:
+        import mmap
+
+        _BOUNCE.extend(memoryview(mmap.mmap(-1, _DIRECT_CHUNK)) for _ in range(2))
+    return _BOUNCE
+
+
+class _DirectFile:
+    """
+    A write-only file opened with O_DIRECT: writes are gathered into a bounce buffer, and each
+    full buffer is written by the I/O thread while the next one fills. The unaligned tail is
+    written through the page cache when the file is closed.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffers, self.current, self.filled = fd, _bounce(), 0, 0
+        self.pending: Optional[concurrent.futures.Future] = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n, done = view.nbytes, 0
+        while done < n:
+            room = _DIRECT_CHUNK - self.filled
+            take = min(room, n - done)
+            self.buffers[self.current][self.filled:self.filled + take] = view[done:done + take]
+            self.filled += take
+            done += take
+            if self.filled == _DIRECT_CHUNK:
+                self._flush_buffer()
+        return n
+
+    def _flush_buffer(self) -> None:
+        self._wait()
+        buffer = self.buffers[self.current][:self.filled]
+        self.pending = _io_pool().submit(_write_all, self.fd, buffer)
+        self.current, self.filled = 1 - self.current, 0
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self._wait()
+            aligned = self.filled - self.filled % _DIRECT_BLOCK
+            tail = self.buffers[self.current][aligned:self.filled]
+            if aligned:
+                _write_all(self.fd, self.buffers[self.current][:aligned])
+            if tail.nbytes:
+                import fcntl
+
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                _write_all(self.fd, tail)
+        finally:
+            os.close(self.fd)
+
+
+def _write_all(fd: int, buffer) -> None:
+    while buffer.nbytes:
+        written = os.write(fd, buffer)
+        buffer = buffer[written:]
+
+
+_IO_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _io_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _IO_POOL
+    if _IO_POOL is None:
+        _IO_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-io")
+    return _IO_POOL
+
+
 def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str, Any]:
     """`torch.save`s `obj` with `atomic_write`; returns the file's name, size and CRC32."""
     tmp, info = _save_temp(obj, path, mtime)
@@ -228,7 +358,7 @@ def _save_temp(obj: Any, path: str, mtime: Optional[float] = None, **save_kwargs
             torch.serialization.set_crc32_options(previous)
         written.append(writer)
 
-    tmp = _write_temp(path, write, mtime)
+    tmp = _write_temp(path, write, mtime, direct=direct_io(os.path.dirname(path) or "."))
     return tmp, {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
 
 
@@ -312,17 +442,23 @@ def verify(path: str, expected: Dict[str, Any]) -> None:
         raise BadCheckpoint(f"{os.path.basename(path)} is missing: {e}") from e
     if size != expected["size"]:
         raise BadCheckpoint(_mismatch(path, size, None, expected))
-    crc, buffer = 0, bytearray(1 << 24)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buffer)
-            if not n:
-                break
-            crc = zlib.crc32(view[:n], crc)
+    size, crc = file_crc(path)
     problem = _mismatch(path, size, crc, expected)
     if problem:
         raise BadCheckpoint(problem)
+
+
+def file_crc(path: str) -> Tuple[int, int]:
+    """A file's size and CRC32: the next chunk is read while the CRC thread checksums the last one."""
+    buffers, current, size, crc = [bytearray(_DIRECT_CHUNK), bytearray(_DIRECT_CHUNK)], 0, 0, 0
+    with open(path, "rb", buffering=0) as f:
+        n = f.readinto(buffers[current])
+        while n:
+            pending = _crc_pool().submit(zlib.crc32, memoryview(buffers[current])[:n], crc)
+            size, current = size + n, 1 - current
+            n = f.readinto(buffers[current])  # both release the GIL
+            crc = pending.result()
+    return size, crc
 
 
 def _mismatch(path: str, size: int, crc: Optional[int], expected: Dict[str, Any]) -> str:
