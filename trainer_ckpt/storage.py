@@ -232,6 +232,8 @@ _BOUNCE: List[Any] = []
 def direct_io(directory: str) -> bool:
     """Whether checkpoints in `directory` are written with O_DIRECT (probed once, logged)."""
     directory = os.path.abspath(directory)
+    if directory not in _DIRECT and not os.path.isdir(directory):
+        return False  # decided once it exists
     if directory not in _DIRECT:
         _DIRECT[directory] = _probe_direct(directory)
         logger.info("Checkpoint files in %s are written %s", directory,

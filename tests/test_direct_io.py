@@ -1,0 +1,71 @@
+"""
+Direct I/O: large checkpoint files are written with O_DIRECT through aligned bounce buffers, and
+stay plain `torch.load`-able files with the same bytes and checksums; a file system that refuses
+O_DIRECT (ramfs, mounted by the test) gets buffered writes, decided once and logged.
+"""
+import logging
+import os
+import subprocess
+import zlib
+
+import pytest
+import torch
+
+from trainer_ckpt import DefaultCheckpointer, storage
+from tests.conftest import FakeTrainer
+
+MIB = 1 << 20
+
+
+def odd_state():
+    """Sizes that are not multiples of the 4 KiB block, and more than two 16 MiB bounce buffers."""
+    return ({"w": torch.randn(10 * MIB + 3), "b": torch.arange(1001)},
+            {"epochs_completed": 1, "batches_in_epoch_completed": 0, "note": "x" * 5})
+
+
+def check_files(directory, model, caplog, direct):
+    checkpointer = DefaultCheckpointer(directory)
+    with caplog.at_level(logging.INFO, logger="trainer_ckpt.storage"):
+        assert checkpointer.maybe_save_checkpoint(FakeTrainer(*model), 1, 0)
+    assert storage.direct_io(str(directory)) is direct
+    expected = "with direct I/O (O_DIRECT)" if direct else "through the page cache (no O_DIRECT here)"
+    assert f"Checkpoint files in {directory} are written {expected}" in caplog.text
+    record = storage.read_json(str(directory / "checkpoint_e1_b0.json"))
+    for role, info in record["files"].items():
+        data = (directory / info["name"]).read_bytes()
+        assert (len(data), zlib.crc32(data)) == (info["size"], info["crc32"])  # the checksum of the bytes on disk
+        assert storage.file_crc(str(directory / info["name"])) == (info["size"], info["crc32"])
+    saved = torch.load(directory / "model_state_e1_b0.th", weights_only=True)  # a plain torch.save file
+    assert torch.equal(saved["w"], model[0]["w"]) and torch.equal(saved["b"], model[0]["b"])
+    model_state, training_state = checkpointer.load_checkpoint()
+    assert torch.equal(model_state["w"], model[0]["w"]) and training_state["note"] == "x" * 5
+    checkpointer.close()
+
+
+def test_large_files_are_written_with_o_direct_and_load_as_plain_files(tmp_path, caplog):
+    check_files(tmp_path, odd_state(), caplog, direct=True)
+
+
+@pytest.fixture
+def ramfs(tmp_path):
+    mount_point = tmp_path / "ramfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_file_system_without_o_direct_gets_buffered_writes(ramfs, caplog):
+    with pytest.raises(OSError):  # what the fallback is for: ramfs refuses O_DIRECT
+        os.close(os.open(ramfs / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    check_files(ramfs, odd_state(), caplog, direct=False)
+
+
+def test_direct_writes_of_every_size_around_the_block_and_buffer(tmp_path):
+    for n in (0, 1, 4095, 4096, 4097, 16 * MIB - 1, 16 * MIB, 16 * MIB + 1, 32 * MIB + 4096):
+        data = os.urandom(n)
+        tmp = storage._write_temp(str(tmp_path / "f"), lambda f: f.write(data), direct=True)
+        assert open(tmp, "rb").read() == data, n
+        storage.remove_file(tmp)
