@@ -6,7 +6,8 @@ Save and load speed against the machine's own limits, measured in one run (by ha
 For each state size (model parameters + Adam-like optimizer state, 1:2), one table of medians:
 the limits (raw sequential write + fsync of the same bytes; copying the tensors into allocated
 buffers; a fresh clone; a raw cold read), AllenNLP's default checkpointer (its own save, and
-until durable), ours synchronous (durable), ours in the background (time the training loop is
+until durable), ours synchronous (durable; direct I/O where the file system has it, and buffered
+for comparison), a fresh process's first save after loading (what every `--recover` does), ours in the background (time the training loop is
 blocked, and time until committed), cold loads, each with its ratio to the limit it is bounded
 by. Then the per-call cost of `maybe_save_checkpoint` when it does not save, and retention +
 finding the latest with 10,000 checkpoints on disk. The first save of a process is reported on
@@ -17,6 +18,7 @@ import gc
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer 
 from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
 
 from trainer_ckpt import DefaultCheckpointer  # noqa: E402
+from trainer_ckpt import storage  # noqa: E402
 from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
 
 MIB = 1 << 20
@@ -165,6 +168,32 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     rows += [("ours sync, first save", first, nbytes / first, t_write / first, "write"),
              ("ours sync (durable)", t_ours, nbytes / t_ours, t_write / t_ours, "write")]
     ours.close()
+
+    # The same through the page cache (what a file system without O_DIRECT gets), for comparison.
+    buffered_dir = root / "buffered"
+    buffered_dir.mkdir()
+    storage._DIRECT[os.path.abspath(buffered_dir)] = False
+    buffered = DefaultCheckpointer(buffered_dir, keep_most_recent_by_count=1)
+
+    def buffered_save():
+        counter[0] += 1
+        training["epochs_completed"] = counter[0]
+        buffered.save_checkpoint(Trainer(model, training))
+
+    b_first = timed(buffered_save, 1)[0]
+    t_buffered = statistics.median(timed(buffered_save, repeats))
+    rows += [("ours sync buffered, first save", b_first, nbytes / b_first, t_write / b_first, "write"),
+             ("ours sync buffered", t_buffered, nbytes / t_buffered, t_write / t_buffered, "write")]
+    buffered.close()
+    shutil.rmtree(buffered_dir, ignore_errors=True)
+
+    # What every --recover does: a fresh process builds a checkpointer, loads the newest
+    # checkpoint, and saves (timed: the save alone, the first of that process).
+    recover = subprocess.run([sys.executable, __file__, "--recover-child", str(ours_dir)], capture_output=True, text=True)
+    t_recover = float(recover.stdout.strip().splitlines()[-1]) if recover.returncode == 0 else float("nan")
+    if recover.returncode:
+        print(recover.stderr[-2000:], file=sys.stderr)
+    rows.append(("fresh process: recover, then save", t_recover, nbytes / t_recover, t_write / t_recover, "write"))
 
     # Ours, background: how long the loop is blocked, and until committed.
     bg = DefaultCheckpointer(root / "bg", keep_most_recent_by_count=1, background=True)
@@ -306,7 +335,22 @@ def bench_history(root: Path, n: int = 10_000) -> Dict[str, float]:
             "find latest in a fresh process (lists, verifies the newest)": fresh}
 
 
+def recover_child(directory: str) -> None:
+    """A fresh process: the checkpointer of a --recover, its load, then its first save (printed, seconds)."""
+    checkpointer = DefaultCheckpointer(directory, keep_most_recent_by_count=1)
+    model, training = checkpointer.load_checkpoint()
+    training = dict(training, epochs_completed=training["epochs_completed"] + 1000)
+    os.sync()
+    gc.collect()
+    start = time.perf_counter()
+    checkpointer.save_checkpoint(Trainer(model, training))
+    print(time.perf_counter() - start)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--recover-child"]:
+        recover_child(sys.argv[2])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 512, 2048])
     parser.add_argument("--repeats", type=int, default=5)
