@@ -210,12 +210,14 @@ class Engine:
             ranks: List[Any] = [None] * distributed.world_size()
             distributed.dist.all_gather_object(ranks, states[RNG])
             states = {**states, RNG: {PER_RANK: ranks}}
-        failure: Optional[OSError] = None
+        failure: Optional[Exception] = None
         writes = self.primary or self.store.sharded  # AllenNLP's per-rank files: each rank its own
         if writes:
             try:
                 self._write_and_commit(key, states, info, record, paths, temps, files, collective)
-            except OSError as e:
+            except Exception as e:  # told to every rank first, when they wait for the outcome
+                if not (isinstance(e, OSError) or collective):
+                    raise
                 failure = e
         if collective and distributed.world_size() > 1:
             # The primary's commit is the checkpoint's: every rank returns its outcome.
@@ -226,8 +228,10 @@ class Engine:
                     f"{self.where}: could not save checkpoint {self.store.label(key)} in {self.directory}: "
                     f"the primary rank failed to commit it, got {outcome[0]}. Earlier checkpoints are untouched."
                 )
-        if failure is not None:
+        if isinstance(failure, OSError):
             self._save_failed(key, failure)
+        if failure is not None:
+            raise failure
         if not writes:
             return
         self._last_size = sum(f["size"] for f in files.values())

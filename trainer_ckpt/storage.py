@@ -295,7 +295,10 @@ class _DirectFile:
     def _flush_buffer(self) -> None:
         self._wait()
         buffer = self.buffers[self.current][:self.filled]
-        self.pending = _io_pool().submit(_write_all, self.fd, buffer)
+        try:
+            self.pending = _io_pool().submit(_write_all, self.fd, buffer)
+        except RuntimeError:  # the interpreter is exiting (a background save finishing): write here
+            _write_all(self.fd, buffer)
         self.current, self.filled = 1 - self.current, 0
 
     def _wait(self) -> None:
@@ -456,7 +459,12 @@ def file_crc(path: str) -> Tuple[int, int]:
     with open(path, "rb", buffering=0) as f:
         n = f.readinto(buffers[current])
         while n:
-            pending = _crc_pool().submit(zlib.crc32, memoryview(buffers[current])[:n], crc)
+            chunk = memoryview(buffers[current])[:n]
+            try:
+                pending = _crc_pool().submit(zlib.crc32, chunk, crc)
+            except RuntimeError:  # the interpreter is exiting: checksum here
+                pending = concurrent.futures.Future()
+                pending.set_result(zlib.crc32(chunk, crc))
             size, current = size + n, 1 - current
             n = f.readinto(buffers[current])  # both release the GIL
             crc = pending.result()
