@@ -94,6 +94,37 @@ def fvcore():
     print(f"rank {rank}: fvcore ok", flush=True)
 
 
+def bucket():
+    """fvcore's face saving sharded state to an S3 bucket (argv: URL, storage options as JSON); a new machine resumes."""
+    import json
+
+    from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
+
+    url, options = sys.argv[5], json.loads(sys.argv[6])
+    reference, optimizer = build()
+    states = {}
+    for i in range(6):
+        step(reference, optimizer, i)
+        states[i] = full(reference)
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, url, save_to_disk=rank == 0, optimizer=optimizer, storage_options=options,
+                                staging_dir=os.path.join(directory, "machine_a"))
+    periodic = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=1)
+    for i in range(4):
+        step(model, optimizer, i)
+        periodic.step(i)
+    dist.barrier()
+    # A new machine: an empty staging directory, filled from the bucket.
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, url, save_to_disk=rank == 0, optimizer=optimizer, storage_options=options,
+                                staging_dir=os.path.join(directory, "machine_b"))
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 3
+    same(full(model), states[3])
+    step(model, optimizer, 4)
+    same(full(model), states[4])
+    print(f"rank {rank}: bucket ok", flush=True)
+
+
 def loop():
     """Resumes, then saves back to back until killed: every parameter holds the iteration it was saved at."""
     from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer

@@ -4,6 +4,7 @@ group on the CPU, each holding half of a real FSDP2 (`fully_shard`) model and it
 (tests/fsdp_rank.py). Bit-exact resume, retention, fallback from a changed shard, resharding
 onto a plain model in one process, the CLI, SIGKILL of both ranks mid-save, and safe loading.
 """
+import json
 import os
 import pickle
 import random
@@ -22,16 +23,16 @@ from trainer_ckpt.engine import Engine, NamedFiles, UnsafeCheckpointError
 RANK = os.path.join(ROOT, "tests", "fsdp_rank.py")
 
 
-def start(scenario, directory, store):
-    return [subprocess.Popen([sys.executable, RANK, scenario, str(rank), str(directory), str(store)],
+def start(scenario, directory, store, *extra):
+    return [subprocess.Popen([sys.executable, RANK, scenario, str(rank), str(directory), str(store), *extra],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
             for rank in range(2)]
 
 
-def run_ranks(scenario, tmp_path):
+def run_ranks(scenario, tmp_path, *extra):
     directory = tmp_path / "run"
     directory.mkdir()
-    ranks = start(scenario, directory, tmp_path / "store")
+    ranks = start(scenario, directory, tmp_path / "store", *extra)
     outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
     for rank, output in enumerate(outputs):
         assert f"rank {rank}: {scenario} ok" in output, output[-4000:]
@@ -88,6 +89,17 @@ def test_allennlp_fsdp2_resumes_bit_exact(tmp_path):
     record = storage.read_json(str(directory / "checkpoint_e0_b2.json"))
     assert set(record["files"]) == {"model_state", "training_state"}
     assert all("parts" in f for f in record["files"].values())
+
+
+def test_sharded_state_in_a_bucket_resumes_on_a_new_machine(tmp_path, bucket):
+    """Every part uploaded, the record last; retention deletes in the bucket; an empty directory resumes."""
+    url, options, fs = bucket
+    run_ranks("bucket", tmp_path, f"{url}/run", json.dumps(options))
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/run", detail=False))
+    assert names == [".model_0000003.pth.json", ".model_0000003.pth.rng", "model_0000003.pth"], names
+    parts = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{url}/run/model_0000003.pth"))
+    assert parts == [".metadata", "__0_0.distcp", "__1_0.distcp"], parts
 
 
 def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_path):

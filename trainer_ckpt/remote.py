@@ -87,18 +87,13 @@ class Mirrored:
 
     def _rm(self, path: str) -> None:
         try:
-            self.fs.rm_file(path)
+            self.fs.rm(path, recursive=True)  # a directory of sharded state too
         except FileNotFoundError:
             pass
 
     # ---- writing -------------------------------------------------------------------------
 
     def write_record(self, key: Any, record: Dict[str, Any]) -> None:
-        if any("parts" in f for f in record.get("files", {}).values()):
-            raise OSError(
-                f"uploading to {self.url}: sharded state (a DCP directory) is not uploaded yet, got checkpoint "
-                f"{self.local.label(key)} of sharded state. Save it to a local or shared directory instead of a URL."
-            )
         self.local.write_record(key, record)
         if not self._cleaned and not self.local.sharded:  # sharded: another rank may be uploading
             self._clean_up_remote()
@@ -107,7 +102,10 @@ class Mirrored:
         try:
             self._rm(self._remote(record_path))
             for path in self.local.files(key).values():
-                if os.path.exists(path):
+                if os.path.isdir(path):  # sharded state (DCP): every rank's part
+                    for part in sorted(os.listdir(path)):
+                        self.fs.put_file(os.path.join(path, part), f"{self._remote(path)}/{part}")
+                elif os.path.exists(path):
                     self.fs.put_file(path, self._remote(path))
             self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
         except Exception as e:  # the engine's failed-save path: this checkpoint goes, earlier ones stay
@@ -164,10 +162,17 @@ class Mirrored:
             files = [f["name"] for f in record["files"].values()]
             if not all(f in present for f in files):
                 continue  # its upload was interrupted: not a checkpoint
+            parts = {f["name"]: list(f.get("parts", ())) for f in record["files"].values()}
             for f in files + [name]:  # the record last, as a save writes them
                 target = os.path.join(self.directory, f)
                 tmp = os.path.join(self.directory, f".{f}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-                self.fs.get_file(f"{self.root}/{f}", tmp)
+                if parts.get(f):  # a directory of sharded state: its parts
+                    os.makedirs(tmp)
+                    for part in parts[f]:
+                        self.fs.get_file(f"{self.root}/{f}/{part}", os.path.join(tmp, part))
+                    storage.remove_file(target)
+                else:
+                    self.fs.get_file(f"{self.root}/{f}", tmp)
                 os.replace(tmp, target)
             pulled += 1
             logger.info("Downloaded checkpoint %s from %s", name, self.url)
