@@ -34,7 +34,7 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer 
 from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
 
 from trainer_ckpt import DefaultCheckpointer  # noqa: E402
-from trainer_ckpt import storage  # noqa: E402
+from trainer_ckpt import fastio  # noqa: E402
 from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
 
 MIB = 1 << 20
@@ -161,7 +161,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     ours = DefaultCheckpointer(ours_dir, keep_most_recent_by_count=1)
     buffered_dir = root / "buffered"
     buffered_dir.mkdir()
-    storage._DIRECT[os.path.abspath(buffered_dir)] = False
+    fastio._DIRECT[os.path.abspath(buffered_dir)] = False
     buffered = DefaultCheckpointer(buffered_dir, keep_most_recent_by_count=1)
 
     def saver(checkpointer):

@@ -121,7 +121,7 @@ def _put(root: Dict[Any, Any], kinds: str, path: tuple, value: Any) -> None:
 
 
 def _crc(path: str) -> Dict[str, Any]:
-    from trainer_ckpt.storage import file_crc
+    from trainer_ckpt.fastio import file_crc
 
     size, crc = file_crc(path)
     return {"size": size, "crc32": crc}
