@@ -34,7 +34,7 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer 
 from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
 
 from trainer_ckpt import DefaultCheckpointer  # noqa: E402
-from trainer_ckpt import fastio  # noqa: E402
+from trainer_ckpt import fastio, storage  # noqa: E402
 from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
 
 MIB = 1 << 20
@@ -82,6 +82,7 @@ def timed(fn: Callable[[], None], repeats: int, before: Callable[[], None] = lam
     times = []
     for _ in range(repeats):
         before()
+        storage.wait_for_discards()  # the previous checkpoint's unlink: done while training, between saves
         os.sync()  # no dirty pages of an earlier step flushing while this one is timed
         gc.collect()
         start = time.perf_counter()
@@ -203,6 +204,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     for i in range(repeats + 1):
         counter[0] += 1
         training["epochs_completed"] = counter[0]
+        storage.wait_for_discards()
         os.sync()
         gc.collect()
         start = time.perf_counter()
@@ -220,6 +222,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     ready.maybe_save_checkpoint(Trainer(model, training), counter[0], 1)
     ready.wait()
     training["batches_in_epoch_completed"] = 2
+    storage.wait_for_discards()
     os.sync()
     gc.collect()
     start = time.perf_counter()

@@ -6,6 +6,7 @@ import zlib
 import pytest
 import torch
 
+from tests.conftest import FakeTrainer, listing, names
 from trainer_ckpt import storage
 from trainer_ckpt.storage import CheckpointDir, StateFile
 
@@ -128,3 +129,38 @@ def test_allowing_takes_back_only_what_it_added():
         assert _AlsoAllowed not in torch.serialization.get_safe_globals()
     finally:
         torch.serialization.clear_safe_globals()
+
+
+def test_large_files_of_a_deleted_checkpoint_go_at_once_and_are_unlinked_on_a_thread(tmp_path):
+    """ext4 frees a large file's blocks inside unlink: the files are renamed away now, unlinked after."""
+    import threading
+
+    from trainer_ckpt import DefaultCheckpointer
+
+    big = lambda epoch: FakeTrainer({"w": torch.full((80 << 18,), float(epoch))},  # 80 MiB
+                                    {"epochs_completed": epoch, "batches_in_epoch_completed": 0})
+    checkpointer = DefaultCheckpointer(tmp_path, keep_most_recent_by_count=1)
+    checkpointer.maybe_save_checkpoint(big(1), 1, 0)
+    unlinking = threading.Event()
+    release = threading.Event()
+    real_remove = os.remove
+
+    def slow_remove(path):  # holds the deleter thread, to see the state in between
+        if ".tmp-" in os.path.basename(str(path)) and threading.current_thread().name.startswith("trainer_ckpt-delete"):
+            unlinking.set()
+            release.wait(10)
+        real_remove(path)
+
+    os.remove = slow_remove
+    try:
+        checkpointer.maybe_save_checkpoint(big(2), 2, 0)
+        assert unlinking.wait(10)
+        visible = sorted(n for n in os.listdir(tmp_path) if not n.startswith("."))
+        assert visible == names((2, 0))  # e1_b0 is gone from its names already
+        assert any(n.startswith(".model_state_e1_b0.th.tmp-") for n in os.listdir(tmp_path))
+        assert checkpointer.load_checkpoint()[1]["epochs_completed"] == 2  # our own pending unlink is not "stale"
+    finally:
+        release.set()
+        os.remove = real_remove
+    checkpointer.close()  # waits for the unlinks
+    assert listing(tmp_path) == names((2, 0))

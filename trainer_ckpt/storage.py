@@ -313,6 +313,50 @@ def remove_file(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# A state file this large is unlinked on a thread: ext4 frees its blocks inside `unlink`, which
+# took 0.4 s for a 512 MiB checkpoint on the VM this was measured on (a quarter of a synchronous
+# save that deletes the previous one). It is first renamed to a hidden temp name (instant and
+# atomic: the checkpoint is gone at once; a crash leaves a stale temp file, which clean-up removes).
+_DISCARD_ON_A_THREAD = 64 << 20
+_DELETER: List[Any] = []
+
+
+def discard(path: str) -> None:
+    """Removes a checkpoint's state file (a large one: renamed now, unlinked on a thread)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return
+    if stat.st_size < _DISCARD_ON_A_THREAD or os.path.isdir(path):
+        remove_file(path)
+        return
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    _IN_FLIGHT.add(os.path.abspath(tmp))
+    try:
+        os.rename(path, tmp)
+    except FileNotFoundError:
+        _IN_FLIGHT.discard(os.path.abspath(tmp))
+        return
+    try:
+        if not _DELETER:
+            import concurrent.futures
+
+            _DELETER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-delete"))
+        _DELETER[0].submit(remove_file, tmp)  # its thread is joined at interpreter exit
+    except RuntimeError:  # the interpreter is exiting
+        remove_file(tmp)
+
+
+def wait_for_discards() -> None:
+    """Waits until the files `discard` handed to its thread are unlinked."""
+    if _DELETER:
+        _DELETER[0].submit(lambda: None).result()
+
+
+os.register_at_fork(after_in_child=_DELETER.clear)  # a forked child has no deleter thread
+
+
 class CheckpointDir:
     """
     The checkpoint files of one checkpointer in `directory`: AllenNLP's names, behind an
@@ -441,7 +485,7 @@ class CheckpointDir:
             for r in wanted:
                 name = self.name(kind, progress, r)
                 self._records.pop(name, None)
-                remove_file(os.path.join(self.directory, name))
+                (remove_file if kind == RECORD else discard)(os.path.join(self.directory, name))
 
 
 class Pairs:
@@ -567,7 +611,7 @@ class NamedFiles:
     def remove(self, key: str) -> None:
         remove_file(self.record_path(key))  # the record first: complete files left still load
         for path in self.files(key).values():
-            remove_file(path)
+            discard(path)
 
     def quarantine(self, key: str) -> List[str]:
         return move_into_corrupt(self.directory, self.names(key))
