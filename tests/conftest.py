@@ -1,5 +1,5 @@
 import os
-import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -108,7 +108,7 @@ def bucket(endpoint, request):
 
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
     fs = s3fs.S3FileSystem(**options)
-    name = f"b{random.getrandbits(40):x}"
+    name = f"b{secrets.token_hex(5)}"  # not `random`: tests restore saved random states, and names would repeat
     fs.mkdir(name)
     return f"s3://{name}", options, fs
 
