@@ -41,14 +41,30 @@ def same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def reference_states(n):
+    """The full state after each of `n` steps of an uninterrupted run."""
+    model, optimizer = build()
+    states = {}
+    for i in range(n):
+        step(model, optimizer, i)
+        states[i] = full(model)
+    return states
+
+
+def resumes_at_3(make_checkpointer, states):
+    """A new model, optimizer and checkpointer resume from iteration 3, then train on bit-identically."""
+    model, optimizer = build()
+    checkpointer = make_checkpointer(model, optimizer)
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 3
+    same(full(model), states[3])
+    step(model, optimizer, 4)
+    same(full(model), states[4])
+
+
 def fvcore():
     from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
 
-    reference, optimizer = build()
-    states = {}
-    for i in range(6):
-        step(reference, optimizer, i)
-        states[i] = full(reference)
+    states = reference_states(6)
     if rank == 0:
         torch.save(states, os.path.join(directory, "reference.pt"))
 
@@ -85,12 +101,7 @@ def fvcore():
             f.seek(200)
             f.write(bytes([byte[0] ^ 0xFF]))
     dist.barrier()
-    model, optimizer = build()
-    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
-    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 3
-    same(full(model), states[3])
-    step(model, optimizer, 4)
-    same(full(model), states[4])
+    resumes_at_3(lambda m, o: Checkpointer(m, directory, save_to_disk=rank == 0, optimizer=o), states)
     print(f"rank {rank}: fvcore ok", flush=True)
 
 
@@ -101,11 +112,7 @@ def bucket():
     from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
 
     url, options = sys.argv[5], json.loads(sys.argv[6])
-    reference, optimizer = build()
-    states = {}
-    for i in range(6):
-        step(reference, optimizer, i)
-        states[i] = full(reference)
+    states = reference_states(5)
     model, optimizer = build()
     checkpointer = Checkpointer(model, url, save_to_disk=rank == 0, optimizer=optimizer, storage_options=options,
                                 staging_dir=os.path.join(directory, "machine_a"))
@@ -115,13 +122,8 @@ def bucket():
         periodic.step(i)
     dist.barrier()
     # A new machine: an empty staging directory, filled from the bucket.
-    model, optimizer = build()
-    checkpointer = Checkpointer(model, url, save_to_disk=rank == 0, optimizer=optimizer, storage_options=options,
-                                staging_dir=os.path.join(directory, "machine_b"))
-    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 3
-    same(full(model), states[3])
-    step(model, optimizer, 4)
-    same(full(model), states[4])
+    resumes_at_3(lambda m, o: Checkpointer(m, url, save_to_disk=rank == 0, optimizer=o, storage_options=options,
+                                           staging_dir=os.path.join(directory, "machine_b")), states)
     print(f"rank {rank}: bucket ok", flush=True)
 
 

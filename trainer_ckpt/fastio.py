@@ -12,22 +12,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger("trainer_ckpt.storage")  # what users filter on: checkpoint files
 
-_CRC_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_POOLS: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
 
-def _crc_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _CRC_POOL
-    if _CRC_POOL is None:
-        _CRC_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-crc")
-    return _CRC_POOL
+def pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread per job kind ("crc", "io", "delete"), made at first use; joined at interpreter exit."""
+    if name not in _POOLS:
+        _POOLS[name] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"trainer_ckpt-{name}")
+    return _POOLS[name]
 
 
-def _forget_crc_pool() -> None:
-    global _CRC_POOL, _IO_POOL
-    _CRC_POOL = _IO_POOL = None  # a forked child has no worker thread: it starts its own
-
-
-os.register_at_fork(after_in_child=_forget_crc_pool)
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has no worker threads: it starts its own
 
 
 class _ChecksummingWriter:
@@ -45,7 +40,7 @@ class _ChecksummingWriter:
         crc = None
         if n >= 1 << 20:
             try:
-                crc = _crc_pool().submit(zlib.crc32, data, self.crc32)
+                crc = pool("crc").submit(zlib.crc32, data, self.crc32)
             except RuntimeError:  # the interpreter is exiting (a background save finishing)
                 crc = None
         if crc is not None:
@@ -144,7 +139,7 @@ class _DirectFile:
         self._wait()
         buffer = self.buffers[self.current][:self.filled]
         try:
-            self.pending = _io_pool().submit(_write_all, self.fd, buffer)
+            self.pending = pool("io").submit(_write_all, self.fd, buffer)
         except RuntimeError:  # the interpreter is exiting (a background save finishing): write here
             _write_all(self.fd, buffer)
         self.current, self.filled = 1 - self.current, 0
@@ -179,16 +174,6 @@ def _write_all(fd: int, buffer) -> None:
         buffer = buffer[written:]
 
 
-_IO_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
-
-
-def _io_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _IO_POOL
-    if _IO_POOL is None:
-        _IO_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-io")
-    return _IO_POOL
-
-
 def file_crc(path: str) -> Tuple[int, int]:
     """A file's size and CRC32: the next chunk is read while the CRC thread checksums the last one."""
     buffers, current, size, crc = [bytearray(_DIRECT_CHUNK), bytearray(_DIRECT_CHUNK)], 0, 0, 0
@@ -197,7 +182,7 @@ def file_crc(path: str) -> Tuple[int, int]:
         while n:
             chunk = memoryview(buffers[current])[:n]
             try:
-                pending = _crc_pool().submit(zlib.crc32, chunk, crc)
+                pending = pool("crc").submit(zlib.crc32, chunk, crc)
             except RuntimeError:  # the interpreter is exiting: checksum here
                 pending = concurrent.futures.Future()
                 pending.set_result(zlib.crc32(chunk, crc))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import torch
 
 from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt import fastio
 from trainer_ckpt.fastio import _ChecksummingWriter, _DirectFile, direct_io, file_crc  # noqa: F401 (file_crc, direct_io: used here and by callers)
 
 logger = logging.getLogger(__name__)
@@ -318,7 +319,6 @@ def remove_file(path: str) -> None:
 # save that deletes the previous one). It is first renamed to a hidden temp name (instant and
 # atomic: the checkpoint is gone at once; a crash leaves a stale temp file, which clean-up removes).
 _DISCARD_ON_A_THREAD = 64 << 20
-_DELETER: List[Any] = []
 
 
 def discard(path: str) -> None:
@@ -339,22 +339,15 @@ def discard(path: str) -> None:
         _IN_FLIGHT.discard(os.path.abspath(tmp))
         return
     try:
-        if not _DELETER:
-            import concurrent.futures
-
-            _DELETER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer_ckpt-delete"))
-        _DELETER[0].submit(remove_file, tmp)  # its thread is joined at interpreter exit
+        fastio.pool("delete").submit(remove_file, tmp)
     except RuntimeError:  # the interpreter is exiting
         remove_file(tmp)
 
 
 def wait_for_discards() -> None:
     """Waits until the files `discard` handed to its thread are unlinked."""
-    if _DELETER:
-        _DELETER[0].submit(lambda: None).result()
-
-
-os.register_at_fork(after_in_child=_DELETER.clear)  # a forked child has no deleter thread
+    if "delete" in fastio._POOLS:
+        fastio.pool("delete").submit(lambda: None).result()
 
 
 class CheckpointDir:
