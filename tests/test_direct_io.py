@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-from trainer_ckpt import DefaultCheckpointer, storage
+from trainer_ckpt import DefaultCheckpointer, fastio, storage
 from tests.conftest import FakeTrainer
 
 MIB = 1 << 20
@@ -69,3 +69,45 @@ def test_direct_writes_of_every_size_around_the_block_and_buffer(tmp_path):
         tmp = storage._write_temp(str(tmp_path / "f"), lambda f: f.write(data), direct=True)
         assert open(tmp, "rb").read() == data, n
         storage.remove_file(tmp)
+
+
+def test_crc32_combine_matches_zlib_on_the_joined_bytes():
+    rng = torch.Generator().manual_seed(0)
+    for len1, len2 in [(0, 0), (0, 5), (5, 0), (1, 1), (4095, 4097), (3 * MIB + 1, 1), (7, 2 * MIB + 3)]:
+        data = torch.randint(0, 256, (len1 + len2,), dtype=torch.uint8, generator=rng).numpy().tobytes()
+        a, b = data[:len1], data[len1:]
+        assert fastio.crc32_combine(zlib.crc32(a), zlib.crc32(b), len2) == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("size", [1, 4096, 2 * MIB - 1, 2 * MIB, 2 * MIB + 1, 5 * MIB + 4097])
+def test_large_files_are_checked_as_two_halves_read_at_once(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(fastio, "_SPLIT", 2 * MIB)  # the split path, on small files
+    data = bytearray(torch.randint(0, 256, (size,), dtype=torch.uint8).numpy().tobytes())
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert fastio.file_crc(str(path)) == (size, zlib.crc32(data))
+    data[-1] ^= 1  # a flipped bit in the second half (read by the other thread) is seen
+    path.write_bytes(data)
+    assert fastio.file_crc(str(path)) == (size, zlib.crc32(data))
+    record = {"size": size, "crc32": zlib.crc32(data) ^ 1}
+    with pytest.raises(storage.BadCheckpoint, match="CRC32"):
+        storage.verify(str(path), record)
+
+
+def test_buffered_writes_start_the_write_back_of_every_16_mib_as_they_go(tmp_path, monkeypatch):
+    assert fastio._START_WRITEBACK is not None  # Linux: sync_file_range from the C library
+    started = []
+
+    def spy(fd, offset, nbytes, flags):
+        started.append((offset, nbytes, flags, os.fstat(fd).st_size))
+        return real(fd, offset, nbytes, flags)
+
+    real = fastio._START_WRITEBACK
+    monkeypatch.setattr(fastio, "_START_WRITEBACK", spy)
+    data = os.urandom(40 * MIB + 5)
+    pieces = [data[i:i + 3 * MIB + 1] for i in range(0, len(data), 3 * MIB + 1)]
+    tmp = storage._write_temp(str(tmp_path / "f"), lambda f: [f.write(p) for p in pieces], direct=False)
+    assert open(tmp, "rb").read() == data
+    # Contiguous ranges from the start, each at least 16 MiB, each already in the file when started.
+    assert [s[0] for s in started] == [0] + [s[0] + s[1] for s in started[:-1]]
+    assert len(started) == 2 and all(n >= 16 * MIB and flags == 2 and offset + n <= size for offset, n, flags, size in started)

@@ -23,7 +23,7 @@ import torch
 
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt import fastio
-from trainer_ckpt.fastio import _ChecksummingWriter, _DirectFile, direct_io, file_crc  # noqa: F401 (file_crc, direct_io: used here and by callers)
+from trainer_ckpt.fastio import _ChecksummingWriter, _DirectFile, _WritebackFile, direct_io, file_crc  # noqa: F401 (file_crc, direct_io: used here and by callers)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _write_temp(path: str, write, mtime: Optional[float] = None, direct: bool = 
                 f.close()
         else:
             with open(tmp, "wb") as f:
-                write(f)
+                write(_WritebackFile(f))
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
     except BaseException as e:
