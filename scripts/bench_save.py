@@ -48,11 +48,12 @@ class Trainer:
         return TrainerCheckpoint(self.model, self.training)
 
 
-def make_state(size_mib: int, epoch: int = 1):
+def make_state(size_mib: int, epoch: int = 1, device: str = "cpu"):
     """~size_mib of float32: parameters (1/3) in 16 tensors, Adam's exp_avg and exp_avg_sq (2/3)."""
     per = size_mib * MIB // 4 // 3 // 16
-    model = {f"layer{i}.weight": torch.randn(per) for i in range(16)}
-    state = {i: {"step": torch.tensor(10.0), "exp_avg": torch.randn(per), "exp_avg_sq": torch.rand(per)} for i in range(16)}
+    model = {f"layer{i}.weight": torch.randn(per, device=device) for i in range(16)}
+    state = {i: {"step": torch.tensor(10.0), "exp_avg": torch.randn(per, device=device),
+                 "exp_avg_sq": torch.rand(per, device=device)} for i in range(16)}
     training = {"epochs_completed": epoch, "batches_in_epoch_completed": 0,
                 "optimizer": {"state": state, "param_groups": [{"lr": 1e-3, "params": list(range(16))}]}}
     return model, training
@@ -275,6 +276,93 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     return rows
 
 
+def bench_device(size_mib: int, repeats: int, root: Path, device: str = "cuda") -> List[tuple]:
+    """
+    State on the GPU: the raw device-to-host copy into pinned memory (the limit of the time the loop
+    is blocked), AllenNLP's default checkpointer, ours synchronous (staged through reused pinned
+    buffers) and in the background, each first save on its own row, and dcp.async_save.
+    """
+    model, training = make_state(size_mib, device=device)
+    flat = tensors(model) + tensors(training)
+    nbytes = sum(t.numel() * t.element_size() for t in flat)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed_device(fn: Callable[[], None], n: int) -> List[float]:
+        return timed(lambda: (fn(), sync()), n, before=sync)
+
+    start = time.perf_counter()
+    pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=cuda) for t in flat]
+    t_pin = time.perf_counter() - start
+    t_d2h = statistics.median(timed_device(lambda: [b.copy_(t, non_blocking=cuda) for b, t in zip(pinned, flat)], repeats))
+    t_pageable = statistics.median(timed_device(lambda: [t.to("cpu", copy=True) for t in flat], repeats))
+    del pinned
+    rows = [("raw D2H copy into pinned buffers", t_d2h, nbytes / t_d2h, 1.0, "limit"),
+            ("allocating those pinned buffers", t_pin, nbytes / t_pin, t_d2h / t_pin, "D2H"),
+            ("D2H copy into new pageable memory", t_pageable, nbytes / t_pageable, t_d2h / t_pageable, "D2H")]
+    blob = bytearray(nbytes)
+    raw = root / "raw.bin"
+
+    def raw_write():
+        with open(raw, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+    t_write = statistics.median(timed(raw_write, repeats))
+    raw.unlink()
+    rows.append(("raw write + fsync", t_write, nbytes / t_write, 1.0, "limit"))
+    counter = [0]
+
+    def step(checkpointer, batch: int = 0):
+        counter[0] += 1
+        training.update(epochs_completed=counter[0], batches_in_epoch_completed=batch)
+        if batch:
+            return lambda: checkpointer.maybe_save_checkpoint(Trainer(model, training), counter[0], batch)
+        return lambda: checkpointer.save_checkpoint(Trainer(model, training))
+
+    (root / "allennlp").mkdir()
+    allennlp = AllenNlpCheckpointer(str(root / "allennlp"), keep_most_recent_by_count=1)
+    t_allennlp = statistics.median(timed_device(lambda: step(allennlp)(), repeats))
+    rows.append(("AllenNLP save (not durable)", t_allennlp, nbytes / t_allennlp, t_write / t_allennlp, "write"))
+    for background in (False, True):
+        kind = "background (blocked)" if background else "sync (durable)"
+        fresh = DefaultCheckpointer(root / f"fresh{background}", keep_most_recent_by_count=1, background=background)
+        first = timed_device(step(fresh), 1)[0]  # no call before it: allocates its pinned buffers
+        fresh.close()
+        # A first save after a call that did not save (that call allocated the buffers, off the loop).
+        ready = DefaultCheckpointer(root / f"ready{background}", keep_most_recent_by_count=1, background=background,
+                                    save_every_num_batches=2, save_completed_epochs=False)
+        step(ready, 1)()
+        ready.wait()
+        times = timed_device(step(ready, 2), 1)
+        ready.wait()
+        for _ in range(repeats):
+            times += timed_device(step(ready, 2), 1)
+            ready.wait()
+        ready.close()
+        limit, name = (t_d2h, "D2H") if background else (t_write, "write")
+        warm = statistics.median(times[1:])
+        rows += [(f"ours {kind}, first save of a process", first, nbytes / first, limit / first, name),
+                 (f"ours {kind}, first after a call that did not save", times[0], nbytes / times[0], limit / times[0], name),
+                 (f"ours {kind}, warm", warm, nbytes / warm, limit / warm, name)]
+    import torch.distributed.checkpoint as dcp
+
+    blocked = []
+    for i in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        future = dcp.async_save({"model": model, "training": training}, checkpoint_id=str(root / f"dcp{i}"))
+        blocked.append(time.perf_counter() - start)
+        future.result()
+        shutil.rmtree(root / f"dcp{i}", ignore_errors=True)
+    rows += [("dcp.async_save, first (blocked)", blocked[0], nbytes / blocked[0], t_d2h / blocked[0], "D2H"),
+             ("dcp.async_save, warm (blocked)", statistics.median(blocked[1:]), nbytes / statistics.median(blocked[1:]),
+              t_d2h / statistics.median(blocked[1:]), "D2H")]
+    shutil.rmtree(root / "allennlp", ignore_errors=True)
+    return rows
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -368,14 +456,18 @@ def main() -> int:
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 512, 2048])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--device", default="cpu", help="cuda: the state on the GPU (pinned staging), instead of the CPU rows")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_save_", dir=args.dir))
     try:
         for size in args.sizes_mib:
-            print(f"\nstate {size} MiB ({root})")
+            print(f"\nstate {size} MiB on {args.device} ({root})")
             print(f"  {'':36s} {'seconds':>9s} {'GB/s':>7s}  ratio to its limit")
-            for name, seconds, rate, ratio, limit in bench_size(size, args.repeats, root):
+            rows = bench_size(size, args.repeats, root) if args.device == "cpu" else bench_device(size, args.repeats, root, args.device)
+            for name, seconds, rate, ratio, limit in rows:
                 print(f"  {name:36s} {seconds:9.4f} {rate / 1e9:7.2f}  {ratio:5.2f} x {limit}")
+        if args.device != "cpu":
+            return 0
         for background in (False, True):
             extra = bench_peak_memory(args.sizes_mib[-1], root, background)
             print(f"extra peak memory of one {'background' if background else 'synchronous'} save of "

@@ -9,6 +9,7 @@ by trainer_ckpt.fvcore or, for comparison, by fvcore's own classes: one import d
                                                                         # against an uninterrupted run
 
 A small MLP with dropout, a shuffled loader, Adam, a checkpoint every 5 iterations (keep 2).
+`--device cuda` trains on the GPU, `--background` saves in the background (trainer_ckpt only).
 `--compare` prints, for each checkpointer, the largest difference between the final weights and
 optimizer state of the interrupted-and-resumed run and those of an uninterrupted run.
 """
@@ -38,17 +39,19 @@ def dataset(n: int = 200):
     return torch.utils.data.TensorDataset(x, y)
 
 
-def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False) -> None:
+def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False, device: str = "cpu",
+          background: bool = False) -> None:
     if peer:
         from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
     else:
         from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
     os.makedirs(out, exist_ok=True)  # fvcore does not make it
     torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loader = ResumableLoader(dataset(), batch_size=16, shuffle=True, seed=0)
-    checkpointer = Checkpointer(model, out, optimizer=optimizer, loader=loader)
+    options = {"background": True} if background else {}
+    checkpointer = Checkpointer(model, out, optimizer=optimizer, loader=loader, **options)
     periodic = PeriodicCheckpointer(checkpointer, period=5, max_iter=max_iter, max_to_keep=2)
     start = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
 
@@ -58,7 +61,7 @@ def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False) -
 
     data = batches()
     for iteration in range(start, max_iter):
-        x, y = next(data)
+        x, y = (t.to(device) for t in next(data))
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -69,7 +72,7 @@ def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False) -
 
 
 def final_state(out: str) -> dict:
-    return torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -85,8 +88,9 @@ def max_difference(a: dict, b: dict) -> float:
     return worst
 
 
-def run(out: str, kill_at: int = -1, peer: bool = False) -> int:
-    command = [sys.executable, __file__, out, "--kill-at", str(kill_at)] + (["--peer"] if peer else [])
+def run(out: str, kill_at: int = -1, peer: bool = False, device: str = "cpu", background: bool = False) -> int:
+    command = [sys.executable, __file__, out, "--kill-at", str(kill_at), "--device", device]
+    command += (["--peer"] if peer else []) + (["--background"] if background else [])
     return subprocess.run(command, env={**os.environ, "PYTHONWARNINGS": "ignore"}).returncode
 
 
@@ -109,12 +113,14 @@ def main() -> int:
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--peer", action="store_true", help="fvcore's own Checkpointer, for comparison")
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the model trains (cuda: the CUDA paths)")
+    parser.add_argument("--background", action="store_true", help="trainer_ckpt's background saves")
     args = parser.parse_args()
     if args.compare:
         for name, diff in compare().items():
             print(f"{name:20s} SIGKILL after iteration 37, resumed: max |final - uninterrupted| = {diff:.3g}")
         return 0
-    train(args.out, kill_at=args.kill_at, peer=args.peer)
+    train(args.out, kill_at=args.kill_at, peer=args.peer, device=args.device, background=args.background)
     return 0
 
 

@@ -10,7 +10,7 @@ from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
     from trainer_ckpt.save_policies import SavePolicy
@@ -109,11 +109,11 @@ class Checkpointer(_fvcore.Checkpointer):
 
     def prepare(self) -> None:
         """
-        With `background=True`: allocates the snapshot buffers for the state `save` will copy, on the
-        worker thread, so that the first save only copies. `PeriodicCheckpointer.step` calls it at
+        With `background=True` (or CUDA state): allocates the snapshot buffers for the state `save`
+        will copy, on the worker thread, so that the first save only copies. `PeriodicCheckpointer.step` calls it at
         its first iteration that does not save; the buffers stay for the saves that follow.
         """
-        if self.background and self.save_dir and self.save_to_disk:
+        if uses_snapshots(self.background) and self.save_dir and self.save_to_disk:
             data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}
             if not sharded.is_sharded(data):
                 self.engine.prepare({MAIN: data})

@@ -14,7 +14,7 @@ from ignite.engine import Events
 
 from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint  # noqa: F401
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint, uses_snapshots  # noqa: F401
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -220,7 +220,7 @@ class Checkpoint(_ignite.Checkpoint):
         )
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
-        if isinstance(save_handler, DiskSaver) and save_handler.background:
+        if isinstance(save_handler, DiskSaver) and uses_snapshots(save_handler.background):
             # After the first iteration (the optimizer's state exists then), the snapshot buffers
             # are allocated on the worker thread, so that the first save only copies.
             for obj in to_save.values():

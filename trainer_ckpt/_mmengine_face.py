@@ -18,7 +18,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -290,7 +290,7 @@ class CheckpointHook(_CheckpointHook):
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         super().after_train_iter(runner, batch_idx, data_batch, outputs)
-        if self.background and not self._prepared and is_main_process():
+        if uses_snapshots(self.background) and not self._prepared and is_main_process():
             # The first iteration: the snapshot buffers are allocated on the worker thread, so that
             # the first save only copies (mmengine's checkpoint puts them under these keys).
             self._prepared = True

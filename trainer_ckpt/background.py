@@ -2,6 +2,7 @@
 Saving in the background: a consistent CPU snapshot of the state is taken on the training
 thread (into buffers reused from one save to the next; pinned, for CUDA tensors), and a worker
 thread serializes, writes, fsyncs, commits and applies retention. At most one save is in flight.
+A synchronous save of CUDA state is staged through the same pinned buffers (CUDA tensors only).
 """
 import atexit
 import copy
@@ -21,16 +22,17 @@ class Snapshotter:
 
     def __init__(self) -> None:
         self._buffers: Dict[Tuple, torch.Tensor] = {}
-        self._cuda = False
+        self._devices: set = set()  # the CUDA devices copied from by the current `take`
+        self._devices_only = False
 
-    def prepare(self, state: Any, path: Tuple = ()) -> None:
+    def prepare(self, state: Any, devices_only: bool = False, path: Tuple = ()) -> None:
         """
         Allocates (and touches: page faults, pinning) the buffers `take(state)` will fill, without
         copying anything: only shapes and dtypes are read, so training may change the values
         meanwhile. Run on the worker thread, it takes the allocation off the first save.
         """
         if isinstance(state, torch.Tensor):
-            if state.layout == torch.strided:
+            if state.layout == torch.strided and not (devices_only and state.device.type == "cpu"):
                 buffer = self._buffers.get(path)
                 if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
                     buffer = torch.empty(state.shape, dtype=state.dtype, pin_memory=state.is_cuda)
@@ -38,16 +40,22 @@ class Snapshotter:
                     self._buffers[path] = buffer
         elif isinstance(state, dict):
             for key, value in state.items():
-                self.prepare(value, path + (key,))
+                self.prepare(value, devices_only, path + (key,))
         elif type(state) in (list, tuple):
             for i, value in enumerate(state):
-                self.prepare(value, path + (i,))
+                self.prepare(value, devices_only, path + (i,))
 
-    def take(self, state: Any, path: Tuple = ()) -> Any:
-        self._cuda = False
-        copied = self._copy(state, path)
-        if self._cuda:
-            torch.cuda.current_stream().synchronize()  # the device-to-host copies were asynchronous
+    def take(self, state: Any, devices_only: bool = False) -> Any:
+        """
+        A copy of `state` in the CPU buffers (`devices_only`: CPU tensors are passed through, not
+        copied). Device tensors are copied into pinned buffers asynchronously, on each device's
+        current stream (ordered after the training step that wrote them), then waited for at once.
+        """
+        self._devices: set = set()
+        self._devices_only = devices_only
+        copied = self._copy(state, ())
+        for device in self._devices:
+            torch.cuda.current_stream(device).synchronize()
         return copied
 
     def _copy(self, obj: Any, path: Tuple) -> Any:
@@ -66,6 +74,8 @@ class Snapshotter:
 
     def _tensor(self, tensor: torch.Tensor, path: Tuple) -> torch.Tensor:
         tensor = tensor.detach()
+        if self._devices_only and tensor.device.type == "cpu":
+            return tensor
         if tensor.layout != torch.strided:
             return tensor.to("cpu", copy=True)
         buffer = self._buffers.get(path)
@@ -73,8 +83,20 @@ class Snapshotter:
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
             self._buffers[path] = buffer
         buffer.copy_(tensor, non_blocking=tensor.is_cuda)
-        self._cuda = self._cuda or tensor.is_cuda
+        if tensor.is_cuda:
+            self._devices.add(tensor.device)
         return buffer
+
+
+def on_device(state: Any) -> bool:
+    """Whether nested state holds a tensor on an accelerator (CUDA)."""
+    if isinstance(state, torch.Tensor):
+        return state.is_cuda
+    if isinstance(state, dict):
+        return any(on_device(value) for value in state.values())
+    if type(state) in (list, tuple):
+        return any(on_device(value) for value in state)
+    return False
 
 
 class BackgroundWriter:

@@ -340,7 +340,7 @@ class DefaultCheckpointer(Checkpointer):
         self._engine.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not distributed.should_save(self._save_policy, current, self._previous):
-            if self._engine.background and not self._prepared:
+            if self._engine.uses_snapshots and not self._prepared:
                 self._prepare(trainer)
             return False
         return self._save(trainer, current) is not None

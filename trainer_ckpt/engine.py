@@ -24,9 +24,10 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 
 from trainer_ckpt import distributed, storage
-from trainer_ckpt.background import BackgroundWriter, Snapshotter
+from trainer_ckpt.background import BackgroundWriter, Snapshotter, on_device
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.lock import lock_directory, unlock_directory
 from trainer_ckpt.storage import Entry, Layout, NamedFiles  # noqa: F401 (faces import them from here)
@@ -68,6 +69,11 @@ class UnsafeCheckpointError(RuntimeError):
 class CheckpointSaveError(OSError, RuntimeError):
     """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
 
+
+
+def uses_snapshots(background: bool) -> bool:
+    """Whether saves copy into snapshot buffers: background saves, and synchronous saves of CUDA state."""
+    return background or torch.cuda.is_available()
 
 class Engine:
     """
@@ -155,23 +161,36 @@ class Engine:
             return {}  # unsharded state: the primary writes it
         self.require_writable()
         self.wait()  # at most one save in flight; the snapshot buffers are free again
-        if self.background and not self._sharded(states):  # sharded state: every rank writes now
+        sharded = bool(self._sharded(states))  # sharded state: every rank writes it now, with DCP
+        if self.background and not sharded:
             states = self._snapshot.take(states)  # a consistent copy now: training may go on
             self._writer.submit(lambda: self._commit_or_warn(key, states, info, record, after_commit, retention))
-        elif not self._commit_or_warn(key, states, info, record, after_commit, retention):
+            return self.store.files(key)
+        if not sharded and self.uses_snapshots and on_device(states):
+            # CUDA state: copied into reused pinned buffers at once (torch.save alone would copy
+            # each tensor into new pageable memory, one synchronous copy at a time).
+            states = self._snapshot.take(states, devices_only=True)
+        if not self._commit_or_warn(key, states, info, record, after_commit, retention):
             return None
         return self.store.files(key)
 
+    @property
+    def uses_snapshots(self) -> bool:
+        return uses_snapshots(self.background)
+
     def prepare(self, states: Dict[str, Any]) -> None:
         """
-        With background saves: allocates the snapshot buffers for `states` ({role: object}, as a
-        later `save` will get them) on the worker thread, so that the first save only copies.
-        They stay allocated for the saves that follow (the memory a background save needs anyway).
+        Allocates the snapshot buffers for `states` ({role: object}, as a later `save` will get
+        them) on the worker thread, so that the first save only copies: all of them for background
+        saves, pinned buffers for the CUDA tensors of synchronous saves. They stay allocated for
+        the saves that follow (the memory those saves need anyway), until the engine is dropped.
         Never waits: with a save in flight, there is nothing to do.
         """
-        if self.background and not self.read_only and not self._writer.busy:  # busy: a save made them
+        if not self.uses_snapshots or self.read_only or self._writer.busy:  # busy: a save made them
+            return
+        if self.background or on_device(states):
             self.check()
-            self._writer.submit(lambda: self._snapshot.prepare(states))
+            self._writer.submit(lambda: self._snapshot.prepare(states, devices_only=not self.background))
 
     def _commit_or_warn(self, *args: Any) -> bool:
         try:

@@ -62,7 +62,8 @@ def restore_rng(state: Dict[str, Any]) -> None:
     numpy.random.set_state((n["name"], n["keys"].numpy().astype(numpy.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for device, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):  # each device's own
+            torch.cuda.set_rng_state(device_state, device)
 
 
 def find_trainer(checkpointer: Any) -> Optional[Any]:
