@@ -59,6 +59,8 @@ class Snapshotter:
         return copied
 
     def _copy(self, obj: Any, path: Tuple) -> Any:
+        if type(obj) in _ATOMIC:
+            return obj
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj, path)
         if isinstance(obj, dict):
@@ -69,6 +71,8 @@ class Snapshotter:
                 copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
             return copied
         if type(obj) in (list, tuple):
+            if scalars_only(obj):  # a random state's 625 ints
+                return type(obj)(obj)
             return type(obj)(self._copy(value, path + (i,)) for i, value in enumerate(obj))
         return copy.deepcopy(obj)
 
@@ -88,13 +92,21 @@ class Snapshotter:
         return buffer
 
 
+_ATOMIC = (int, float, bool, str, bytes, type(None))
+
+
+def scalars_only(sequence: Any) -> bool:
+    """Whether a list or tuple holds only immutable scalars: nothing in it to walk or copy."""
+    return all(type(value) in _ATOMIC for value in sequence)
+
+
 def on_device(state: Any) -> bool:
     """Whether nested state holds a tensor on an accelerator (CUDA)."""
     if isinstance(state, torch.Tensor):
         return state.is_cuda
     if isinstance(state, dict):
         return any(on_device(value) for value in state.values())
-    if type(state) in (list, tuple):
+    if type(state) in (list, tuple) and not scalars_only(state):
         return any(on_device(value) for value in state)
     return False
 

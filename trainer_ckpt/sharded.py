@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from trainer_ckpt.background import scalars_only
+
 DCP_METADATA = ".metadata"
 
 
@@ -43,7 +45,7 @@ def is_sharded(obj: Any) -> bool:
             return True
         if isinstance(value, dict):
             return any(walk(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) and not scalars_only(value):
             return any(walk(v) for v in value)
         return False
 
