@@ -16,6 +16,7 @@ its own (page faults, allocator). Keep the machine otherwise quiet.
 import argparse
 import gc
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -92,6 +93,16 @@ def timed(fn: Callable[[], None], repeats: int, before: Callable[[], None] = lam
     return times
 
 
+def shuffled(rounds: list) -> list:
+    """One round of the compared runs in a random order (seeded): none always follows the same one."""
+    order = list(rounds)
+    _ORDER.shuffle(order)
+    return order
+
+
+_ORDER = random.Random(0)
+
+
 def fsync_files(paths) -> None:
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -159,7 +170,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     # Ours, synchronous (durable: fsync + rename + directory fsync + record), with direct I/O (where
     # the file system has it), and through the page cache for comparison. This VM's disk swings
     # from run to run (and after large deletions): the raw write is measured again in between, each
-    # round raw / direct / buffered, and these rows are ratios to that interleaved raw write.
+    # round raw / direct / buffered in a shuffled order, and these rows are ratios to that raw write.
     ours_dir = root / "ours"
     ours = DefaultCheckpointer(ours_dir, keep_most_recent_by_count=1)
     buffered_dir = root / "buffered"
@@ -177,10 +188,10 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     first = timed(saver(ours), 1)[0]
     b_first = timed(saver(buffered), 1)[0]
     raws, directs, buffereds = [], [], []
+    rounds = [(raws, raw_write), (directs, saver(ours)), (buffereds, saver(buffered))]
     for _ in range(repeats):
-        raws += timed(raw_write, 1)
-        directs += timed(saver(ours), 1)
-        buffereds += timed(saver(buffered), 1)
+        for times, fn in shuffled(rounds):
+            times += timed(fn, 1)
     raw.unlink()
     t_raw2, t_ours, t_buffered = (statistics.median(x) for x in (raws, directs, buffereds))
     rows += [("raw write + fsync, interleaved", t_raw2, nbytes / t_raw2, 1.0, "limit"),
@@ -254,7 +265,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
              ("ours background: until committed", t_committed, nbytes / t_committed, t_write / t_committed, "write")]
     bg.close()
 
-    # Cold loads, interleaved with the raw read of the same number of bytes (the disk swings).
+    # Cold loads, interleaved (shuffled rounds) with the raw read of the same number of bytes (the disk swings).
     reader = DefaultCheckpointer(ours_dir, read_only=True)
     newest = list(ours_dir.glob("*_state_e*_b0.th"))
     allennlp_reader = AllenNlpCheckpointer(str(allennlp_dir))
@@ -262,10 +273,11 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
     with open(raw, "wb") as f:
         f.write(blob)
     reads, loads, allennlp_loads = [], [], []
+    rounds = [(reads, raw_read, [raw]), (loads, reader.load_checkpoint, newest),
+              (allennlp_loads, allennlp_reader.load_checkpoint, files)]
     for _ in range(repeats):
-        reads += timed(raw_read, 1, before=lambda: evict(raw))
-        loads += timed(reader.load_checkpoint, 1, before=lambda: [evict(p) for p in newest])
-        allennlp_loads += timed(allennlp_reader.load_checkpoint, 1, before=lambda: [evict(p) for p in files])
+        for times, fn, paths in shuffled(rounds):
+            times += timed(fn, 1, before=lambda: [evict(p) for p in paths])
     raw.unlink()
     t_read2, t_load, t_allennlp_load = (statistics.median(x) for x in (reads, loads, allennlp_loads))
     rows += [("raw cold read, interleaved", t_read2, nbytes / t_read2, 1.0, "limit"),

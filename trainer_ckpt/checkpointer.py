@@ -340,7 +340,7 @@ class DefaultCheckpointer(Checkpointer):
         self._engine.check()  # a background save that failed since the last call
         current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
         if not distributed.should_save(self._save_policy, current, self._previous):
-            if self._engine.uses_snapshots and not self._prepared:
+            if not self._prepared:
                 self._prepare(trainer)
             return False
         return self._save(trainer, current) is not None
@@ -348,6 +348,8 @@ class DefaultCheckpointer(Checkpointer):
     def _prepare(self, trainer: Trainer) -> None:
         """The first call that does not save: the snapshot buffers are allocated off the training thread."""
         self._prepared = True
+        if not self._engine.uses_snapshots:
+            return
         with _checkpoint_state(trainer) as state:
             if state is not None:
                 self._engine.prepare({storage.MODEL: state[0], storage.TRAINING: state[1]})
