@@ -110,8 +110,9 @@ class Checkpointer(_fvcore.Checkpointer):
     def prepare(self) -> None:
         """
         With `background=True` (or CUDA state): allocates the snapshot buffers for the state `save`
-        will copy, on the worker thread, so that the first save only copies. `PeriodicCheckpointer.step` calls it at
-        its first iteration that does not save; the buffers stay for the saves that follow.
+        will copy, on the worker thread, so that the first save only copies.
+        `PeriodicCheckpointer.step` calls it at its first iteration that does not save; the
+        buffers stay for the saves that follow.
         """
         if uses_snapshots(self.background) and self.save_dir and self.save_to_disk:
             data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}

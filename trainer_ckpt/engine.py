@@ -70,10 +70,10 @@ class CheckpointSaveError(OSError, RuntimeError):
     """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
 
 
-
 def uses_snapshots(background: bool) -> bool:
     """Whether saves copy into snapshot buffers: background saves, and synchronous saves of CUDA state."""
     return background or torch.cuda.is_available()
+
 
 class Engine:
     """
