@@ -269,26 +269,12 @@ def _gf2_times(matrix: List[int], vector: int) -> int:
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC32 of A + B from CRC32(A), CRC32(B) and len(B): zlib's crc32_combine (not in Python's zlib)."""
-    if len2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
-
-    def square(matrix: List[int]) -> List[int]:
-        return [_gf2_times(matrix, row) for row in matrix]
-
-    even = square(odd)  # two zero bits
-    odd = square(even)  # four zero bits
-    while True:  # apply len2 zero bytes to crc1, a power of two at a time
-        even = square(odd)
+    operator = [0xEDB88320] + [1 << n for n in range(31)]  # appends one zero bit to a CRC
+    for _ in range(2):
+        operator = [_gf2_times(operator, row) for row in operator]  # squared: two, then four zero bits
+    while len2 > 0:  # appends len2 zero bytes to crc1, a power of two at a time
+        operator = [_gf2_times(operator, row) for row in operator]  # one zero byte, then 2, 4, 8...
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(operator, crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
     return crc1 ^ crc2
