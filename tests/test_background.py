@@ -105,6 +105,7 @@ def test_the_first_call_that_does_not_save_allocates_the_buffers_of_the_first_sa
     model_state, _ = checkpointer.load_checkpoint()
     assert torch.equal(model_state["weight"], trainer._model_state["weight"])
     checkpointer.close()
+    assert not checkpointer._engine._snapshot._buffers  # released by close()
 
 
 EXITS_RIGHT_AWAY = """

@@ -331,9 +331,10 @@ class Engine:
         self._writer.check()
 
     def close(self) -> None:
-        """Waits for a save in flight and for deletions, then gives up the directory's writer lock."""
+        """Waits for a save in flight and for deletions, releases the snapshot buffers, then gives up the directory's writer lock."""
         self.wait()
         storage.wait_for_discards()
+        self._snapshot = Snapshotter()
         if self._lock is not None:
             unlock_directory(self._lock)
             self._lock = None
