@@ -10,5 +10,6 @@ setup(
     packages=find_packages(include=["trainer_ckpt", "trainer_ckpt.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=["torch==2.13.0", "jsonnet"],
-    extras_require={"allennlp": ["allennlp==2.10.1"], "safetensors": ["safetensors"], "s3": ["s3fs"]},
+    extras_require={"allennlp": ["allennlp==2.10.1"], "safetensors": ["safetensors"], "s3": ["s3fs"],
+                    "fast": ["isal"]},  # ISA-L's CRC32 for the checksums (zlib's otherwise)
 )

@@ -72,7 +72,8 @@ step "AllenNLP's runtime dependencies and pytest" \
 step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto" \
   "${pip[@]}" "torch==2.13.0" "termcolor==1.1.0" "fvcore==0.1.5.post20221221" "pytorch-ignite==0.5.5" "mmengine==0.10.7" \
   safetensors "s3fs==2026.9.0" "moto[server]==5.2.5"
-step "trainer_ckpt (editable)" "${pip[@]}" --no-deps -e "$root"
+# isal: ISA-L's CRC32 (trainer_ckpt's "fast" extra), 4x zlib's for the checksums of every save and load.
+step "trainer_ckpt (editable), with isal" "${pip[@]}" --no-deps -e "$root" "isal==1.9.1"
 step "checking the imports" env PYTHONWARNINGS=ignore "$venv/bin/python" -c \
   'import allennlp.training, torch, trainer_ckpt, fvcore.common.checkpoint, ignite.handlers, mmengine.runner; print("ok", torch.__version__)'
 echo "$want" > "$stamp"

@@ -6,7 +6,9 @@ O_DIRECT (ramfs, mounted by the test) gets buffered writes, decided once and log
 import logging
 import os
 import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from trainer_ckpt import DefaultCheckpointer, fastio, storage
 from tests.conftest import FakeTrainer
 
 MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def odd_state():
@@ -111,3 +114,27 @@ def test_buffered_writes_start_the_write_back_of_every_16_mib_as_they_go(tmp_pat
     # Contiguous ranges from the start, each at least 16 MiB, each already in the file when started.
     assert [s[0] for s in started] == [0] + [s[0] + s[1] for s in started[:-1]]
     assert len(started) == 2 and all(n >= 16 * MIB and flags == 2 and offset + n <= size for offset, n, flags, size in started)
+
+
+def test_the_checksum_is_isals_crc32_when_installed_and_the_same_as_zlibs():
+    assert fastio.crc32.__module__ == "isal.isal_zlib"  # the set-up installs it
+    rng = torch.Generator().manual_seed(1)
+    for size, start in [(0, 0), (1, 0), (4095, 7), (MIB + 3, 0xFFFFFFFF), (5 * MIB, 12345)]:
+        data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=rng).numpy().tobytes()
+        assert fastio.crc32(data, start) == zlib.crc32(data, start), size
+
+
+def test_without_isal_the_checksums_are_zlibs(tmp_path):
+    """isal is an optional accelerator: without it, trainer_ckpt saves and verifies with zlib."""
+    code = (
+        "import sys; sys.modules['isal'] = None\n"  # as if not installed
+        "import zlib, torch\n"
+        "from trainer_ckpt import fastio, storage\n"
+        "assert fastio.crc32 is zlib.crc32\n"
+        "info = storage.atomic_save({'w': torch.arange(3 << 20)}, sys.argv[1])\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "assert (info['size'], info['crc32']) == (len(data), zlib.crc32(data)) == fastio.file_crc(sys.argv[1])\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.th")], capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.strip() == "ok", run.stderr[-2000:]
