@@ -290,6 +290,8 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
         for times, fn, paths in shuffled(rounds):
             times += timed(fn, 1, before=lambda: [evict(p) for p in paths])
     raw.unlink()
+    for name, times in (("raw cold read", reads), ("ours cold load", loads), ("AllenNLP cold load", allennlp_loads)):
+        print(f"  ({name}, each round: {' '.join(f'{t:.3f}' for t in times)})")
     t_read2, t_load, t_allennlp_load = (statistics.median(x) for x in (reads, loads, allennlp_loads))
     rows += [("raw cold read, interleaved", t_read2, nbytes / t_read2, 1.0, "limit"),
              ("ours cold load (verified)", t_load, nbytes / t_load, t_read2 / t_load, "read"),
