@@ -51,7 +51,7 @@ class Snapshotter:
         copied). Device tensors are copied into pinned buffers asynchronously, on each device's
         current stream (ordered after the training step that wrote them), then waited for at once.
         """
-        self._devices: set = set()
+        self._devices = set()
         self._devices_only = devices_only
         copied = self._copy(state, ())
         for device in self._devices:

@@ -157,11 +157,11 @@ class Engine:
         primary). In the background, the objects are copied now and written on the worker thread.
         Returns the state files' paths, or None when the save failed and `on_save_error` is "warn".
         """
-        if not (self.primary or self.store.sharded or self._sharded(states)):
+        sharded = bool(self._sharded(states))  # sharded state: every rank writes it now, with DCP
+        if not (self.primary or self.store.sharded or sharded):
             return {}  # unsharded state: the primary writes it
         self.require_writable()
         self.wait()  # at most one save in flight; the snapshot buffers are free again
-        sharded = bool(self._sharded(states))  # sharded state: every rank writes it now, with DCP
         if self.background and not sharded:
             states = self._snapshot.take(states)  # a consistent copy now: training may go on
             self._writer.submit(lambda: self._commit_or_warn(key, states, info, record, after_commit, retention))
