@@ -7,7 +7,7 @@ when nested in another policy or in the checkpointer's block.
 import inspect
 
 import pytest
-from allennlp.common import Params, Registrable
+from allennlp.common import Params
 from allennlp.common.checks import ConfigurationError
 
 from trainer_ckpt import DefaultCheckpointer, RetentionPolicy, SavePolicy
@@ -74,7 +74,8 @@ def test_a_wrong_value_is_a_configuration_error_in_our_format(base, name, key, v
 def test_the_table_covers_every_parameter_of_every_built_in_policy():
     covered = {(base, name, key) for base, name, key, *_ in TABLE}
     for base in (SavePolicy, RetentionPolicy):
-        for name, (cls, _) in Registrable._registry[base].items():
+        for name in base.list_available():
+            cls, _ = base.resolve_class_name(name)
             if not cls.__module__.startswith("trainer_ckpt."):
                 continue  # a test plugin's policy
             if cls.__init__ is object.__init__:

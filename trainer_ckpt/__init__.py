@@ -1,13 +1,16 @@
 """
-trainer_ckpt: a crash-safe, registrable checkpointer for AllenNLP training loops.
+trainer_ckpt: a crash-safe, registrable checkpointer for AllenNLP training loops (and faces for
+fvcore/detectron2, pytorch-ignite and mmengine).
 
 Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer registry as
-`"trainer_ckpt"` (AllenNLP's own `"default"` is left alone), so a config can say
-`trainer: {checkpointer: {type: "trainer_ckpt", ...}}` with `--include-package trainer_ckpt`.
+`"trainer_ckpt"` (and `CheckpointerGroup` as `"trainer_ckpt_group"`; AllenNLP's own `"default"` is
+left alone), whether AllenNLP is imported before or after it, so a config can say
+`trainer: {checkpointer: {type: "trainer_ckpt", ...}}`. Importing it does not import AllenNLP: where
+AllenNLP is not imported yet, the registration runs when it is (see `trainer_ckpt._allennlp_hook`).
 """
 import importlib
-import sys
 
+from trainer_ckpt import _allennlp_hook
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 __version__ = "0.1.0"
@@ -16,6 +19,7 @@ __version__ = "0.1.0"
 # does not pay for AllenNLP's training stack: name -> module.
 _LAZY = {
     "Checkpointer": "checkpointer", "DefaultCheckpointer": "checkpointer", "CheckpointerGroup": "group",
+    "ConfigurationError": "_validate",
     **{name: "retention_policies" for name in (
         "KeepAll", "KeepAllOf", "KeepAny", "KeepBest", "KeepEveryNumBatches", "KeepEveryNumEpochs",
         "KeepMostRecentByAge", "KeepMostRecentByCount", "KeepOnePerTimeWindow", "KeepWithinDiskQuota",
@@ -36,16 +40,16 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-# Inside AllenNLP (a `.allennlp_plugins` file imports this package alone, after all of AllenNLP):
-# register the checkpointers and the `allennlp checkpoints` subcommand now.
-if "allennlp.training" in sys.modules or "allennlp.commands" in sys.modules:
-    from trainer_ckpt import cli as _cli, group as _group  # noqa: F401
+# Registers the checkpointers (and the `allennlp checkpoints` subcommand) in AllenNLP now if it is
+# imported (`--include-package`, a `.allennlp_plugins` file), else as soon as it is.
+_allennlp_hook.install()
 
 
 __all__ = [
     "CheckpointInfo",
     "Checkpointer",
     "CheckpointerGroup",
+    "ConfigurationError",
     "DefaultCheckpointer",
     "KeepAll",
     "KeepAllOf",

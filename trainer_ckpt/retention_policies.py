@@ -7,10 +7,7 @@ checkpointer keeps the newest complete checkpoint.
 import re
 from typing import List, Sequence, Tuple, Union
 
-from allennlp.common import Registrable
-from allennlp.common.checks import ConfigurationError
-
-from trainer_ckpt._validate import Bool, CheckedRegistrable, Float, Int, Raw
+from trainer_ckpt._validate import CheckedRegistrable, ConfigurationError
 from trainer_ckpt._validate import finite, flag, positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
@@ -32,8 +29,7 @@ class RetentionPolicy(CheckedRegistrable):
 
     def describe(self) -> str:
         """The rule as users wrote it, e.g. `most_recent_by_count(3)`."""
-        names = [n for n, (c, _) in Registrable._registry[RetentionPolicy].items() if c is type(self)]
-        return names[0] if names else type(self).__name__
+        return RetentionPolicy.name_of(type(self)) or type(self).__name__
 
     def explain(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[List[str]]:
         """For each checkpoint, the rules that keep it (empty: none does)."""
@@ -63,7 +59,7 @@ class KeepMostRecentByCount(RetentionPolicy):
         How many to keep, >= 1.
     """
 
-    def __init__(self, count: Int) -> None:
+    def __init__(self, count: int) -> None:
         self.count = positive_int(
             "most_recent_by_count",
             "count",
@@ -90,7 +86,7 @@ class KeepMostRecentByAge(RetentionPolicy):
         Maximum age in seconds, > 0.
     """
 
-    def __init__(self, seconds: Float) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = positive_seconds("most_recent_by_age", "seconds", seconds)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -117,7 +113,7 @@ class KeepOnePerTimeWindow(RetentionPolicy):
         Minimum distance in seconds between permanently kept checkpoints, > 0.
     """
 
-    def __init__(self, seconds: Float) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = positive_seconds("one_per_time_window", "seconds", seconds)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -145,7 +141,7 @@ class KeepEveryNumEpochs(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, num_epochs: Int) -> None:
+    def __init__(self, num_epochs: int) -> None:
         self.num_epochs = positive_int("every_num_epochs", "num_epochs", num_epochs)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -167,7 +163,7 @@ class KeepEveryNumBatches(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, num_batches: Int) -> None:
+    def __init__(self, num_batches: int) -> None:
         self.num_batches = positive_int("every_num_batches", "num_batches", num_batches)
 
     def should_keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> List[bool]:
@@ -228,7 +224,7 @@ class KeepBest(RetentionPolicy):
         AllenNLP's metric tracker).
     """
 
-    def __init__(self, metric: Union[Raw, str, List[str]], count: Int = 1, greater_or_equal: Bool = False) -> None:
+    def __init__(self, metric: Union[str, List[str]], count: int = 1, greater_or_equal: bool = False) -> None:
         names = [metric] if isinstance(metric, str) else metric
         if not isinstance(names, list) or not names:
             raise ConfigurationError(
@@ -285,7 +281,7 @@ class KeepWithinDiskQuota(RetentionPolicy):
         >= 1.
     """
 
-    def __init__(self, max_total_bytes: Int) -> None:
+    def __init__(self, max_total_bytes: int) -> None:
         self.max_total_bytes = positive_int(
             "disk_quota", "max_total_bytes", max_total_bytes, "Give the budget in bytes, e.g. 10000000000 for 10 GB."
         )
@@ -312,7 +308,7 @@ class KeepWithinDiskQuota(RetentionPolicy):
 class _Combination(RetentionPolicy):
     name = ""
 
-    def __init__(self, policies: Union[List[RetentionPolicy], Raw]) -> None:
+    def __init__(self, policies: List[RetentionPolicy]) -> None:
         if not isinstance(policies, (list, tuple)) or not policies:
             raise ConfigurationError(
                 f"{self.name}: `policies` must list at least one retention policy, got {policies!r}. "

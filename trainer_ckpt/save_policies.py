@@ -2,11 +2,9 @@
 Save policies: *when* to save. Each answers one question from data alone (no clock, no disk):
 should the checkpointer save at `current`, given where it saved before?
 """
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence
 
-from allennlp.common.checks import ConfigurationError
-
-from trainer_ckpt._validate import Bool, CheckedRegistrable, Float, Int, IntList, Raw
+from trainer_ckpt._validate import CheckedRegistrable, ConfigurationError
 from trainer_ckpt._validate import flag, int_list, non_negative_int, positive_int, positive_seconds
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
@@ -63,7 +61,7 @@ class SaveEveryNumEpochs(SavePolicy):
         >= 1.
     """
 
-    def __init__(self, num_epochs: Int) -> None:
+    def __init__(self, num_epochs: int) -> None:
         self.num_epochs = positive_int("every_num_epochs", "num_epochs", num_epochs)
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
@@ -86,7 +84,7 @@ class SaveEveryNumBatches(SavePolicy):
     restart_each_epoch : `bool`, optional (default=`True`)
     """
 
-    def __init__(self, num_batches: Int, restart_each_epoch: Bool = True) -> None:
+    def __init__(self, num_batches: int, restart_each_epoch: bool = True) -> None:
         self.num_batches = positive_int("every_num_batches", "num_batches", num_batches)
         self.restart_each_epoch = flag("every_num_batches", "restart_each_epoch", restart_each_epoch)
 
@@ -118,7 +116,7 @@ class SaveEveryNumSeconds(SavePolicy):
 
     depends_on_clock = True
 
-    def __init__(self, seconds: Float) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = positive_seconds("every_num_seconds", "seconds", seconds)
 
     def should_save(self, current: CheckpointInfo, previous: Sequence[CheckpointInfo]) -> bool:
@@ -139,7 +137,7 @@ class SaveAt(SavePolicy):
         Batches since the start of the run.
     """
 
-    def __init__(self, epochs: IntList = None, batches: IntList = None) -> None:
+    def __init__(self, epochs: Optional[List[int]] = None, batches: Optional[List[int]] = None) -> None:
         self.epochs = set(int_list("at", "epochs", epochs))
         self.batches = set(int_list("at", "batches", batches))
         if not self.epochs and not self.batches:
@@ -167,7 +165,7 @@ class SaveNotBefore(SavePolicy):
     batches : `int`, optional (default=`0`)
     """
 
-    def __init__(self, policy: Union[SavePolicy, Raw], epochs: Int = 0, batches: Int = 0) -> None:
+    def __init__(self, policy: SavePolicy, epochs: int = 0, batches: int = 0) -> None:
         self.policy = SavePolicy.build("not_before", "policy", policy)
         self.epochs = non_negative_int("not_before", "epochs", epochs)
         self.batches = non_negative_int("not_before", "batches", batches)
@@ -206,7 +204,7 @@ class SaveBestSoFar(SavePolicy):
 class _Combination(SavePolicy):
     name = ""
 
-    def __init__(self, policies: Union[List[SavePolicy], Raw]) -> None:
+    def __init__(self, policies: List[SavePolicy]) -> None:
         if not isinstance(policies, (list, tuple)) or not policies:
             raise ConfigurationError(
                 f"{self.name}: `policies` must list at least one save policy, got {policies!r}. "
