@@ -10,7 +10,7 @@ from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.engine import RNG, Engine, Entry, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
     from trainer_ckpt.save_policies import SavePolicy
@@ -134,12 +134,16 @@ class Checkpointer(_fvcore.Checkpointer):
             self._engine.wait()
 
     def has_checkpoint(self) -> bool:
+        """As fvcore's (`last_checkpoint` exists); also true when it does not but a checkpoint of
+        ours was committed (a save interrupted before its first `last_checkpoint`): resume finds it."""
         self.wait()
         if self.url is not None and self.save_dir and not super().has_checkpoint():
             entries = self.engine.entries()  # an empty staging directory is filled from the bucket
             if entries:
                 self.tag_last_checkpoint(os.path.basename(entries[-1].paths[MAIN]))
-        return super().has_checkpoint()
+        if super().has_checkpoint():
+            return True
+        return bool(self.save_dir) and any(entry.record for entry in self._store.list().complete)
 
     def get_checkpoint_file(self) -> str:
         self.wait()
@@ -153,20 +157,34 @@ class Checkpointer(_fvcore.Checkpointer):
         """
         As fvcore's; resuming loads the newest checkpoint that verifies, starting with the one
         `last_checkpoint` names, and falls back to older ones with a WARNING when it is
-        missing, truncated or altered (those are moved into `corrupt/`).
+        missing, truncated or altered (those are moved into `corrupt/`). When a newer checkpoint
+        was committed after `last_checkpoint` was written (a save interrupted in between), or
+        `last_checkpoint` is missing, it starts with the newest committed one (logged at INFO).
         """
         if not (resume and self.save_dir and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
-        wanted = os.path.basename(self.get_checkpoint_file())
-        found = self.engine.newest_good(prefer=LAYOUT.parse(wanted), templates=self._templates())
+        pointer = os.path.join(self.save_dir, POINTER)
+        wanted = os.path.basename(self.get_checkpoint_file()) if os.path.exists(pointer) else ""
+        prefer = LAYOUT.parse(wanted) if wanted else None
+        lag = _lagging(pointer, prefer, self.engine.entries(), self._store)
+        if lag is not None:
+            prefer = None  # the newest first: it was committed after the pointer was written
+        found = self.engine.newest_good(prefer=prefer, templates=self._templates())
         if found is None:
             logger.warning("%s names %s, which is missing, and no other checkpoint is in %s", POINTER, wanted, self.save_dir)
             return self.load(path, checkpointables=[])
         entry, states = found
-        if LAYOUT.files(entry.name)[MAIN] != wanted:
+        used = os.path.basename(entry.paths[MAIN])
+        if not wanted:
+            logger.info("%s is missing in %s (a save was interrupted before writing it): resuming from %s, the newest "
+                        "committed checkpoint", POINTER, self.save_dir, used)
+        elif lag is not None and entry.info.time >= lag.info.time and used != wanted:
+            logger.info("%s names %s, but %s is newer and committed (a save was interrupted before updating %s): "
+                        "resuming from %s", POINTER, wanted, used, POINTER, used)
+        elif used != wanted:
             logger.warning(
                 "%s names %s, which is missing or not usable: resuming from %s instead, the newest good checkpoint in %s",
-                POINTER, wanted, os.path.basename(entry.paths[MAIN]), self.save_dir,
+                POINTER, wanted, used, self.save_dir,
             )
         self._preloaded = (entry.paths[MAIN], states[MAIN])
         try:
@@ -217,6 +235,24 @@ class Checkpointer(_fvcore.Checkpointer):
                 f"{_WHERE}: {f} holds types that are not allowed to load, got: {e} Nothing in it was "
                 "run. If you trust this file, pass those types in `safe_globals`."
             ) from e
+
+
+def _lagging(pointer: str, wanted: Optional[str], entries: List[Entry], store: Any) -> Optional[Entry]:
+    """
+    The checkpoint `last_checkpoint` (`pointer`) names, when a newer one of ours (with a record)
+    was committed after the pointer was last written: a save interrupted between its commit and
+    the pointer's update. None otherwise; a pointer written after the newer checkpoint (someone
+    chose an older one to resume from) is followed.
+    """
+    named = next((e for e in entries if e.name == wanted), None)
+    committed = [e for e in entries if e.record]
+    if named is None or not committed or store.order(committed[-1]) <= store.order(named):
+        return None
+    try:
+        lagged = os.stat(store.record_path(committed[-1].key)).st_mtime_ns >= os.stat(pointer).st_mtime_ns
+    except OSError:
+        return None
+    return named if lagged else None
 
 
 class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):

@@ -2,9 +2,10 @@
 import logging
 import numbers
 import os
+import pickle
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, OrderedDict, Sequence, Tuple, Union
 
 import ignite.distributed as idist
 import ignite.handlers.checkpoint as _ignite
@@ -38,6 +39,53 @@ def _layout(filename_prefix: str = "") -> Layout:
 
 
 LAYOUT = _layout()
+
+
+class UnsafeCheckpoint(storage.UnsafeCheckpoint, pickle.UnpicklingError):
+    """A checkpoint holds types `weights_only` loading refuses (nothing in it was run); an
+    `UnpicklingError`, as ignite's `load_objects` raises for it."""
+
+
+_BAD: Dict[type, type] = {}  # ignite's exception type -> ours, a subclass of both
+
+
+def _bad_type(peer: type) -> type:
+    cls = _BAD.get(peer)
+    if cls is None:
+        try:
+            cls = type("BadCheckpoint", (storage.BadCheckpoint, peer),
+                       {"__module__": "trainer_ckpt.ignite", "__str__": lambda self: self.message})
+        except TypeError:  # a type that cannot be a base alongside Exception's
+            cls = _bad_type(RuntimeError)
+        _BAD[peer] = cls
+    return cls
+
+
+def _bad_checkpoint(message: str, cause: Optional[BaseException]) -> storage.BadCheckpoint:
+    """
+    A `BadCheckpoint` that is also what ignite's `load_objects` raises for the same file (the
+    error of its `torch.load`): `FileNotFoundError` for a missing one (with its errno and
+    filename), `RuntimeError` for a torn one, `EOFError` for an empty one; `RuntimeError` where
+    ignite would load it (its bytes differ from its record).
+    """
+    peer = type(cause) if isinstance(cause, Exception) and not isinstance(cause, storage.BadCheckpoint) else RuntimeError
+    try:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            error = _bad_type(peer)(cause.errno, message, cause.filename)
+        else:
+            error = _bad_type(peer)(message)
+    except Exception:  # a constructor that wants other arguments (UnicodeDecodeError's five)
+        error = _bad_type(RuntimeError)(message)
+    error.message = message
+    return error
+
+
+class _Outcome:
+    """A save our Checkpoint asked for: ignite's list as it was before, and whether the save was
+    submitted and then committed (on the worker thread, for a background save)."""
+
+    def __init__(self, before: List[Any]) -> None:
+        self.before, self.submitted, self.committed = before, False, False
 
 
 class _Store(NamedFiles):
@@ -93,8 +141,9 @@ class DiskSaver(_ignite.DiskSaver):
         self._store = mirrored(_Store(str(self.dirname)), self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
         self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
         self._engine: Optional[Engine] = None
-        # Set by our Checkpoint around its call: the point in training, and deletions to defer.
+        # Set by our Checkpoint around its call: the point in training, deletions to defer, the outcome.
         self._moment: Optional[CheckpointInfo] = None
+        self._outcome: Optional[_Outcome] = None
         self._extra: Dict[str, Any] = {}
         self._retention: Optional[Tuple["RetentionPolicy", Callable]] = None
         self._deferred: Optional[List[str]] = None
@@ -113,6 +162,7 @@ class DiskSaver(_ignite.DiskSaver):
         return self._engine
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+        outcome = self._outcome
         if idist.get_rank() != self.save_on_rank and not sharded.is_sharded(checkpoint):
             return  # sharded state (FSDP2): every rank writes its shards
         engine = self.engine
@@ -122,11 +172,16 @@ class DiskSaver(_ignite.DiskSaver):
             record["ignite"] = {k: v for k, v in metadata.items() if v is None or isinstance(v, (str, numbers.Number))}
         deferred = list(self._deferred or [])
         engine.store.removed.discard(filename)  # saved again under the same name
-        engine.save(
-            filename, {MAIN: checkpoint, RNG: capture_rng()}, info, record=record,
-            after_commit=lambda key: self._remove_now([name for name in deferred if name != key]),
-            retention=self._retention,
-        )
+
+        def after_commit(key: str) -> None:
+            if outcome is not None:
+                outcome.committed = True
+            self._remove_now([name for name in deferred if name != key])
+
+        if outcome is not None:
+            outcome.submitted = True
+        engine.save(filename, {MAIN: checkpoint, RNG: capture_rng()}, info, record=record, after_commit=after_commit,
+                    retention=self._retention)
 
     def remove(self, filename: str) -> None:
         """Deletes a checkpoint and its hidden files; within our `Checkpoint`'s call, only once the
@@ -220,6 +275,7 @@ class Checkpoint(_ignite.Checkpoint):
         )
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
+        self._pending: Optional[_Outcome] = None  # a background save in flight
         if isinstance(save_handler, DiskSaver) and uses_snapshots(save_handler.background):
             # After the first iteration (the optimizer's state exists then), the snapshot buffers
             # are allocated on the worker thread, so that the first save only copies.
@@ -247,17 +303,57 @@ class Checkpoint(_ignite.Checkpoint):
             self._previous.append(moment)
         if not isinstance(saver, DiskSaver):
             return super().__call__(engine, *args, **kwargs)
+        self._settle()
         self._forget_removed()
         mine = f"{self.filename_prefix}|{self.score_name}"  # retention judges only what this handler wrote
-        saver._moment, saver._deferred = moment, []
+        # ignite lists the new file (and drops the one it replaces) before it saves: a save that
+        # fails puts the list back, so that `last_checkpoint` and the next decisions stay on what was committed.
+        outcome = _Outcome(list(self._saved))
+        saver._moment, saver._deferred, saver._outcome = moment, [], outcome
         saver._extra = {"handler": mine, "iteration": engine.state.iteration, "epoch": engine.state.epoch}
         if self.retention_policy is not None:
             saver._retention = (self.retention_policy, lambda entry: entry.record.get("handler") == mine)
         try:
             super().__call__(engine, *args, **kwargs)
+        except BaseException:
+            if not outcome.committed:
+                self._saved = outcome.before
+            raise
         finally:
-            saver._moment, saver._deferred, saver._extra, saver._retention = None, None, {}, None
+            saver._moment, saver._deferred, saver._extra, saver._retention, saver._outcome = None, None, {}, None, None
+        if outcome.submitted and not outcome.committed:
+            self._pending = outcome  # in the background: settled at the next call, or by `last_checkpoint`
         self._forget_removed()
+
+    def _settle(self) -> None:
+        """Waits for a background save in flight; if it failed, ignite's list goes back to what was
+        committed before it, and its error is raised."""
+        outcome, self._pending = self._pending, None
+        if outcome is None:
+            return
+        try:
+            self.save_handler.wait()
+        finally:
+            if not outcome.committed:
+                self._saved = outcome.before
+                self._forget_removed()
+
+    @property
+    def last_checkpoint(self) -> Optional[Union[str, Path]]:
+        """As ignite's: the newest (or best) committed checkpoint. Waits for a background save in
+        flight, and raises its error if it failed (naming the file it did not write)."""
+        if isinstance(self.save_handler, DiskSaver):
+            self._settle()
+        return super().last_checkpoint
+
+    def state_dict(self) -> "OrderedDict[str, Any]":
+        if isinstance(self.save_handler, DiskSaver):
+            self._settle()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        self._pending = None  # the list loaded replaces the one a save in flight would put back
+        super().load_state_dict(state_dict)
 
     def _forget_removed(self) -> None:
         """Drops from ignite's list what our retention deleted (on the worker thread, when in the background)."""
@@ -269,8 +365,10 @@ class Checkpoint(_ignite.Checkpoint):
     @staticmethod
     def load_objects(to_load: Mapping, checkpoint: Union[str, Mapping, Path], **kwargs: Any) -> None:
         """
-        As ignite's. A path is verified against its record first (when it has one) and loaded
-        with `weights_only=True` (`safe_globals=[...]` allows your own types); when `to_load` holds
+        As ignite's, with its exception types (a missing file raises FileNotFoundError, a torn
+        one RuntimeError..., each also a `trainer_ckpt.storage.BadCheckpoint`). A path is verified
+        against its record first (when it has one) and loaded with `weights_only=True`
+        (`safe_globals=[...]` allows your own types); when `to_load` holds
         an ignite `Engine`, the random state saved with the checkpoint is put back as the run
         resumes (`restore_rng=False` to skip).
         """
@@ -279,6 +377,7 @@ class Checkpoint(_ignite.Checkpoint):
         engines = [obj for obj in to_load.values() if isinstance(obj, IgniteEngine)]
         rng = None
         if isinstance(checkpoint, (str, Path)):
+            _ignite.Checkpoint._check_objects(to_load, "load_state_dict")  # as ignite: before the file is read
             checkpoint, rng = _load(str(checkpoint), safe_globals, to_load)
         _ignite.Checkpoint.load_objects(to_load, checkpoint, **kwargs)
         if restore and rng is not None and engines:
@@ -334,14 +433,15 @@ def _load(path: str, safe_globals: Sequence[Any], to_load: Mapping) -> Tuple[Any
             rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
             rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
     except storage.UnsafeCheckpoint as e:
-        raise storage.UnsafeCheckpoint(
+        raise UnsafeCheckpoint(
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} holds types that are not allowed to load, "
             f"got: {e} Nothing in it was run. If you trust this file, pass those types in `safe_globals=[...]`."
         ) from e
     except storage.BadCheckpoint as e:
-        raise storage.BadCheckpoint(
+        # ignite's own exception type for the same file (FileNotFoundError when it is missing...), and ours.
+        raise _bad_checkpoint(
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} is not usable, got: {e}. Load the newest good "
-            f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r})."
+            f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r}).", e.__cause__,
         ) from e
     return obj, rng
 

@@ -18,8 +18,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
-from trainer_ckpt.remote import local_place, mirrored
+from trainer_ckpt.engine import RNG, Engine, Entry, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.remote import is_url, local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
@@ -204,8 +204,19 @@ class CheckpointHook(_CheckpointHook):
 
     def before_run(self, runner: Any) -> None:
         """With `resume=True`: finds the newest good checkpoint (the one `last_checkpoint` names,
-        else older ones, with a WARNING) and has the runner resume from it, loaded safely."""
+        else older ones, with a WARNING; a newer one committed after `last_checkpoint` was written,
+        a save interrupted in between, first, at INFO) and has the runner resume from it, loaded safely."""
         super().before_run(runner)
+        url = _work_dir_url(runner) if self.out_dir is None else None
+        if url is not None:  # checkpoints would go into that local folder, and nothing to the bucket
+            parent, base = url.rstrip("/").rsplit("/", 1)
+            raise ValueError(
+                f"{_WHERE}: the runner's `work_dir` must be a local directory when `out_dir` is not given, got "
+                f"{url!r} (mmengine made it the local folder {runner.work_dir}, and the checkpoints would go there, "
+                f"none to the bucket). Give the runner a local work_dir (e.g. 'work_dirs/{base}') and this hook "
+                f"out_dir={parent!r} (the checkpoints then go to {parent}/{base}), with storage_options for the "
+                "endpoint and credentials."
+            )
         if not runner._resume:
             return
         if runner._load_from is not None:
@@ -239,15 +250,23 @@ class CheckpointHook(_CheckpointHook):
             trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock,
         )
         try:
-            found = engine.newest_good(prefer=os.path.basename(wanted) if wanted else None, templates=templates)
+            prefer = os.path.basename(wanted) if wanted else None
+            lag = _lagging(pointer, prefer, engine.entries(), engine.store)
+            if lag is not None:
+                prefer = None  # the newest first: it was committed after the pointer was written
+            found = engine.newest_good(prefer=prefer, templates=templates)
         finally:
             engine.close()
         if found is None:
             return None
         entry, states = found
-        if wanted and os.path.abspath(entry.paths[MAIN]) != os.path.abspath(wanted):
+        used = entry.paths[MAIN]
+        if lag is not None and entry.info.time >= lag.info.time and os.path.basename(used) != os.path.basename(wanted):
+            logger.info("%s names %s, but %s is newer and committed (a save was interrupted before updating %s): "
+                        "resuming from %s", POINTER, wanted, used, POINTER, used)
+        elif wanted and os.path.abspath(used) != os.path.abspath(wanted):
             logger.warning("%s names %s, which is missing or not usable: resuming from %s instead, the newest good "
-                           "checkpoint in %s", POINTER, wanted, entry.paths[MAIN], directory)
+                           "checkpoint in %s", POINTER, wanted, used, directory)
         self._rng = states.get(RNG)
         return entry.paths[MAIN], states[MAIN]
 
@@ -375,6 +394,35 @@ class CheckpointHook(_CheckpointHook):
         final_path = os.path.splitext(ckpt_path)[0] + f"-{sha[:8]}.pth"
         storage.atomic_save(checkpoint, final_path)
         print_log(f"The checkpoint ({ckpt_path}) is published to {final_path}.", logger="current")
+
+
+def _lagging(pointer: str, wanted: Optional[str], entries: List[Entry], store: Any) -> Optional[Entry]:
+    """
+    The checkpoint `last_checkpoint` (`pointer`) names, when a newer one of ours (with a record)
+    was committed after the pointer was last written: a save interrupted between its commit and
+    the pointer's update. None otherwise; a pointer written after the newer checkpoint (someone
+    chose an older one to resume from) is followed.
+    """
+    named = next((e for e in entries if e.name == wanted), None)
+    committed = [e for e in entries if e.record]
+    if named is None or not committed or store.order(committed[-1]) <= store.order(named):
+        return None
+    try:
+        lagged = os.stat(store.record_path(committed[-1].key)).st_mtime_ns >= os.stat(pointer).st_mtime_ns
+    except OSError:
+        return None
+    return named if lagged else None
+
+
+def _work_dir_url(runner: Any) -> Optional[str]:
+    """The URL the runner's `work_dir` was given as (its config's, or what `osp.abspath` made of
+    it: "s3://bucket/run" becomes the local folder `<cwd>/s3:/bucket/run`), or None."""
+    cfg = getattr(runner, "cfg", None)
+    given = cfg.get("work_dir") if cfg is not None and hasattr(cfg, "get") else None
+    if is_url(str(given)):
+        return str(given)
+    mangled = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*):/+(.+)", os.path.relpath(runner.work_dir))
+    return f"{mangled[1]}://{mangled[2]}" if mangled else None
 
 
 def _templates(runner: Any) -> Optional[Dict[str, Any]]:

@@ -44,13 +44,13 @@ class CommandError(Exception):
     """A command that cannot run: its message is the one line printed."""
 
 
-_STORAGE_OPTIONS: Dict[str, Any] = {}  # --storage-options, for bucket URLs
+Options = Optional[Dict[str, Any]]  # --storage-options (fsspec's), for bucket URLs: each call's own
 
 
-def stores(directory: str) -> List[Tuple[str, Any]]:
+def stores(directory: str, storage_options: Options = None) -> List[Tuple[str, Any]]:
     """(what it is, store) for each set of checkpoints in `directory` (a bucket URL: read through a temp copy)."""
     if is_url(directory):
-        return _remote_stores(directory)
+        return _remote_stores(directory, storage_options)
     try:
         names = os.listdir(directory)
     except OSError as e:
@@ -65,23 +65,24 @@ def _stores(directory: str, names: List[str]) -> List[Tuple[str, Any]]:
     return [("one file per checkpoint", NamedFiles(directory, ONE_FILE))]
 
 
-def _remote_stores(url: str) -> List[Tuple[str, Any]]:
+def _remote_stores(url: str, storage_options: Options) -> List[Tuple[str, Any]]:
     """A bucket's checkpoints, downloaded into a temp directory when first listed."""
     import tempfile
 
     copy = tempfile.mkdtemp(prefix="trainer_ckpt-")
     try:
-        probe = mirrored(NamedFiles(copy, ONE_FILE), url, _STORAGE_OPTIONS, "trainer_ckpt")
+        probe = mirrored(NamedFiles(copy, ONE_FILE), url, storage_options, "trainer_ckpt")
         names = [os.path.basename(p.rstrip("/")) for p in probe.fs.ls(probe.root, detail=False)]
     except FileNotFoundError as e:
         raise CommandError(f"cannot read {url}: no such bucket or prefix. Give a bucket URL with checkpoints.") from e
     except Exception as e:
         raise CommandError(f"cannot read {url}: {type(e).__name__}: {' '.join(str(e).split())}. Check the URL and "
                            "--storage-options (endpoint, credentials).") from e
-    return [(kind, Mirrored(store, url, _STORAGE_OPTIONS)) for kind, store in _stores(copy, names)]
+    return [(kind, Mirrored(store, url, storage_options)) for kind, store in _stores(copy, names)]
 
 
-def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str = "trainer_ckpt") -> List[Tuple[str, Engine]]:
+def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str = "trainer_ckpt",
+             storage_options: Options = None) -> List[Tuple[str, Engine]]:
     """
     An engine per store: read-only, or with `write` = (what, how to do without) holding the
     writer's lock, which is refused while a run holds it.
@@ -90,7 +91,7 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
     if write is not None and is_url(directory):
         raise CommandError(f"cannot {write[0]} {directory}: a bucket has no writer's lock to keep a live run out. "
                            "Run it on the run's local directory: what it deletes there goes from the bucket too.")
-    for kind, store in stores(directory):
+    for kind, store in stores(directory, storage_options):
         try:
             engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=storage.numpy_types())))
         except Exception as e:  # the lock: a live writer
@@ -197,7 +198,7 @@ def _judged(engine: Engine, policy: Any, only_ours: bool, now: float, newest_goo
     return judged
 
 
-def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None) -> int:
+def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None, storage_options: Options = None) -> int:
     rows, now, why = [], time.time(), ""
     if policy_text is not None:
         policies = {None: _parse_policy(policy_text)}
@@ -207,7 +208,7 @@ def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None)
         except Exception as e:
             policies, why = {}, f"config.json: {' '.join(str(e).split())}"
             logger.warning("Cannot tell what keeps each checkpoint in %s: %s", directory, why)
-    for kind, engine in _engines(directory):
+    for kind, engine in _engines(directory, storage_options=storage_options):
         prefix = getattr(engine.store, "prefix", "")
         policy = policies.get(None, policies.get(prefix))
         judged = _judged(engine, policy, False, now, newest_good=False) if policy is not None else {}
@@ -233,11 +234,12 @@ def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None)
 
 # ---- verify, prune -----------------------------------------------------------------------------
 
-def verify(directory: str, quarantine: bool = False) -> int:
+def verify(directory: str, quarantine: bool = False, storage_options: Options = None) -> int:
     """Checks every checkpoint; `quarantine` moves the bad ones into corrupt/ (needs the writer's lock)."""
     bad, checked, start = 0, 0, time.monotonic()
     refused = ("quarantine in", "Run verify without --quarantine, or when training has stopped.")
-    engines = _engines(directory, write=refused if quarantine else None, where="trainer_ckpt verify")
+    engines = _engines(directory, write=refused if quarantine else None, where="trainer_ckpt verify",
+                       storage_options=storage_options)
     try:
         for _, engine in engines:
             entries = engine.entries()
@@ -260,7 +262,7 @@ def verify(directory: str, quarantine: bool = False) -> int:
     return 1 if bad else 0
 
 
-def prune(directory: str, policy_text: str, dry_run: bool = False) -> int:
+def prune(directory: str, policy_text: str, dry_run: bool = False, storage_options: Options = None) -> int:
     """
     Deletes the checkpoints `policy` does not keep. Never the newest good checkpoint, never a file
     that is not part of a checkpoint of a known layout (a one-file checkpoint without our record
@@ -268,7 +270,8 @@ def prune(directory: str, policy_text: str, dry_run: bool = False) -> int:
     """
     policy = _parse_policy(policy_text)
     refused = ("prune", "Prune when training has stopped, or see what it would delete with --dry-run.")
-    engines = _engines(directory, write=None if dry_run else refused, where="trainer_ckpt prune")
+    engines = _engines(directory, write=None if dry_run else refused, where="trainer_ckpt prune",
+                       storage_options=storage_options)
     deleted = 0
     try:
         for _, engine in engines:
@@ -293,9 +296,9 @@ def prune(directory: str, policy_text: str, dry_run: bool = False) -> int:
 
 # ---- export, diff ------------------------------------------------------------------------------
 
-def _pick(directory: str, which: str) -> Tuple[Engine, storage.Entry]:
+def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[Engine, storage.Entry]:
     """The checkpoint `which` names in `directory`: a name (`e3_b0`, `model_6.pt`), `best` or `latest` (the newest good)."""
-    found = [(engine, e) for _, engine in _engines(directory) for e in engine.entries()]
+    found = [(engine, e) for _, engine in _engines(directory, storage_options=storage_options) for e in engine.entries()]
     if not found:
         raise CommandError(f"no checkpoints in {directory}. Give a run directory with checkpoints.")
     if which in ("latest", "best"):
@@ -318,10 +321,10 @@ def _pick(directory: str, which: str) -> Tuple[Engine, storage.Entry]:
     raise CommandError(f"no checkpoint named {which!r} in {directory}, got {names}. Use one of those, best or latest.")
 
 
-def _resolve(target: str, which: str) -> Tuple[Engine, storage.Entry]:
+def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[Engine, storage.Entry]:
     """A run directory (its `which` checkpoint) or one checkpoint's file."""
     if os.path.isdir(target) or is_url(target):
-        return _pick(target, which)
+        return _pick(target, which, storage_options)
     directory, base = os.path.split(os.path.abspath(target))
     for _, engine in _engines(directory):
         for entry in engine.entries():
@@ -366,11 +369,13 @@ def model_weights(loaded: Dict[str, Any], key: Optional[str], name: str) -> Dict
     return obj
 
 
-def export(directory: str, which: str, to: str, fmt: str, key: Optional[str]) -> int:
+def export(directory: str, which: str, to: str, fmt: str, key: Optional[str], storage_options: Options = None) -> int:
     """The model's weights alone into `to` (written atomically), with its SHA-256."""
     import torch
 
-    engine, entry = _resolve(directory, which)
+    if "://" in to:  # it would become a local folder named "s3:"
+        raise CommandError(f"--to must be a local file, got {to!r}. Export to a local file, then copy it to the bucket.")
+    engine, entry = _resolve(directory, which, storage_options)
     weights = model_weights(_load(engine, entry), key, entry.name)
     if fmt == "safetensors":
         try:
@@ -426,13 +431,13 @@ def _flat_any(obj: Any, prefix: str) -> Dict[str, Any]:
     return {prefix: obj}
 
 
-def diff(a: str, b: str, which: str, as_json: bool = False) -> int:
+def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Options = None) -> int:
     """Config keys, versions, world size, and per-tensor max abs difference between two checkpoints."""
     import torch
 
     sides = []
     for target in (a, b):
-        engine, entry = _resolve(target, which)
+        engine, entry = _resolve(target, which, storage_options)
         loaded = _load(engine, entry)
         # Our resume state (random generators, data order, the config) inside AllenNLP's training
         # state: one line, not a thousand.
@@ -530,13 +535,13 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--policy", help=POLICY_HELP + " (default: the run's, from config.json)")
     p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a: ls(a.directory, a.json, a.policy))
+    p.set_defaults(command=lambda a, options: ls(a.directory, a.json, a.policy, options))
     p = subparsers.add_parser("verify", description="Check every checkpoint's size and CRC32 against its record "
                               "(a file without one: that it loads).", help="check checkpoints")
     p.add_argument("directory")
     p.add_argument("--quarantine", action="store_true", help="move bad checkpoints into corrupt/")
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a: verify(a.directory, a.quarantine))
+    p.set_defaults(command=lambda a, options: verify(a.directory, a.quarantine, options))
     p = subparsers.add_parser("prune", description=prune.__doc__.strip().split("\n\n")[0].replace("\n    ", " ")
                               + " Applies a retention policy to an existing directory.", help="apply a retention policy")
     p.add_argument("directory")
@@ -544,7 +549,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a: prune(a.directory, a.policy, a.dry_run))
+    p.set_defaults(command=lambda a, options: prune(a.directory, a.policy, a.dry_run, options))
     p = subparsers.add_parser("export", description="Write one checkpoint's model weights alone to a file, "
                               "atomically, and print its SHA-256.", help="export model weights")
     p.add_argument("directory", help="a run directory, or one checkpoint's file")
@@ -553,7 +558,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--format", choices=("torch", "safetensors"), default="torch")
     p.add_argument("--key", help="dotted path to the weights inside the checkpoint, when they cannot be told")
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a: export(a.directory, a.checkpoint, a.to, a.format, a.key))
+    p.set_defaults(command=lambda a, options: export(a.directory, a.checkpoint, a.to, a.format, a.key, options))
     p = subparsers.add_parser("diff", description="Config keys, versions, world size and per-tensor max abs "
                               "difference between two checkpoints (each a run directory or a checkpoint's file).",
                               help="compare two checkpoints")
@@ -562,20 +567,23 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--checkpoint", default="latest", help="which checkpoint of a run directory (default: latest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a: diff(a.a, a.b, a.checkpoint, a.json))
+    p.set_defaults(command=lambda a, options: diff(a.a, a.b, a.checkpoint, a.json, options))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         for package in getattr(args, "include_package", None) or []:
             importlib.import_module(package)
+        options = None  # this call's own: nothing carries over to the next call in the process
         if getattr(args, "storage_options", None):
             try:
-                _STORAGE_OPTIONS.update(json.loads(args.storage_options))
-            except ValueError as e:
+                options = json.loads(args.storage_options)
+            except ValueError:
+                options = None
+            if not isinstance(options, dict):
                 raise CommandError(f"--storage-options must be a JSON object, got {args.storage_options!r}. "
-                                   'Write e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'.') from e
-        return args.command(args)
+                                   'Write e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'.')
+        return args.command(args, options)
     except CommandError as e:
         print(f"trainer_ckpt: {e}", file=sys.stderr)
         return 2
