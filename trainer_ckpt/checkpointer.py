@@ -48,6 +48,12 @@ class Checkpointer(AllenNlpCheckpointer):
 
     def __init__(self, serialization_dir: Union[str, os.PathLike]) -> None:
         # AllenNLP's __init__ is deliberately not called: it would build its own flat-key state.
+        url = str(serialization_dir)
+        if "://" in url:  # it would become a local folder named "s3:", and nothing would be uploaded
+            fix = (f"Give the path itself, {url[len('file://'):]!r}" if url.startswith("file://") else
+                   "Train into a local directory (allennlp train -s runs/my_run) and give the checkpointer "
+                   f'upload_to: "{url}" (with storage_options for the endpoint and credentials)')
+            raise ConfigurationError(f"{_WHERE}: `serialization_dir` must be a local directory, got {url!r}. {fix}.")
         self._serialization_dir = str(serialization_dir)
         self._rank = dist.get_rank() if is_distributed() else 0
         self._world_size = dist.get_world_size() if is_distributed() else 1
