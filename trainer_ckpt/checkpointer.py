@@ -640,11 +640,18 @@ def _progress(
 
 
 def _link_or_copy(source: str, target: str) -> None:
-    """Points `target` at `source`'s content atomically (a hard link where possible)."""
-    tmp = f"{target}.tmp-{os.getpid()}"
-    storage.remove_file(tmp)
+    """
+    Points `target` at `source`'s content atomically (a hard link where possible, else a copy),
+    through a hidden temp file that is fsynced, renamed, and removed if anything fails (a crash
+    leaves it to the next run's clean-up, which knows its name).
+    """
+    tmp = storage.temp_path(target)
     try:
-        os.link(source, tmp)
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(source, tmp)
+        storage.commit([(tmp, target)])  # fsyncs it, renames it over `target`, fsyncs the directory
+    except BaseException:
+        storage.remove_file(tmp)
+        raise

@@ -7,6 +7,7 @@ import concurrent.futures
 import logging
 import os
 import secrets
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger("trainer_ckpt.storage")  # what users filter on: checkpoint files
@@ -17,19 +18,30 @@ except ImportError:  # an optional accelerator: zlib's
     from zlib import crc32
 
 _POOLS: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
-    """One worker thread per job kind ("crc", "io", "read", "delete"), made at first use; joined at interpreter exit."""
-    if name not in _POOLS:
-        _POOLS[name] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"trainer_ckpt-{name}")
-    return _POOLS[name]
+    """
+    One worker thread per job kind ("crc", "io", "read", "delete"), made at first use; joined at
+    interpreter exit. Jobs carry all their state (no job reads another's buffers), so saves of
+    several threads may queue on one worker; no job waits on another pool's job.
+    """
+    with _POOLS_LOCK:
+        if name not in _POOLS:
+            _POOLS[name] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"trainer_ckpt-{name}")
+        return _POOLS[name]
 
 
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has no worker threads: it starts its own
+def wait_for(name: str) -> None:
+    """Waits until the jobs queued on pool `name` so far are done (nothing to wait for if it was never made)."""
+    with _POOLS_LOCK:
+        executor = _POOLS.get(name)
+    if executor is not None:
+        executor.submit(lambda: None).result()
 
 
-class _ChecksummingWriter:
+class ChecksummingWriter:
     """
     Passes writes through, computing the size and CRC32 of what was written on the way. A large
     chunk's CRC is computed on another thread while the chunk is written (both release the GIL),
@@ -85,7 +97,7 @@ def _sync_file_range():
 _START_WRITEBACK = _sync_file_range()
 
 
-class _WritebackFile:
+class WritebackFile:
     """A buffered file whose bytes start going to the disk every 16 MiB, while the rest is written."""
 
     def __init__(self, f) -> None:
@@ -115,9 +127,9 @@ class _WritebackFile:
 # decided once per directory and logged.
 
 _DIRECT_BLOCK = 4096  # O_DIRECT's alignment of offsets, lengths and buffer addresses
-_DIRECT_CHUNK = 16 << 20  # bytes per direct write; two bounce buffers of this size, kept per process
+_DIRECT_CHUNK = 16 << 20  # bytes per direct write; each direct file leases two bounce buffers of this size
+_DIRECT_FILES_AT_ONCE = 4  # bounce-buffer pairs a process keeps at most (128 MiB); more files at once go buffered
 _DIRECT: Dict[str, bool] = {}  # directory -> whether O_DIRECT works there
-_BOUNCE: List[Any] = []
 
 
 def direct_io(directory: str) -> bool:
@@ -141,7 +153,10 @@ def _probe_direct(directory: str) -> bool:
     except OSError:
         return False
     try:
-        os.write(fd, _bounce()[0][:_DIRECT_BLOCK])
+        import mmap
+
+        with mmap.mmap(-1, _DIRECT_BLOCK) as page:  # page-aligned, as O_DIRECT wants
+            os.write(fd, page)
         return True
     except OSError:
         return False
@@ -150,24 +165,72 @@ def _probe_direct(directory: str) -> bool:
         os.remove(probe)
 
 
-def _bounce() -> List[Any]:
-    """Two page-aligned buffers (anonymous mmaps), made once per process and reused."""
-    if not _BOUNCE:
+class BouncePool:
+    """
+    Pairs of page-aligned buffers (anonymous mmaps) for direct writes, each leased to one file at a
+    time and given back when it is closed, so that any number of saves in flight (threads,
+    background and synchronous, several checkpointers) never share a buffer. Pairs are made on
+    demand and kept for reuse, `limit` at most: beyond that, `lease` returns None and the file is
+    written through the page cache instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.made, self.free, self.lock = limit, 0, [], threading.Lock()
+
+    def lease(self) -> Optional[List[memoryview]]:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+            if self.made >= self.limit:
+                return None
+            self.made += 1
         import mmap
 
-        _BOUNCE.extend(memoryview(mmap.mmap(-1, _DIRECT_CHUNK)) for _ in range(2))
-    return _BOUNCE
+        return [memoryview(mmap.mmap(-1, _DIRECT_CHUNK)) for _ in range(2)]
+
+    def give_back(self, buffers: List[memoryview]) -> None:
+        with self.lock:
+            self.free.append(buffers)
 
 
-class _DirectFile:
+_BOUNCE = BouncePool(_DIRECT_FILES_AT_ONCE)
+
+
+def _after_fork() -> None:
+    """A forked child has none of the parent's threads: no worker threads (it starts its own),
+    no lock holders, and leases held by the parent's threads never come back."""
+    global _POOLS_LOCK, _BOUNCE
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+    _BOUNCE = BouncePool(_DIRECT_FILES_AT_ONCE)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def open_direct(path: str) -> Optional["DirectFile"]:
+    """`path` created for writing with O_DIRECT and its own bounce buffers; None when none are free."""
+    buffers = _BOUNCE.lease()
+    if buffers is None:
+        logger.debug("%d direct writes in flight: %s goes through the page cache", _BOUNCE.limit, path)
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+    except BaseException:
+        _BOUNCE.give_back(buffers)
+        raise
+    return DirectFile(fd, buffers, _BOUNCE)
+
+
+class DirectFile:
     """
     A write-only file opened with O_DIRECT: writes are gathered into a bounce buffer, and each
     full buffer is written by the I/O thread while the next one fills. The unaligned tail is
-    written through the page cache when the file is closed.
+    written through the page cache when the file is closed; then the buffers go back to `owner`.
     """
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buffers, self.current, self.filled = fd, _bounce(), 0, 0
+    def __init__(self, fd: int, buffers: List[memoryview], owner: BouncePool) -> None:
+        self.fd, self.buffers, self.owner, self.current, self.filled = fd, buffers, owner, 0, 0
         self.pending: Optional[concurrent.futures.Future] = None
 
     def write(self, data) -> int:
@@ -213,7 +276,11 @@ class _DirectFile:
                 fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 _write_all(self.fd, tail)
         finally:
-            os.close(self.fd)
+            try:
+                self._wait()  # an error above left no write in flight, but be certain before the buffers go back
+            finally:
+                os.close(self.fd)
+                self.owner.give_back(self.buffers)
 
 
 def _write_all(fd: int, buffer) -> None:

@@ -17,13 +17,14 @@ import pickle
 import re
 import secrets
 import shutil
+import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt import fastio
-from trainer_ckpt.fastio import _ChecksummingWriter, _DirectFile, _WritebackFile, direct_io, file_crc  # noqa: F401 (file_crc, direct_io: used here and by callers)
+from trainer_ckpt.fastio import ChecksummingWriter, WritebackFile, direct_io, file_crc, open_direct  # noqa: F401 (file_crc, direct_io: used here and by callers)
 
 logger = logging.getLogger(__name__)
 
@@ -103,21 +104,30 @@ def atomic_write(path: str, write, mtime: Optional[float] = None) -> None:
 _IN_FLIGHT: set = set()
 
 
-def _write_temp(path: str, write, mtime: Optional[float] = None, direct: bool = False) -> str:
-    """Writes a hidden temp file next to `path` (not yet fsynced; `direct`: with O_DIRECT); removes it if that fails."""
+def temp_path(path: str) -> str:
+    """
+    A new hidden temp name next to `path` (`.{name}.tmp-{pid}-{random}`), marked in flight until
+    it is committed or removed: clean-up knows the shape, and leaves this process's own alone.
+    """
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     _IN_FLIGHT.add(os.path.abspath(tmp))
+    return tmp
+
+
+def _write_temp(path: str, write, mtime: Optional[float] = None, direct: bool = False) -> str:
+    """Writes a hidden temp file next to `path` (not yet fsynced; `direct`: with O_DIRECT); removes it if that fails."""
+    tmp = temp_path(path)
     try:
-        if direct:
-            f = _DirectFile(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644))
+        f = open_direct(tmp) if direct else None  # None: no bounce buffers free, or not wanted
+        if f is not None:
             try:
                 write(f)
             finally:
                 f.close()
         else:
             with open(tmp, "wb") as f:
-                write(_WritebackFile(f))
+                write(WritebackFile(f))
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
     except BaseException as e:
@@ -171,23 +181,50 @@ def atomic_save(obj: Any, path: str, mtime: Optional[float] = None) -> Dict[str,
     return info
 
 
+# Process-wide torch settings that saves and loads change for their duration: changed by the
+# first of them in flight, put back by the last, under one lock, so that saves and loads of
+# several threads never undo each other's setting (see `_without_zip_crc32`, `allowing`).
+_SETTINGS_LOCK = threading.Lock()
+_ZIP_CRC32 = {"saves": 0, "previous": True}
+
+
+@contextlib.contextmanager
+def _without_zip_crc32() -> Iterator[None]:
+    """
+    torch.save without its per-entry zip CRC32 (the record holds a CRC32 of the whole file,
+    computed on the way; torch's would be a second pass over every byte, about a fifth of the
+    save). torch reads the setting when a save starts; it is off while any save of ours is in
+    flight, and the user's value is back once none is (a torch.save of the user's own on another
+    thread meanwhile writes no per-entry CRC32: torch.load loads such files as any other).
+    """
+    with _SETTINGS_LOCK:
+        if _ZIP_CRC32["saves"] == 0:
+            _ZIP_CRC32["previous"] = torch.serialization.get_crc32_options()
+            torch.serialization.set_crc32_options(False)
+        _ZIP_CRC32["saves"] += 1
+    try:
+        yield
+    finally:
+        with _SETTINGS_LOCK:
+            _ZIP_CRC32["saves"] -= 1
+            if _ZIP_CRC32["saves"] == 0:
+                torch.serialization.set_crc32_options(_ZIP_CRC32["previous"])
+
+
 def _save_temp(obj: Any, path: str, mtime: Optional[float] = None, **save_kwargs: Any) -> Tuple[str, Dict[str, Any]]:
-    written: List[_ChecksummingWriter] = []
+    written: List[ChecksummingWriter] = []
 
     def write(f) -> None:
-        writer = _ChecksummingWriter(f)
-        # The record holds a CRC32 of the whole file, computed on the way: torch's own per-entry
-        # zip CRC32 would be a second pass over every byte (about a fifth of the save).
-        previous = torch.serialization.get_crc32_options()
-        torch.serialization.set_crc32_options(False)
-        try:
+        writer = ChecksummingWriter(f)
+        with _without_zip_crc32():
             torch.save(obj, writer, **save_kwargs)
-        finally:
-            torch.serialization.set_crc32_options(previous)
         written.append(writer)
 
     tmp = _write_temp(path, write, mtime, direct=direct_io(os.path.dirname(path) or "."))
     return tmp, {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32}
+
+
+_ALLOWED: Dict[Any, int] = {}  # type -> loads in flight that allow it; only types we added are here
 
 
 @contextlib.contextmanager
@@ -195,17 +232,39 @@ def allowing(types: Iterable[Any]) -> Iterator[None]:
     """
     Lets `weights_only` loading accept `types` within. Unlike `torch.serialization.safe_globals`,
     which on exit also drops types the user had allowed for the whole process, it takes back only
-    what it added.
+    what it added, and only when no other load in flight (another thread) still allows it.
     """
-    present = torch.serialization.get_safe_globals()
-    added = [t for t in types if t not in present]
-    torch.serialization.add_safe_globals(added)
+    types = list(dict.fromkeys(types))
+    with _SETTINGS_LOCK:
+        present = set(torch.serialization.get_safe_globals())
+        mine = [t for t in types if t in _ALLOWED or t not in present]
+        torch.serialization.add_safe_globals([t for t in mine if t not in present])
+        for t in mine:
+            _ALLOWED[t] = _ALLOWED.get(t, 0) + 1
     try:
         yield
     finally:
-        now = [t for t in torch.serialization.get_safe_globals() if not any(t is a or t == a for a in added)]
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(now)
+        with _SETTINGS_LOCK:
+            done = []
+            for t in mine:
+                _ALLOWED[t] -= 1
+                if not _ALLOWED[t]:
+                    del _ALLOWED[t]
+                    done.append(t)
+            if done:
+                _disallow(done)
+
+
+def _disallow(types: List[Any]) -> None:
+    """Takes `types` off torch's list in one step (torch swaps its set), so that a load on another thread never sees a list without the rest."""
+    remove = getattr(torch.serialization, "_weights_only_unpickler", None)
+    remove = getattr(remove, "_remove_safe_globals", None)
+    if remove is not None:
+        remove(types)
+        return
+    now = [t for t in torch.serialization.get_safe_globals() if t not in types]  # an older torch
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(now)
 
 
 class BadCheckpoint(Exception):
@@ -330,9 +389,7 @@ def discard(path: str) -> None:
     if stat.st_size < _DISCARD_ON_A_THREAD or os.path.isdir(path):
         remove_file(path)
         return
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    _IN_FLIGHT.add(os.path.abspath(tmp))
+    tmp = temp_path(path)
     try:
         os.rename(path, tmp)
     except FileNotFoundError:
@@ -346,8 +403,7 @@ def discard(path: str) -> None:
 
 def wait_for_discards() -> None:
     """Waits until the files `discard` handed to its thread are unlinked."""
-    if "delete" in fastio._POOLS:
-        fastio.pool("delete").submit(lambda: None).result()
+    fastio.wait_for("delete")
 
 
 class CheckpointDir:
@@ -363,7 +419,10 @@ class CheckpointDir:
         kinds = "|".join(_KINDS)
         p = re.escape(prefix)
         self._name_re = re.compile(rf"^{p}({kinds})_e(\d+)_b(\d+)(?:_w(\d+))?\.(th|json)$")
-        self._temp_re = re.compile(rf"^\.{p}(?:{kinds})_e\d+_b\d+(?:_w\d+)?\.(?:th|json)\.tmp-(\d+)-[0-9a-f]+$")
+        # Temp files of our own names only (and of `best.th`, which the AllenNLP face links, and of
+        # the direct-I/O probe): anything else in the directory is not ours to remove.
+        own = rf"{p}(?:{kinds})_e\d+_b\d+(?:_w\d+)?\.(?:th|json)" + ("|best\\.th|direct-probe" if not prefix else "")
+        self._temp_re = re.compile(rf"^\.(?:{own})\.tmp-(\d+)-[0-9a-f]+$")
         self._records: Dict[str, Dict[str, Any]] = {}  # records never change once written
 
     def name(self, kind: str, progress: Progress, rank: Optional[int] = None) -> str:
@@ -532,6 +591,10 @@ class Pairs:
     def label(self, key: Progress) -> str:
         return f"{self.prefix}e{key[0]}_b{key[1]}"
 
+    def owns(self, base: str) -> bool:
+        """Whether `base` is one of this layout's file names (any rank's): what a store may ever delete."""
+        return self.dir.parse(base) is not None
+
     @staticmethod
     def order(entry: Entry) -> Any:
         return entry.key
@@ -550,7 +613,17 @@ class Layout(NamedTuple):
     parse: Callable[[str], Optional[str]]
 
 
-_ANY_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # what `_write_temp` names a temp file of `name`
+
+
+def owned_by(layout: Layout, base: str) -> bool:
+    """Whether `base` is one of `layout`'s file names: a main file, or a hidden file (record, RNG) of one."""
+    if layout.parse(base) is not None:
+        return True
+    if base.startswith("."):
+        name = layout.parse(base[1:].rsplit(".", 1)[0])  # `.model_0000009.pth.json` -> `model_0000009`
+        return name is not None and (base == layout.record(name) or base in layout.files(name).values())
+    return False
 
 
 class NamedFiles:
@@ -575,8 +648,9 @@ class NamedFiles:
         for base in names:
             name = self.layout.parse(base)
             if name is None:
-                temp = _ANY_TEMP.match(base)
-                if temp is not None and _stale(os.path.join(self.directory, base), int(temp.group(1))):
+                temp = _TEMP.match(base)
+                if (temp is not None and (owned_by(self.layout, temp["name"]) or temp["name"] == "direct-probe")
+                        and _stale(os.path.join(self.directory, base), int(temp["pid"]))):
                     stale.append(os.path.join(self.directory, base))
                 continue
             has_record = self.layout.record(name) in present
@@ -615,6 +689,10 @@ class NamedFiles:
 
     def label(self, key: str) -> str:
         return key
+
+    def owns(self, base: str) -> bool:
+        """Whether `base` is one of this layout's file names: what a store may ever delete."""
+        return owned_by(self.layout, base)
 
     @staticmethod
     def order(entry: Entry) -> Any:
