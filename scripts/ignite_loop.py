@@ -14,7 +14,8 @@ plain shuffled `DataLoader` (`--deterministic`, ignite's own convention for resu
 `--compare` prints the largest difference between the final weights and optimizer state of the
 interrupted-and-resumed run and those of an uninterrupted run, for each checkpointer and set-up
 (or that the resume failed: ignite's `load_objects` loads with `weights_only=True`, which refuses
-the numpy random state in a DeterministicEngine's state).
+the numpy random state in a DeterministicEngine's state). Each run notes the iterations done when
+it trains its first one in `starts.jsonl` in the output directory (tests/_resume.py).
 """
 import argparse
 import os
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.plain_loop import dataset, max_difference  # noqa: E402
+from tests._resume import note_start  # noqa: E402
 from trainer_ckpt.data import ResumableLoader  # noqa: E402
 
 
@@ -40,6 +42,19 @@ def _newest_by_step(out: str):
     """What an ignite user writes to resume: the file with the highest step in its name."""
     files = sorted(Path(out).glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
     return files[-1] if files else None
+
+
+def _note_first_iteration(out: str):
+    """A handler noting the iterations done when this process starts its first one (ignite's
+    `state.iteration` counts from 1 and is already advanced then): checkpoint_35's run notes 35."""
+    noted = []
+
+    def note(engine) -> None:
+        if not noted:
+            noted.append(True)
+            note_start(out, engine.state.iteration - 1)
+
+    return note
 
 
 def train(out: str, max_epochs: int = 4, kill_at: int = -1, peer: bool = False, deterministic: bool = False) -> None:
@@ -70,6 +85,7 @@ def train(out: str, max_epochs: int = 4, kill_at: int = -1, peer: bool = False, 
     else:
         data = to_save["loader"] = ResumableLoader(dataset(), batch_size=16, shuffle=True, seed=0)
     handler = Checkpoint(to_save, DiskSaver(out, require_empty=False), n_saved=2)
+    trainer.add_event_handler(Events.ITERATION_STARTED, _note_first_iteration(out))
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5), handler)
     if kill_at >= 0:
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=kill_at), lambda _: os.kill(os.getpid(), signal.SIGKILL))

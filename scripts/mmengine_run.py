@@ -10,7 +10,8 @@ by trainer_ckpt.mmengine's `CheckpointHook` or, for comparison, by mmengine's ow
 
 `--no-val` leaves out the validation loop (its data loader draws from the global random state
 after each epoch's checkpoint, so a resumed run skips that draw). The final model and optimizer
-state go to `final.pt` in the work dir.
+state go to `final.pt` in the work dir; every Runner notes the iterations done when it starts its
+first one in `starts.jsonl` there (0, or its checkpoint's: 16 for epoch_2.pth; tests/_resume.py).
 """
 import argparse
 import os
@@ -24,6 +25,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests._resume import note_start  # noqa: E402
 
 
 def _classes():
@@ -52,6 +55,23 @@ def _classes():
     return ToyModel, Accuracy
 
 
+def start_probe():
+    """A hook that notes `runner.iter` (iterations done) right before the first iteration this
+    Runner trains, after any resume, in `starts.jsonl` in the work dir (on every rank)."""
+    from mmengine.dist import get_rank
+    from mmengine.hooks import Hook
+
+    class StartProbe(Hook):
+        noted = False
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+            if not self.noted:
+                self.noted = True
+                note_start(runner.work_dir, runner.iter, rank=get_rank())
+
+    return StartProbe
+
+
 class ToyData(torch.utils.data.Dataset):
     def __init__(self, n: int = 64) -> None:
         g = torch.Generator().manual_seed(0)
@@ -65,8 +85,9 @@ class ToyData(torch.utils.data.Dataset):
         return dict(inputs=self.x[i], labels=self.y[i])
 
 
-def build_runner(work_dir: str, hook: dict, max_epochs: int = 4, resume: bool = False, val: bool = True, **kwargs):
-    """A Runner with `default_hooks=dict(checkpoint=hook)`: 8 iterations an epoch."""
+def build_runner(work_dir: str, hook: dict, max_epochs: int = 4, resume: bool = False, val: bool = True,
+                 custom_hooks=(), **kwargs):
+    """A Runner with `default_hooks=dict(checkpoint=hook)`: 8 iterations an epoch; `start_probe` among its hooks."""
     from mmengine.runner import Runner
 
     ToyModel, Accuracy = _classes()
@@ -78,7 +99,8 @@ def build_runner(work_dir: str, hook: dict, max_epochs: int = 4, resume: bool = 
         param_scheduler=dict(type="MultiStepLR", milestones=[2]),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs, val_interval=1),
         default_hooks=dict(checkpoint=hook), randomness=dict(seed=0), resume=resume, default_scope=None,
-        log_level="WARNING", experiment_name=f"toy-{uuid.uuid4().hex[:12]}", **evaluation, **kwargs,
+        log_level="WARNING", experiment_name=f"toy-{uuid.uuid4().hex[:12]}",
+        custom_hooks=[dict(type=start_probe()), *custom_hooks], **evaluation, **kwargs,
     )  # a unique experiment name: runners of one process and second would share a message hub
 
 

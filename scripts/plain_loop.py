@@ -10,6 +10,8 @@ by trainer_ckpt.fvcore or, for comparison, by fvcore's own classes: one import d
 
 A small MLP with dropout, a shuffled loader, Adam, a checkpoint every 5 iterations (keep 2).
 `--device cuda` trains on the GPU, `--background` saves in the background (trainer_ckpt only).
+Each run notes the iteration it starts training at in `starts.jsonl` in the output directory
+(0, or the one after its checkpoint's; tests/_resume.py).
 `--compare` prints, for each checkpointer, the largest difference between the final weights and
 optimizer state of the interrupted-and-resumed run and those of an uninterrupted run.
 """
@@ -29,6 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests._resume import note_start  # noqa: E402
 from trainer_ckpt.data import ResumableLoader  # noqa: E402
 
 
@@ -60,6 +63,7 @@ def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False, d
             yield from loader
 
     data = batches()
+    note_start(out, start)  # iterations already done: model_0000034's run starts at 35
     for iteration in range(start, max_iter):
         x, y = (t.to(device) for t in next(data))
         loss = nn.functional.cross_entropy(model(x), y)

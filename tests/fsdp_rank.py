@@ -241,7 +241,7 @@ def mmengine():
 
     from mmengine.runner import Runner
 
-    from scripts.mmengine_run import ToyData, _classes
+    from scripts.mmengine_run import ToyData, _classes, start_probe
     from trainer_ckpt.mmengine import CheckpointHook
 
     ToyModel, _ = _classes()
@@ -262,8 +262,8 @@ def mmengine():
             param_scheduler=dict(type="MultiStepLR", milestones=[2], end=3),  # the same schedule in every run
             train_cfg=dict(by_epoch=True, max_epochs=max_epochs), default_hooks=dict(checkpoint=dict(type=CheckpointHook, interval=1)),
             randomness=dict(seed=0), resume=resume, default_scope=None, log_level="WARNING",
-            experiment_name=f"fsdp-{uuid.uuid4().hex[:12]}",
-        )
+            experiment_name=f"fsdp-{uuid.uuid4().hex[:12]}", custom_hooks=[dict(type=start_probe())],
+        )  # the probe notes where each Runner starts training (tests/_resume.py): the test checks the resume
 
     reference = runner(os.path.join(directory, "reference"), 3)
     reference.train()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from scripts.plain_loop import final_state, run
+from tests._resume import resumed
 from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
 from trainer_ckpt.resume import capture_rng, restore_rng
 
@@ -106,7 +107,12 @@ def test_sigkill_and_resume_on_cuda_with_background_saves_is_bit_exact(tmp_path)
     assert run(str(full), device="cuda", background=True) == 0
     assert run(str(cut), kill_at=37, device="cuda", background=True) == -signal.SIGKILL
     assert not os.path.exists(cut / "model_final.pth")
-    assert run(str(cut), device="cuda", background=True) == 0
+    # Saves every 5 iterations, in the background: the one after iteration 34 may still have been
+    # in flight at the kill. The resumed run starts after the newest on disk.
+    newest = max(int(p.stem[len("model_"):]) for p in cut.glob("model_*.pth"))
+    assert newest in (29, 34), newest
+    with resumed(cut, at=newest + 1):
+        assert run(str(cut), device="cuda", background=True) == 0
     a, b = final_state(str(full)), final_state(str(cut))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

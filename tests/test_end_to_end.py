@@ -1,6 +1,7 @@
 """
 Real `allennlp train` subprocesses on the shipped fixture (20 batches per epoch, 3 epochs),
-interrupted by a real SIGKILL (fixtures/plugins/kill_switch.py) and resumed with `--recover`.
+interrupted by a real SIGKILL (fixtures/plugins/kill_switch.py) and resumed with `--recover`; each
+recovered run is shown to have started at the checkpoint it should have (tests/_resume.py).
 """
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scripts.main_job import MAIN_CONFIG, allennlp_train, checkpoint_files
+from tests._resume import assert_starts, resumed
 from tests.conftest import ROOT, names
 
 CUSTOM_INTERRUPTED = ROOT / "fixtures" / "configs" / "custom_policy_interrupted.jsonnet"
@@ -35,7 +37,8 @@ def test_sigkill_mid_epoch_then_recover_keeps_what_an_uninterrupted_run_keeps(tm
     killed(allennlp_train(MAIN_CONFIG, out, kill_at="1:12"))
     assert checkpoint_files(out) == names((1, 0), (1, 5), (1, 10))
 
-    recovered = allennlp_train(MAIN_CONFIG, out, recover=True)
+    with resumed(out, at=(1, 10)):
+        recovered = allennlp_train(MAIN_CONFIG, out, recover=True)
     finished(out, recovered)
     assert "Restoring checkpoint e1_b10" in (out / "out.log").read_text()
     assert checkpoint_files(out) == checkpoint_files(full) == names((2, 15), (2, 20), (3, 0))
@@ -46,17 +49,21 @@ def test_custom_policy_from_a_user_package_survives_a_kill(tmp_path):
     packages = ("trainer_ckpt", "kill_switch", "my_policies")
     killed(allennlp_train(CUSTOM_INTERRUPTED, tmp_path, kill_at="1:12", packages=packages))
     assert checkpoint_files(tmp_path) == names((1, 0), (1, 10))
-    finished(tmp_path, allennlp_train(CUSTOM_INTERRUPTED, tmp_path, recover=True, packages=packages))
+    with resumed(tmp_path, at=(1, 10)):
+        finished(tmp_path, allennlp_train(CUSTOM_INTERRUPTED, tmp_path, recover=True, packages=packages))
     assert checkpoint_files(tmp_path) == names((1, 0), (2, 0), (3, 0))
 
 
 def test_kill_during_the_first_epoch_and_recover_twice(tmp_path):
     killed(allennlp_train(MAIN_CONFIG, tmp_path, kill_at="0:7"))
     assert checkpoint_files(tmp_path) == names((0, 5))
-    killed(allennlp_train(MAIN_CONFIG, tmp_path, recover=True, kill_at="2:1"))
+    with resumed(tmp_path, at=(0, 5)):
+        killed(allennlp_train(MAIN_CONFIG, tmp_path, recover=True, kill_at="2:1"))
     assert checkpoint_files(tmp_path) == names((1, 20), (2, 0), (1, 15))
-    finished(tmp_path, allennlp_train(MAIN_CONFIG, tmp_path, recover=True))
+    with resumed(tmp_path, at=(2, 0)):
+        finished(tmp_path, allennlp_train(MAIN_CONFIG, tmp_path, recover=True))
     assert checkpoint_files(tmp_path) == names((2, 15), (2, 20), (3, 0))
+    assert_starts(tmp_path, (0, 0), (0, 5), (2, 0))
 
 
 EXPECTED_AFTER_TRAINING = {
@@ -113,7 +120,8 @@ def test_best_k_after_recover_is_what_an_uninterrupted_run_keeps(tmp_path):
     full, out = tmp_path / "full", tmp_path / "interrupted"
     finished(full, allennlp_train(BEST_INTERRUPTED, full))
     killed(allennlp_train(BEST_INTERRUPTED, out, kill_at="3:7"))
-    finished(out, allennlp_train(BEST_INTERRUPTED, out, recover=True))
+    with resumed(out, at=(3, 5)):  # saves at epoch ends and every 5 batches
+        finished(out, allennlp_train(BEST_INTERRUPTED, out, recover=True))
     assert validation_accuracies(out) == validation_accuracies(full)
     assert checkpoint_files(out) == checkpoint_files(full)
     # The recovered run judged best-K from the records on disk, metrics included.
@@ -147,11 +155,10 @@ def test_a_run_directory_moves_between_allennlps_checkpointer_and_ours(tmp_path,
     killed(allennlp_train(first, tmp_path, kill_at="1:12"))
     ours_first = first == MAIN_CONFIG
     assert checkpoint_files(tmp_path) == names((1, 0), (1, 5), (1, 10), record=ours_first)
-    epoch_0 = (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns
     switch_checkpointer(tmp_path, then)
-    finished(tmp_path, allennlp_train(then, tmp_path, recover=True))
-    # Resumed, not restarted: a restarted run would have trained and logged epoch 0 again.
-    assert (tmp_path / "metrics_epoch_0.json").stat().st_mtime_ns == epoch_0
+    # Resumed, not restarted: a restarted run would also have trained and logged epoch 0 again.
+    with resumed(tmp_path, at=(1, 10)):
+        finished(tmp_path, allennlp_train(then, tmp_path, recover=True))
     final = names((2, 15), (2, 20), (3, 0), record=not ours_first)
     if ours_first:  # AllenNLP's retention deletes state files only; our records of those remain
         final = sorted(final + [f"checkpoint_e1_b{b}.json" for b in (0, 5, 10)])
@@ -175,7 +182,8 @@ def test_data_loader_workers_outliving_a_killed_trainer_do_not_block_recover(tmp
     try:
         # Only the trainer was killed: its forked workers are still there when --recover starts.
         assert [pid for pid in workers if _alive(pid)], f"no worker outlived the trainer: {workers}"
-        recovered = allennlp_train(config, out, recover=True)
+        with resumed(out, at=(1, 10)):
+            recovered = allennlp_train(config, out, recover=True)
         finished(out, recovered)
         assert "Restoring checkpoint e1_b10" in (out / "out.log").read_text()
     finally:

@@ -1,7 +1,8 @@
 """
 Bit-exact resume, end to end: real `allennlp train` runs (dropout, shuffled batches, Adam, a
 learning-rate schedule) SIGKILLed at several points and `--recover`ed end with weights, optimizer
-state and best.th equal, tensor by tensor, to an uninterrupted run's.
+state and best.th equal, tensor by tensor, to an uninterrupted run's, having resumed at their
+newest checkpoint (every run seeds alike, so a restart from 0 would end equal too: tests/_resume.py).
 """
 import logging
 import random
@@ -11,18 +12,20 @@ import pytest
 import torch
 
 from scripts.resume_drift import final_states, max_difference, train, variables
+from tests._resume import newest_allennlp_checkpoint, resumed
 from tests.conftest import ROOT, trainer_at
 from trainer_ckpt import DefaultCheckpointer
 from trainer_ckpt.resume import KEY, capture_rng, restore_rng
 
-VARIANTS = {  # name: (accumulation, moving average, distributed), kill points
-    "plain": ((1, False, False), ["1:12", "2:1", "0:7", "2:13"]),  # inside, after a boundary, first, last epoch
-    "accumulation_3": ((3, False, False), ["1:6"]),
-    "moving_average": ((1, True, False), ["1:12"]),
+VARIANTS = {  # name: (accumulation, moving average, distributed), {kill point: the newest checkpoint then}
+    # inside, after a boundary, first, last epoch (saves every 5 batches)
+    "plain": ((1, False, False), {"1:12": (1, 10), "2:1": (2, 0), "0:7": (0, 5), "2:13": (2, 10)}),
+    "accumulation_3": ((3, False, False), {"1:6": (1, 5)}),  # 7 batch groups an epoch
+    "moving_average": ((1, True, False), {"1:12": (1, 10)}),
     # Killed and recovered in test_time_based_saves_under_ddp_follow_rank_0_and_resume_bit_exact.
-    "two_gloo_processes": ((1, False, True), []),
+    "two_gloo_processes": ((1, False, True), {}),
 }
-CASES = [(name, kill) for name, (_, kills) in VARIANTS.items() for kill in kills]
+CASES = [(name, kill, newest) for name, (_, kills) in VARIANTS.items() for kill, newest in kills.items()]
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +44,14 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}-killed_at_{k.replace(':', '_')}" for n, k in CASES])
-def test_recovered_run_is_bit_identical(tmp_path, uninterrupted, name, kill_at):
+@pytest.mark.parametrize("name, kill_at, newest", CASES, ids=[f"{n}-killed_at_{k.replace(':', '_')}" for n, k, _ in CASES])
+def test_recovered_run_is_bit_identical(tmp_path, uninterrupted, name, kill_at, newest):
     (accumulation, moving_average, distributed), _ = VARIANTS[name]
     env = variables("trainer_ckpt", accumulation, moving_average)
     train(tmp_path, env, kill_at=kill_at, distributed=distributed)
-    train(tmp_path, env, recover=True, distributed=distributed)
+    assert newest_allennlp_checkpoint(tmp_path) == newest
+    with resumed(tmp_path, at=newest):
+        train(tmp_path, env, recover=True, distributed=distributed)
     assert max_difference(uninterrupted(name), final_states(tmp_path)) == 0.0
 
 
@@ -131,7 +136,11 @@ def test_the_resumed_epoch_replays_the_shuffle_and_the_random_stream(tmp_path):
     original = LoaderTrainer(Shuffled(range(6)))
     tracker = ResumeTracker(restore=True)
     tracker.attach(original)
-    first = draws(original, tracker, [0])
+    epoch_0_start = capture_rng()
+    draws(original, tracker, [0])
+    # Epoch 0 ran through the proxy too: it took the random state at the epoch's start (before the shuffle).
+    assert tracker.epoch_start[0] == 0 and tracker.epoch_start[1]["python"] == epoch_0_start["python"]
+    assert torch.equal(tracker.epoch_start[1]["torch"], epoch_0_start["torch"])
     original._epochs_completed = 1
     iterator = iter(original.data_loader)
     head = [(1, next(iterator), round(random.random(), 6)) for _ in range(2)]
@@ -139,19 +148,18 @@ def test_the_resumed_epoch_replays_the_shuffle_and_the_random_stream(tmp_path):
     tail = [(1, b, round(random.random(), 6)) for b in iterator]
 
     random.seed(123)  # a new process: other random state, and AllenNLP replays epoch 0 first
-    resumed = LoaderTrainer(Shuffled(range(6)), [TrackEpochCallback(str(tmp_path)), ShouldValidateCallback(str(tmp_path), validation_start=1)])
+    resumed_trainer = LoaderTrainer(Shuffled(range(6)), [TrackEpochCallback(str(tmp_path)), ShouldValidateCallback(str(tmp_path), validation_start=1)])
     again = ResumeTracker(restore=True)
-    again.attach(resumed)
+    again.attach(resumed_trainer)
     again.plan = Plan(1, 2, saved["epoch_start"], saved["save_point"], None)
-    draws(resumed, again, [0])  # the replay of epoch 0: reshuffles, consumes randomness
-    resumed._epochs_completed = 1
-    iterator = iter(resumed.data_loader)
+    draws(resumed_trainer, again, [0])  # the replay of epoch 0: reshuffles, consumes randomness
+    resumed_trainer._epochs_completed = 1
+    iterator = iter(resumed_trainer.data_loader)
     replayed_head = [next(iterator) for _ in range(2)]  # skipped by the trainer: no forward pass
     resumed_tail = [(1, b, round(random.random(), 6)) for b in iterator]
     assert replayed_head == [b for _, b, _ in head]
     assert resumed_tail == tail
-    assert resumed.model.epoch == 1 and resumed._should_validate_this_epoch is True
-    assert first  # epoch 0 ran through the proxy too
+    assert resumed_trainer.model.epoch == 1 and resumed_trainer._should_validate_this_epoch is True
 
 
 def test_configurations_that_cannot_resume_exactly_are_warned_about(caplog):
@@ -176,12 +184,17 @@ def test_time_based_saves_under_ddp_follow_rank_0_and_resume_bit_exact(tmp_path,
     packages = ("trainer_ckpt", "kill_switch", "fake_clock")
     killed = allennlp_train(config, tmp_path, kill_at="1:6", env=env, packages=packages)
     assert killed.returncode != 0
-    before = [(tmp_path / f"saves_rank{r}.txt").read_text().split() for r in range(2)]
+    before = [[tuple(map(int, p.split(":"))) for p in (tmp_path / f"saves_rank{r}.txt").read_text().split()] for r in range(2)]
     assert before[0] == before[1] and len(before[0]) >= 3, before
-    recovered = allennlp_train(config, tmp_path, recover=True, env=env, packages=packages)
+    newest = before[0][-1]  # both ranks resume from the newest save, on both ranks' clocks
+    assert newest_allennlp_checkpoint(tmp_path) == newest, newest
+    with resumed(tmp_path, at=newest, ranks=2):
+        recovered = allennlp_train(config, tmp_path, recover=True, env=env, packages=packages)
     assert recovered.returncode == 0, recovered.stderr[-3000:]
-    after = [(tmp_path / f"saves_rank{r}.txt").read_text().split() for r in range(2)]
-    assert after[0] == after[1] and len(after[0]) > len(before[0]), after
+    after = [[tuple(map(int, p.split(":"))) for p in (tmp_path / f"saves_rank{r}.txt").read_text().split()] for r in range(2)]
+    assert after[0] == after[1] and after[0][:len(before[0])] == before[0], after
+    added = after[0][len(before[0]):]  # the recovered run's saves: after the resume point, up to the end
+    assert added and added[0] > newest and added[-1] == (3, 0) and added == sorted(added), after
     assert max_difference(uninterrupted("two_gloo_processes"), final_states(tmp_path)) == 0.0
 
 
@@ -198,8 +211,9 @@ def test_a_new_machine_resumes_from_the_bucket_bit_exact(tmp_path, uninterrupted
     assert killed.returncode == -9, killed.stderr[-3000:]
     fs.invalidate_cache()
     assert "checkpoint_e1_b10.json" in [p.rsplit("/", 1)[-1] for p in fs.ls(f"{url[5:]}/run", detail=False)]
-    resumed = allennlp_train(config, tmp_path / "machine_b", env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with resumed(tmp_path / "machine_b", at=(1, 10)):
+        again = allennlp_train(config, tmp_path / "machine_b", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
     log = (tmp_path / "machine_b" / "out.log").read_text()
     assert "Downloaded checkpoint checkpoint_e1_b10.json from" in log and "Restoring checkpoint e1_b10" in log
     assert max_difference(uninterrupted("plain"), final_states(tmp_path / "machine_b")) == 0.0

@@ -1,7 +1,8 @@
 """
 Bit-exact resume of a plain PyTorch loop through trainer_ckpt.fvcore (scripts/plain_loop.py: an
 MLP with dropout, a shuffled ResumableLoader, Adam): killed with a real SIGKILL mid-run and resumed,
-it ends with every weight and optimizer tensor equal to an uninterrupted run's.
+it ends with every weight and optimizer tensor equal to an uninterrupted run's, having resumed at
+the iteration after its newest checkpoint's (a restart from 0 would end the same: tests/_resume.py).
 """
 import signal
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from scripts.plain_loop import dataset, final_state, run
+from tests._resume import resumed
 from trainer_ckpt.data import ResumableLoader
 
 
@@ -31,11 +33,14 @@ def uninterrupted(tmp_path_factory):
     return final_state(str(out))
 
 
-@pytest.mark.parametrize("kill_at", [37, 19])  # between checkpoints; right after one
-def test_sigkill_and_resume_is_bit_exact(tmp_path, uninterrupted, kill_at):
+# Saves after iterations 4, 9, 14, ... (every 5th), keeping 2: the resumed run starts after the newest.
+@pytest.mark.parametrize("kill_at, newest", [(37, 34), (19, 19)])  # between checkpoints; right after one
+def test_sigkill_and_resume_is_bit_exact(tmp_path, uninterrupted, kill_at, newest):
     assert run(str(tmp_path), kill_at=kill_at) == -signal.SIGKILL
     assert not (tmp_path / "model_final.pth").exists()
-    assert run(str(tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [f"model_{newest - 5:07d}.pth", f"model_{newest:07d}.pth"]
+    with resumed(tmp_path, at=newest + 1):
+        assert run(str(tmp_path)) == 0
     _assert_same_final_state(final_state(str(tmp_path)), uninterrupted)
 
 

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 
 from scripts import ignite_loop
 from scripts.plain_loop import max_difference
+from tests._resume import resumed
 from trainer_ckpt import storage
 from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
 from trainer_ckpt.retention_policies import KeepMostRecentByCount
@@ -199,15 +200,18 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-# Both kills are mid-epoch (13 iterations an epoch): 37 between checkpoints, 20 right after one. Only
-# the killed run needs a process of its own; the uninterrupted and the resumed run go on in this one.
-@pytest.mark.parametrize("deterministic, kill_at", [(False, 37), (True, 20)],
+# Both kills are mid-epoch (13 iterations an epoch): 37 between checkpoints, 20 right after one
+# (saves every 5, keeping 2). Only the killed run needs a process of its own; the uninterrupted and
+# the resumed run go on in this one.
+@pytest.mark.parametrize("deterministic, kill_at, newest", [(False, 37, 35), (True, 20, 20)],
                          ids=["Engine+ResumableLoader", "DeterministicEngine+DataLoader"])
-def test_sigkill_and_resume_of_an_engine_run_is_bit_exact(tmp_path, uninterrupted, deterministic, kill_at):
+def test_sigkill_and_resume_of_an_engine_run_is_bit_exact(tmp_path, uninterrupted, deterministic, kill_at, newest):
     expected = uninterrupted(deterministic)
     assert ignite_loop.run(str(tmp_path), kill_at=kill_at, deterministic=deterministic) == -signal.SIGKILL
     assert not (tmp_path / "final.pth").exists()
-    ignite_loop.train(str(tmp_path), deterministic=deterministic)
+    assert visible(tmp_path) == [f"checkpoint_{newest - 5}.pt", f"checkpoint_{newest}.pt", "starts.jsonl"]
+    with resumed(tmp_path, at=newest):  # trains iteration newest + 1 first
+        ignite_loop.train(str(tmp_path), deterministic=deterministic)
     got = ignite_loop.final_state(str(tmp_path))
     assert got["iteration"] == expected["iteration"] == 52
     assert max_difference(got, expected) == 0.0

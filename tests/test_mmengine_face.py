@@ -15,6 +15,7 @@ import torch
 
 from scripts.mmengine_run import build_runner, hook_type
 from scripts.plain_loop import max_difference
+from tests._resume import assert_starts, resumed
 from trainer_ckpt.mmengine import CheckpointHook, mmengine_safe_globals
 from trainer_ckpt.retention_policies import KeepMostRecentByCount
 
@@ -56,14 +57,17 @@ def test_mmengine_cannot_resume_its_own_work_dir_on_this_torch_and_ours_can(tmp_
     train(tmp_path, peer=True, max_epochs=2)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train(tmp_path, peer=True, max_epochs=3, resume=True)
-    runner = train(tmp_path, max_epochs=3, resume=True)  # ours resumes mmengine's work dir
+    with resumed(tmp_path, at=16):  # ours resumes mmengine's work dir: after epoch 2 (8 iterations an epoch)
+        runner = train(tmp_path, max_epochs=3, resume=True)
     assert runner.epoch == 3 and runner.iter == 24
     assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_3.pth")
+    assert_starts(tmp_path, 0, 16)  # mmengine's failed resume trained nothing
 
 
 def test_mmengine_resumes_our_work_dir(tmp_path):
     train(tmp_path, max_epochs=2)
-    with torch.serialization.safe_globals(mmengine_safe_globals()):  # what mmengine itself needs on torch >= 2.6
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_2.pth")  # what mmengine resumes from
+    with torch.serialization.safe_globals(mmengine_safe_globals()), resumed(tmp_path, at=16):  # mmengine's needs on torch >= 2.6
         runner = train(tmp_path, peer=True, max_epochs=3, resume=True)
     assert runner.epoch == 3 and runner.iter == 24
 
@@ -72,7 +76,7 @@ def test_resume_falls_back_from_a_truncated_newest_with_a_warning(tmp_path, capl
     train(tmp_path, max_epochs=3)
     newest = tmp_path / "epoch_3.pth"
     newest.write_bytes(newest.read_bytes()[:200])
-    with caplog.at_level("WARNING", logger="trainer_ckpt"):
+    with caplog.at_level("WARNING", logger="trainer_ckpt"), resumed(tmp_path, at=16):
         runner = build_runner(str(tmp_path), dict(type=CheckpointHook, interval=1), max_epochs=3, resume=True)
         runner.train()
     assert "Checkpoint epoch_3.pth" in caplog.text and "Falling back to an older checkpoint" in caplog.text
@@ -142,7 +146,9 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path):
 
     run_in_process(str(tmp_path / "full"), val=False)
     assert _run(tmp_path / "cut", "--kill-at", "20") == -signal.SIGKILL  # mid-epoch 3; epoch 2's checkpoint
-    run_in_process(str(tmp_path / "cut"), val=False, resume=True)
+    assert visible(tmp_path / "cut") == ["epoch_1.pth", "epoch_2.pth", "last_checkpoint"]
+    with resumed(tmp_path / "cut", at=16):  # epoch 2's end: 8 iterations an epoch
+        run_in_process(str(tmp_path / "cut"), val=False, resume=True)
     full = torch.load(tmp_path / "full" / "final.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "final.pt", weights_only=True)
     assert full["iter"] == cut["iter"] == 32

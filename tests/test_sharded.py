@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from tests._resume import assert_starts
 from tests.conftest import ROOT
 from trainer_ckpt import sharded, storage
 from trainer_ckpt.engine import Engine, NamedFiles, UnsafeCheckpointError
@@ -82,6 +83,8 @@ def test_ignite_fsdp2_resumes_bit_exact(tmp_path):
 def test_mmengine_fsdp2_resumes_bit_exact_in_a_real_runner(tmp_path):
     directory, _ = run_ranks("mmengine", tmp_path)
     assert os.path.isdir(directory / "run" / "epoch_2.pth")
+    # Both ranks' Runners: 2 epochs from the start, then resumed after epoch 2 (4 iterations an epoch per rank).
+    assert_starts(directory / "run", 0, 8, ranks=2)
 
 
 def test_allennlp_fsdp2_resumes_bit_exact(tmp_path):
