@@ -21,6 +21,8 @@ Changes made in the adaptation, and why:
 - ``==`` on state dicts became ``assert_same`` (exact tensor comparison via ``torch.testing.assert_close``
   with zero tolerance, recursing through dicts and lists); files are read with ``torch.load(..., weights_only=True)``.
   A few tests now also check the exact saved file names and contents, where ignite only checked existence.
+- Where ignite's ``load_objects`` round trips loaded an object's own state back into it (which cannot
+  fail), the state also goes into fresh objects, compared with the saved ones.
 - ``dirname`` is a fresh directory from ``tmp_path``, as ignite's conftest fixture is.
 - One deliberate difference is asserted: with ``atomic=False`` a failed save leaves a partial file in
   ignite and nothing with trainer_ckpt (``test_disk_saver_atomic``), whose writes are always atomic.
@@ -1140,10 +1142,16 @@ def test_checkpoint_load_objects():
     Checkpoint.load_objects(to_load, chkpt)
     assert_same(model.state_dict(), model2.state_dict())
 
-    chkpt = {"models": [{"model1": {"abc": model.state_dict()}}, model.state_dict()]}
-    to_load = {"models": [{"model1": {"abc": model}}, model]}
+    # Changed: ignite loaded `model`'s own state into `model` here, which cannot fail; two other
+    # models' states go into two fresh models, each to its place in the nesting.
+    model3 = DummyModel()
+    chkpt = {"models": [{"model1": {"abc": model2.state_dict()}}, model3.state_dict()]}
+    nested, last = DummyModel(), DummyModel()
+    assert not torch.equal(nested.net.weight, model2.net.weight) and not torch.equal(last.net.weight, model3.net.weight)
+    to_load = {"models": [{"model1": {"abc": nested}}, last]}
     Checkpoint.load_objects(to_load, chkpt)
-    assert_same(model.state_dict(), model2.state_dict())
+    assert_same(nested.state_dict(), model2.state_dict())
+    assert_same(last.state_dict(), model3.state_dict())
 
 
 def test_checkpoint_load_objects_from_saved_file(dirname):
@@ -1191,6 +1199,12 @@ def test_checkpoint_load_objects_from_saved_file(dirname):
     assert fname.exists()
     loaded_objects = load(fname)
     Checkpoint.load_objects(to_save, loaded_objects)
+    # Added: into fresh objects too (into the saved ones, nothing can be seen to change).
+    fresh = _get_multiple_objs_to_save()
+    assert not torch.equal(fresh["model"].net.weight, to_save["model"].net.weight)
+    Checkpoint.load_objects(fresh, loaded_objects)
+    for key in to_save:
+        assert_same(fresh[key].state_dict(), to_save[key].state_dict(), key)
     fname.unlink()
 
     # case: saved multiple objects, loaded single object
@@ -1217,6 +1231,10 @@ def test_checkpoint_load_objects_from_saved_file(dirname):
     assert fname.exists()
     loaded_objects = load(fname)
     Checkpoint.load_objects(to_save, loaded_objects)
+    fresh = _get_single_obj_to_save()  # Added, as above
+    assert not torch.equal(fresh["model"].net.weight, to_save["model"].net.weight)
+    Checkpoint.load_objects(fresh, loaded_objects)
+    assert_same(fresh["model"].state_dict(), to_save["model"].state_dict())
     fname.unlink()
 
 

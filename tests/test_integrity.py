@@ -74,10 +74,22 @@ def test_a_pair_without_record_is_verified_by_loading(three):
     assert restored_epoch(three) == 3
     (three / "checkpoint_e2_b0.json").unlink()
     truncate(three / "model_state_e3_b0.th", keep=0.9)
-    (three / "checkpoint_e3_b0.json").write_text("{}")  # an unreadable-by-schema record: ignored
-    (three / "checkpoint_e3_b0.json").unlink()
     assert restored_epoch(three) == 2
     assert sorted(os.listdir(three / "corrupt")) == ["model_state_e3_b0.th", "training_state_e3_b0.th"]
+
+
+@pytest.mark.parametrize("record", ["{}", '{"files": {}}', "not JSON"], ids=["no_files", "empty_files", "not_json"])
+@pytest.mark.parametrize("find", [False, True], ids=["load_checkpoint", "find_latest_checkpoint"])
+def test_a_record_that_lists_no_files_is_no_proof_the_pair_is_whole(three, record, find):
+    """A record without file sizes and checksums (or no JSON at all) verifies nothing: the pair is
+    verified by loading, as one without a record; trusting it would hand out a truncated file."""
+    truncate(three / "model_state_e3_b0.th", keep=0.9)
+    (three / "checkpoint_e3_b0.json").write_text(record)
+    if find:
+        assert DefaultCheckpointer(three).find_latest_checkpoint()[0].endswith("model_state_e2_b0.th")
+    else:
+        assert restored_epoch(three) == 2
+    assert sorted(os.listdir(three / "corrupt")) == names((3, 0))
 
 
 def test_a_record_pointing_to_a_missing_file(three):

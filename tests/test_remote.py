@@ -71,41 +71,56 @@ def test_upload_to_must_be_a_url(tmp_path):
 
 
 WRITER = """
-import sys, torch
+import json, os, signal, sys, torch
 from trainer_ckpt import storage
+from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.engine import Engine
 from trainer_ckpt.remote import Mirrored
 from trainer_ckpt.retention_policies import KeepMostRecentByCount
-import json
-local, url, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-engine = Engine(Mirrored(storage.Pairs(local), url, options))
+local, url, options, die_before = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+mirror = Mirrored(storage.Pairs(local), url, options)
+engine = Engine(mirror)
 engine.clean_up()
 step = max([e.key[1] for e in engine.entries()], default=0)
+if die_before:  # a SIGKILL inside this writer's second upload, right before it puts the object named so
+    doomed, put = f"_e0_b{step + 2}.", mirror.fs.put_file
+    def put_file(path, remote, *args, **kwargs):
+        name = os.path.basename(remote)
+        if name.startswith(die_before) and doomed in name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return put(path, remote, *args, **kwargs)
+    mirror.fs.put_file = put_file
 while True:
     step += 1
     state = torch.full((2 << 20,), float(step))  # 8 MiB
-    from trainer_ckpt.checkpoint_info import CheckpointInfo
     engine.save((0, step), {storage.MODEL: {"w": state}, storage.TRAINING: {"step": step}}, CheckpointInfo(0, step, time=step),
                 retention=(KeepMostRecentByCount(1), lambda e: True))
     print(step, flush=True)
 """
 
+# What each upload puts, in order, after its marker: model_state, training_state, then the record.
+# The writers of these trials SIGKILL themselves right before one of them: `uploaded` were put.
+MID_UPLOAD = {"model_state": [], "training_state": ["model_state"], "checkpoint": ["model_state", "training_state"]}
+
 
 def test_sigkill_during_uploads_leaves_a_complete_checkpoint_in_the_bucket(tmp_path, bucket):
-    """A writer uploading 8 MiB checkpoints back to back, keeping 1, is SIGKILLed at random moments;
-    after each kill a fresh directory resumes from the bucket, and every record there names
-    complete objects. The next writer removes the objects of an interrupted upload."""
+    """A writer uploading 8 MiB checkpoints back to back, keeping 1, is SIGKILLed: at random
+    moments, and (so that kills certainly land inside uploads) right before each object of an
+    upload; after each kill a fresh directory resumes from the bucket, and every record there
+    names complete objects. The next writer removes the objects of an interrupted upload."""
     url, options, fs = bucket
     run = f"{url}/run"
     rng, interrupted = random.Random(7), 0
-    for trial in range(6):
+    for trial, die_before in enumerate(["", "model_state", "", "training_state", "", "checkpoint"]):
         local = tmp_path / f"writer{trial}"
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(local), run, json.dumps(options)],
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(local), run, json.dumps(options), die_before],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert writer.stdout.readline(), writer.stderr.read()[-2000:]  # one checkpoint committed
-        time.sleep(rng.uniform(0, 0.8))
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+        committed = writer.stdout.readline()
+        assert committed, writer.stderr.read()[-2000:]  # one checkpoint committed
+        if not die_before:
+            time.sleep(rng.uniform(0, 0.8))
+            writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=120) == -signal.SIGKILL, writer.stderr.read()[-2000:]
         names = objects(fs, run)
         records = [n for n in names if n.endswith(".json")]
         assert 1 <= len(records) <= 2, names  # the old set, or the old set plus one complete checkpoint
@@ -116,18 +131,29 @@ def test_sigkill_during_uploads_leaves_a_complete_checkpoint_in_the_bucket(tmp_p
                 named.add(f["name"])
         strays = set(names) - named
         interrupted += bool(strays)
+        if die_before:  # only the first checkpoint is complete; what the killed upload left, and nothing older
+            step = int(committed)
+            assert records == [f"checkpoint_e0_b{step}.json"], names
+            doomed = f"e0_b{step + 1}"
+            assert strays == {f".checkpoint_{doomed}.json.pending"} | {f"{kind}_{doomed}.th" for kind in MID_UPLOAD[die_before]}, names
         fresh = DefaultCheckpointer(tmp_path / f"fresh{trial}", upload_to=run, storage_options=options, read_only=True)
         model_state, training_state = fresh.load_checkpoint()
         assert torch.equal(model_state["w"], torch.full((2 << 20,), float(training_state["step"])))
+        if die_before:
+            assert training_state["step"] == step
     print(f"{interrupted} of 6 kills interrupted an upload")
-    # The next writer removes what an interrupted upload left, once, before its first upload.
-    fs.pipe(f"{run[5:]}/model_state_e0_b999.th", b"half an upload")
+    assert interrupted >= len(MID_UPLOAD), interrupted
+    # The next writer removes what an interrupted upload left (its marker names it), once, before
+    # its first upload; an object of our names that no marker or record vouches for stays.
+    fs.pipe(f"{run[5:]}/model_state_e0_b998.th", b"half an upload")
+    fs.pipe(f"{run[5:]}/.checkpoint_e0_b998.json.pending", json.dumps(["model_state_e0_b998.th"]).encode())
+    fs.pipe(f"{run[5:]}/model_state_e0_b999.th", b"someone else's, or an upload of an earlier version")
     engine = Engine(Mirrored(storage.Pairs(str(tmp_path / "last")), run, options))
     engine.save((5, 0), {storage.MODEL: {"w": torch.zeros(1)}, storage.TRAINING: {}}, CheckpointInfo(5, 0, time=1e10))
     engine.close()
     names = objects(fs, run)
     named = {f["name"] for n in names if n.endswith(".json") for f in json.loads(fs.cat_file(f"{run[5:]}/{n}"))["files"].values()}
-    assert "model_state_e0_b999.th" not in names and set(names) == named | {n for n in names if n.endswith(".json")}
+    assert set(names) == named | {n for n in names if n.endswith(".json")} | {"model_state_e0_b999.th"}, names
 
 
 def test_ignite_disk_saver_with_a_bucket_url(tmp_path, bucket):
