@@ -316,7 +316,9 @@ class Checkpoint(_ignite.Checkpoint):
         try:
             super().__call__(engine, *args, **kwargs)
         except BaseException:
-            if not outcome.committed:
+            if outcome.submitted and saver.background:  # raised after the submission: the worker's outcome decides
+                self._pending = outcome
+            elif not outcome.committed:
                 self._saved = outcome.before
             raise
         finally:
