@@ -92,6 +92,28 @@ def test_the_hook_registers_the_subcommand_too_and_then_goes_away():
     assert python(HOOK_LEAVES_NO_TRACE) == ["ok"]
 
 
+A_FAILED_REGISTRATION = """
+import sys, warnings
+import trainer_ckpt
+sys.modules["trainer_ckpt.group"] = None  # its import fails
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from allennlp.training import Checkpointer  # still imports
+for w in caught:
+    if str(w.message).startswith("trainer_ckpt"):
+        print(w.message)
+"""
+
+
+def test_a_failed_registration_warns_and_leaves_allennlp_importable():
+    [line] = python(A_FAILED_REGISTRATION)
+    assert line == (
+        "trainer_ckpt: registering with allennlp.training failed, got ModuleNotFoundError: import of trainer_ckpt.group "
+        "halted; None in sys.modules. AllenNLP works, without trainer_ckpt's names; import trainer_ckpt.checkpointer "
+        "and trainer_ckpt.group to see the whole error."
+    )
+
+
 WITHOUT_ALLENNLP = """
 import os, sys
 sys.modules["allennlp"] = None  # as if AllenNLP were not installed: `import allennlp` raises ImportError

@@ -41,8 +41,8 @@ def _register_after_import(allennlp_module: str) -> None:
     except Exception as e:  # never break the user's `import allennlp...` for our sake
         warnings.warn(
             f"trainer_ckpt: registering with {allennlp_module} failed, got {type(e).__name__}: {e}. "
-            "AllenNLP works, but without trainer_ckpt's names; fix the cause, or import "
-            "trainer_ckpt.checkpointer yourself to see the whole error.",
+            f"AllenNLP works, without trainer_ckpt's names; import {' and '.join(_REGISTRARS[allennlp_module])} "
+            "to see the whole error.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -63,8 +63,9 @@ class _Loader(importlib.abc.Loader):
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
-        self._finder.seen(self._name)
-        _register_after_import(self._name)
+        if sys.modules.get(self._name) is module:  # an import, not a look-alike copy (module_from_spec)
+            self._finder.seen(self._name)
+            _register_after_import(self._name)
 
     def __getattr__(self, name: str) -> Any:  # is_package, get_code, get_resource_reader...
         return getattr(self._loader, name)
