@@ -5,9 +5,15 @@ The engine writes each checkpoint into the local directory as always (temp file,
 record last), so a local crash is handled as before. `Mirrored.write_record` then uploads every
 state file of the checkpoint whole (one object each: an object store has no partial objects), and
 the record last. In the bucket, a checkpoint exists when its record does: a crash leaves the old
-set, or the old set plus one complete checkpoint, plus state objects without a record, which the
-next writer removes. Retention deletes the record first, then the state objects. A background
-save uploads in the writer thread, from the files written from its snapshot.
+set, or the old set plus one complete checkpoint, plus state objects without a record. Before
+its first state object, an upload writes a hidden marker naming the objects it is about to write
+(`.{record}.pending`), and removes it after the record; a deletion writes one before it removes
+the record: the next writer removes the objects of a marker whose record is not there, and the
+marker. Nothing else in the bucket is ever deleted: only
+this layout's own names, of a marker or of a checkpoint retention removes; an object of our
+layout's shape that no record or marker vouches for is left alone and reported once at INFO.
+Retention deletes the record first, then the state objects. A background save uploads in the
+writer thread, from the files written from its snapshot.
 
 Reading starts from the local directory. When it holds no complete checkpoint (a new machine, a
 lost disk), every checkpoint in the bucket is downloaded first (state files, then the record), and
@@ -31,6 +37,7 @@ from typing import Any, Dict, List, Optional
 from trainer_ckpt import storage
 
 logger = logging.getLogger(__name__)
+PENDING = ".pending"  # `.{record}.pending`: the objects an upload or deletion in flight touches
 
 
 def is_url(path: Any) -> bool:
@@ -99,32 +106,64 @@ class Mirrored:
             self._clean_up_remote()
         # A record of an earlier checkpoint of this key goes first: its objects are about to change.
         record_path = self.local.record_path(key)
+        paths = [p for p in self.local.files(key).values() if os.path.exists(p)]
         try:
             self._rm(self._remote(record_path))
-            for path in self.local.files(key).values():
+            marker = self._marker(os.path.basename(record_path), [os.path.basename(p) for p in paths])
+            for path in paths:
                 if os.path.isdir(path):  # sharded state (DCP): every rank's part
                     for part in sorted(os.listdir(path)):
                         self.fs.put_file(os.path.join(path, part), f"{self._remote(path)}/{part}")
-                elif os.path.exists(path):
+                else:
                     self.fs.put_file(path, self._remote(path))
             self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
+            self._rm(marker)
         except Exception as e:  # the engine's failed-save path: this checkpoint goes, earlier ones stay
             raise OSError(f"uploading to {self.url} failed, got {type(e).__name__}: {e}") from e
 
+    def _marker(self, record: str, names: List[str]) -> str:
+        """Writes the marker of a change to checkpoint `record` that touches objects `names` (see the module's docstring)."""
+        marker = f"{self.root}/.{record}{PENDING}"
+        self.fs.pipe_file(marker, json.dumps(names).encode())
+        return marker
+
     def remove(self, key: Any) -> None:
-        for name in self.local.names(key):  # every rank's, the record first
+        names, record = self.local.names(key), os.path.basename(self.local.record_path(key))  # every rank's, the record first
+        marker = self._marker(record, [n for n in names if n != record])
+        for name in names:
             self._rm(f"{self.root}/{name}")
+        self._rm(marker)
         self.local.remove(key)
 
     def _clean_up_remote(self) -> None:
-        """Removes state objects no record names: uploads a killed writer left (the writer does this once)."""
+        """
+        Removes what uploads a killed writer left (the writer does this once): the objects its
+        marker names that no record names, if they are this layout's names, then the marker.
+        """
         self._cleaned = True
         records, objects = self._remote_records()
         named = {f["name"] for r in records.values() for f in r.get("files", {}).values()}
-        for name in objects:
-            if name not in named and name not in records and not name.endswith(".lock"):
-                logger.info("Removing %s/%s: an upload that was interrupted before its record", self.url, name)
-                self._rm(f"{self.root}/{name}")
+        vouched = set(named) | set(records)
+        for marker in [o for o in objects if o.startswith(".") and o.endswith(PENDING)]:
+            record = marker[1:-len(PENDING)]
+            try:
+                names = json.loads(self.fs.cat_file(f"{self.root}/{marker}"))
+            except (OSError, ValueError):
+                names = []
+            if record not in records:
+                for name in names if isinstance(names, list) else []:
+                    if isinstance(name, str) and name in objects and name not in named and self.local.owns(name):
+                        logger.info("Removing %s/%s: an upload or deletion was interrupted", self.url, name)
+                        self._rm(f"{self.root}/{name}")
+                        vouched.add(name)
+            self._rm(f"{self.root}/{marker}")
+        unknown = [o for o in objects if o not in vouched and self.local.owns(o)]
+        if unknown:
+            logger.info(
+                "Leaving %s in %s alone: named like this checkpointer's files, but no record or upload marker of "
+                "ours names them (a file of someone else's, or an upload of an earlier version interrupted)",
+                ", ".join(sorted(unknown)), self.url,
+            )
 
     # ---- reading -------------------------------------------------------------------------
 
