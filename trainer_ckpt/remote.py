@@ -93,6 +93,7 @@ class Mirrored:
         return f"{self.root}/{os.path.basename(path)}"
 
     def _rm(self, path: str) -> None:
+        self.fs.invalidate_cache(self.root)  # a listing cached before another writer's change would hide `path`
         try:
             self.fs.rm(path, recursive=True)  # a directory of sharded state too
         except FileNotFoundError:
@@ -123,9 +124,19 @@ class Mirrored:
 
     def _marker(self, record: str, names: List[str]) -> str:
         """Writes the marker of a change to checkpoint `record` that touches objects `names` (see the module's docstring)."""
-        marker = f"{self.root}/.{record}{PENDING}"
+        marker = f"{self.root}/{'' if record.startswith('.') else '.'}{record}{PENDING}"  # hidden, as the record may be
         self.fs.pipe_file(marker, json.dumps(names).encode())
         return marker
+
+    def _record_of(self, name: str) -> Optional[str]:
+        """The record a marker's name is of, when it is a marker of this layout's names; else None."""
+        if not name.endswith(PENDING) or not name.startswith("."):
+            return None
+        record = name[:-len(PENDING)]
+        for candidate in (record, record[1:]):
+            if self.local.owns(candidate):
+                return candidate
+        return None
 
     def remove(self, key: Any) -> None:
         names, record = self.local.names(key), os.path.basename(self.local.record_path(key))  # every rank's, the record first
@@ -144,8 +155,10 @@ class Mirrored:
         records, objects = self._remote_records()
         named = {f["name"] for r in records.values() for f in r.get("files", {}).values()}
         vouched = set(named) | set(records)
-        for marker in [o for o in objects if o.startswith(".") and o.endswith(PENDING)]:
-            record = marker[1:-len(PENDING)]
+        for marker in objects:
+            record = self._record_of(marker)
+            if record is None:
+                continue
             try:
                 names = json.loads(self.fs.cat_file(f"{self.root}/{marker}"))
             except (OSError, ValueError):
@@ -169,6 +182,7 @@ class Mirrored:
 
     def _remote_records(self) -> "tuple[Dict[str, Dict[str, Any]], List[str]]":
         """({record name: record}, every object's name) in the bucket."""
+        self.fs.invalidate_cache(self.root)
         try:
             objects = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
         except FileNotFoundError:
