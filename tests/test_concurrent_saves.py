@@ -202,3 +202,33 @@ def test_torch_settings_come_back_after_saves_and_loads_of_several_threads(tmp_p
     assert not errors, errors
     assert torch.serialization.get_crc32_options() is True
     assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_mmengine_patches_route_per_thread_and_are_not_swapped_per_save(tmp_path):
+    """The mmengine face replaces mmengine's module-level `save_checkpoint` once; a save of our
+    hook routes it on its own thread only, while another thread gets mmengine's own."""
+    import mmengine.runner.runner as runner_module
+
+    from trainer_ckpt import _mmengine_face as face
+
+    installed, seen = runner_module.save_checkpoint, []
+    inside, release = threading.Event(), threading.Event()
+
+    def hook_saving():  # what `CheckpointHook._saving` does on the training thread
+        face._ROUTE.save = lambda *args, **kwargs: seen.append(args[1])
+        try:
+            runner_module.save_checkpoint({}, "ours.pth")
+            inside.set()
+            release.wait(30)
+        finally:
+            face._ROUTE.save = None
+
+    thread = threading.Thread(target=hook_saving)
+    thread.start()
+    assert inside.wait(30)
+    runner_module.save_checkpoint({"a": torch.ones(2)}, str(tmp_path / "plain.pth"))  # another runner's, meanwhile
+    release.set()
+    thread.join()
+    assert seen == ["ours.pth"]
+    assert torch.equal(torch.load(tmp_path / "plain.pth", weights_only=True)["a"], torch.ones(2))
+    assert runner_module.save_checkpoint is installed

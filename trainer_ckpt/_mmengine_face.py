@@ -5,8 +5,10 @@ import logging
 import os
 import pickle
 import re
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+import mmengine.hooks.checkpoint_hook as _hook_module
 import mmengine.runner.runner as _runner_module
 import torch
 from mmengine.dist import is_main_process, master_only
@@ -76,22 +78,45 @@ def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
         ) from e
 
 
-class _Loaded:
-    """What `before_run` found and loaded, handed to `Runner.resume` through our loader scheme."""
+# ---- every patch of mmengine, here: installed once at import, routed per thread ------------------
+#
+# mmengine's CheckpointHook saves through the module-level `save_checkpoint` of mmengine.runner.runner,
+# rewrites `last_checkpoint` with its module's `open`, and `Runner.resume` loads through
+# `CheckpointLoader`'s schemes. Each is replaced once by a function that does what mmengine's does,
+# unless this thread is inside one of our hook's saves (`_ROUTE`) or loads a path our hook has
+# already loaded and verified (`_LOADED`). Nothing is swapped per call, so runners on two threads
+# never see each other's hook.
 
-    path: Optional[str] = None
-    checkpoint: Any = None
-    safe_globals: Sequence[Any] = ()
+_ROUTE = threading.local()  # .save: the hook's save function; .pointer: the `last_checkpoint` not to rewrite
+_LOADED: Dict[str, list] = {}  # path -> [the checkpoint before_run loaded (or None once taken), safe_globals]
+_LOADED_LOCK = threading.Lock()
+_mmengine_save_checkpoint = getattr(_runner_module.save_checkpoint, "__trainer_ckpt_original__", _runner_module.save_checkpoint)
+
+
+def _save_checkpoint(*args: Any, **kwargs: Any) -> Any:
+    return (getattr(_ROUTE, "save", None) or _mmengine_save_checkpoint)(*args, **kwargs)
+
+
+def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+    """The hook module's `open`: mmengine's in-place write of `last_checkpoint` (a kill there leaves
+    it empty) is skipped within our saves, which wrote it atomically after the commit."""
+    pointer = getattr(_ROUTE, "pointer", None)
+    if pointer is not None and "w" in mode and os.path.abspath(str(file)) == pointer:
+        file = os.devnull
+    return open(file, mode, *args, **kwargs)
 
 
 def load_from_trainer_ckpt(filename: str, map_location: Any = None) -> Any:
     path = filename[len(SCHEME):]
-    if _Loaded.path == path:
-        checkpoint, _Loaded.path, _Loaded.checkpoint = _Loaded.checkpoint, None, None
-        return checkpoint
-    return _load_local(path, _Loaded.safe_globals)
+    with _LOADED_LOCK:
+        loaded = _LOADED.get(path, [None, ()])
+        checkpoint, loaded[0] = loaded[0], None
+    return checkpoint if checkpoint is not None else _load_local(path, loaded[1])
 
 
+_save_checkpoint.__trainer_ckpt_original__ = _mmengine_save_checkpoint  # type: ignore[attr-defined]
+_runner_module.save_checkpoint = _save_checkpoint
+_hook_module.open = _open  # the module's global `open`, looked up before the builtin
 CheckpointLoader.register_scheme(SCHEME, load_from_trainer_ckpt, force=True)
 
 
@@ -231,7 +256,8 @@ class CheckpointHook(_CheckpointHook):
             if found is None:
                 return
             path, checkpoint = found
-        _Loaded.path, _Loaded.checkpoint, _Loaded.safe_globals = path, checkpoint, self.safe_globals
+        with _LOADED_LOCK:
+            _LOADED[path] = [checkpoint, self.safe_globals]
         runner._load_from = SCHEME + path
 
     def _newest_good(self, work_dir: str, templates: Optional[Dict[str, Any]] = None) -> Optional[tuple]:
@@ -332,7 +358,7 @@ class CheckpointHook(_CheckpointHook):
     def _saving(self, runner: Any, pending: List[str], pointer: Optional[str] = None) -> Iterator[None]:
         """Within: `runner.save_checkpoint` writes through the engine; `file_backend.remove` waits
         in `pending` until the new checkpoint is committed; then `pointer` goes into `last_checkpoint`."""
-        backend, original = self.file_backend, _runner_module.save_checkpoint
+        backend, previous = self.file_backend, getattr(_ROUTE, "save", None)
 
         def after_commit(name: str) -> None:
             for path in pending:
@@ -356,7 +382,7 @@ class CheckpointHook(_CheckpointHook):
                              after_commit=after_commit, retention=retention)
 
         self.file_backend = _DeferRemoval(backend, pending)
-        _runner_module.save_checkpoint = save
+        _ROUTE.save = save
         # `Runner.save_checkpoint` runs on the main process only; sharded state needs every rank.
         every_rank = not is_main_process() and _templates(runner) is not None
         if every_rank:
@@ -364,7 +390,7 @@ class CheckpointHook(_CheckpointHook):
         try:
             yield
         finally:
-            self.file_backend, _runner_module.save_checkpoint = backend, original
+            self.file_backend, _ROUTE.save = backend, previous
             if every_rank:
                 del runner.save_checkpoint
 
@@ -438,22 +464,12 @@ def _templates(runner: Any) -> Optional[Dict[str, Any]]:
 @contextlib.contextmanager
 def _no_pointer_write(runner: Any) -> Iterator[None]:
     """mmengine's `_save_checkpoint_with_step` ends by rewriting `last_checkpoint` in place (a kill
-    there leaves it empty); ours was written atomically after the commit, so that write is skipped."""
-    import mmengine.hooks.checkpoint_hook as hook_module
-
-    pointer = os.path.join(runner.work_dir, POINTER)
-    real_open = open
-
-    def guarded_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if os.path.abspath(str(file)) == os.path.abspath(pointer) and "w" in mode:
-            return real_open(os.devnull, mode, *args, **kwargs)
-        return real_open(file, mode, *args, **kwargs)
-
-    hook_module.open = guarded_open  # the module's global `open`, looked up before the builtin
+    there leaves it empty); ours was written atomically after the commit, so that write is skipped (`_open`)."""
+    previous, _ROUTE.pointer = getattr(_ROUTE, "pointer", None), os.path.abspath(os.path.join(runner.work_dir, POINTER))
     try:
         yield
     finally:
-        del hook_module.open
+        _ROUTE.pointer = previous
 
 
 CheckpointHook.__module__ = "trainer_ckpt.mmengine"
