@@ -10,7 +10,7 @@ from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.remote import local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Entry, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.retention_policies import RetentionPolicy
     from trainer_ckpt.save_policies import SavePolicy
@@ -166,7 +166,7 @@ class Checkpointer(_fvcore.Checkpointer):
         pointer = os.path.join(self.save_dir, POINTER)
         wanted = os.path.basename(self.get_checkpoint_file()) if os.path.exists(pointer) else ""
         prefer = LAYOUT.parse(wanted) if wanted else None
-        lag = _lagging(pointer, prefer, self.engine.entries(), self._store)
+        lag = self.engine.lagging_pointer(pointer, prefer)
         if lag is not None:
             prefer = None  # the newest first: it was committed after the pointer was written
         found = self.engine.newest_good(prefer=prefer, templates=self._templates())
@@ -236,23 +236,6 @@ class Checkpointer(_fvcore.Checkpointer):
                 "run. If you trust this file, pass those types in `safe_globals`."
             ) from e
 
-
-def _lagging(pointer: str, wanted: Optional[str], entries: List[Entry], store: Any) -> Optional[Entry]:
-    """
-    The checkpoint `last_checkpoint` (`pointer`) names, when a newer one of ours (with a record)
-    was committed after the pointer was last written: a save interrupted between its commit and
-    the pointer's update. None otherwise; a pointer written after the newer checkpoint (someone
-    chose an older one to resume from) is followed.
-    """
-    named = next((e for e in entries if e.name == wanted), None)
-    committed = [e for e in entries if e.record]
-    if named is None or not committed or store.order(committed[-1]) <= store.order(named):
-        return None
-    try:
-        lagged = os.stat(store.record_path(committed[-1].key)).st_mtime_ns >= os.stat(pointer).st_mtime_ns
-    except OSError:
-        return None
-    return named if lagged else None
 
 
 class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):

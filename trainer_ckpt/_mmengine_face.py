@@ -20,7 +20,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from trainer_ckpt import distributed, sharded, storage
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Entry, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
 from trainer_ckpt.remote import is_url, local_place, mirrored
 from trainer_ckpt.resume import capture_rng, restore_rng
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -277,7 +277,7 @@ class CheckpointHook(_CheckpointHook):
         )
         try:
             prefer = os.path.basename(wanted) if wanted else None
-            lag = _lagging(pointer, prefer, engine.entries(), engine.store)
+            lag = engine.lagging_pointer(pointer, prefer)
             if lag is not None:
                 prefer = None  # the newest first: it was committed after the pointer was written
             found = engine.newest_good(prefer=prefer, templates=templates)
@@ -421,23 +421,6 @@ class CheckpointHook(_CheckpointHook):
         storage.atomic_save(checkpoint, final_path)
         print_log(f"The checkpoint ({ckpt_path}) is published to {final_path}.", logger="current")
 
-
-def _lagging(pointer: str, wanted: Optional[str], entries: List[Entry], store: Any) -> Optional[Entry]:
-    """
-    The checkpoint `last_checkpoint` (`pointer`) names, when a newer one of ours (with a record)
-    was committed after the pointer was last written: a save interrupted between its commit and
-    the pointer's update. None otherwise; a pointer written after the newer checkpoint (someone
-    chose an older one to resume from) is followed.
-    """
-    named = next((e for e in entries if e.name == wanted), None)
-    committed = [e for e in entries if e.record]
-    if named is None or not committed or store.order(committed[-1]) <= store.order(named):
-        return None
-    try:
-        lagged = os.stat(store.record_path(committed[-1].key)).st_mtime_ns >= os.stat(pointer).st_mtime_ns
-    except OSError:
-        return None
-    return named if lagged else None
 
 
 def _work_dir_url(runner: Any) -> Optional[str]:

@@ -461,6 +461,24 @@ class Engine:
             storage.verify(path, expected[role])
         self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
 
+    def lagging_pointer(self, pointer: str, wanted: Optional[str]) -> Optional[Entry]:
+        """
+        The checkpoint named `wanted` by a face's pointer file (`last_checkpoint`, at `pointer`),
+        when a newer one of ours (with a record) was committed after the pointer was last written:
+        a save interrupted between its commit and the pointer's update. None otherwise: a pointer
+        written after the newer checkpoint (someone chose an older one to resume from) is followed.
+        """
+        entries = self.entries()
+        named = next((e for e in entries if e.name == wanted), None)
+        committed = [e for e in entries if e.record]
+        if named is None or not committed or self.store.order(committed[-1]) <= self.store.order(named):
+            return None
+        try:
+            lagged = os.stat(self.store.record_path(committed[-1].key)).st_mtime_ns >= os.stat(pointer).st_mtime_ns
+        except OSError:
+            return None
+        return named if lagged else None
+
     def newest_trusted(self) -> Optional[Entry]:
         """The newest checkpoint when this process wrote or checked it since it last listed; else None."""
         if not self._index:

@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 logger = logging.getLogger("trainer_ckpt.storage")  # what users filter on: checkpoint files
 
