@@ -1,6 +1,6 @@
 """
 What a time-based save policy costs per batch under DDP: rank 0 decides and broadcasts one byte
-(trainer_ckpt.distributed.primary_decides), measured with 2 real gloo processes on this machine
+(trainer_ckpt.core.distributed.primary_decides), measured with 2 real gloo processes on this machine
 (by hand, not in CI). Baselines from the same run: the collective a DDP step cannot avoid (an
 all_reduce of one 25 MiB gradient bucket, DDP's default bucket size), and a 1-element all_reduce
 (the smallest collective). Also the whole `maybe_save_checkpoint` call that does not save, with a
@@ -40,7 +40,7 @@ def rank_main(rank: int, store: str, calls: int, out: str) -> None:
     from allennlp.training.trainer import TrainerCheckpoint
 
     from trainer_ckpt import DefaultCheckpointer
-    from trainer_ckpt.distributed import primary_decides
+    from trainer_ckpt.core.distributed import primary_decides
 
     class Trainer:
         def get_checkpoint_state(self):

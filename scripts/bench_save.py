@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer  # noqa: E402
 from allennlp.training.trainer import TrainerCheckpoint  # noqa: E402
 
-from trainer_ckpt import DefaultCheckpointer  # noqa: E402
-from trainer_ckpt import fastio, storage  # noqa: E402
-from trainer_ckpt.storage import CheckpointDir, record  # noqa: E402
+from trainer_ckpt import DefaultCheckpointer# noqa: E402
+from trainer_ckpt.io import fastio  # noqa: E402
+from trainer_ckpt.stores import CheckpointDir, record# noqa: E402
+from trainer_ckpt.io import durable
 
 MIB = 1 << 20
 
@@ -84,7 +85,7 @@ def timed(fn: Callable[[], None], repeats: int, before: Callable[[], None] = lam
     times = []
     for _ in range(repeats):
         before()
-        storage.wait_for_discards()  # the previous checkpoint's unlink: done while training, between saves
+        durable.wait_for_discards()  # the previous checkpoint's unlink: done while training, between saves
         os.sync()  # no dirty pages of an earlier step flushing while this one is timed
         gc.collect()
         start = time.perf_counter()
@@ -224,7 +225,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
         counter[0] += 1
         training["epochs_completed"] = counter[0]
         copies += timed(copy_all, 1)
-        storage.wait_for_discards()
+        durable.wait_for_discards()
         os.sync()
         gc.collect()
         start = time.perf_counter()
@@ -246,7 +247,7 @@ def bench_size(size_mib: int, repeats: int, root: Path) -> List[tuple]:
         ready.wait()
         training["batches_in_epoch_completed"] = 2
         copies += timed(copy_all, 1)
-        storage.wait_for_discards()
+        durable.wait_for_discards()
         os.sync()
         gc.collect()
         start = time.perf_counter()

@@ -241,7 +241,7 @@ def _mmengine_child(which: str, directory: str, log_path: str, numel: int) -> No
 def _restore_mmengine(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
     """What a restarted run does: Runner(resume=True); mmengine's own needs its types allowed on torch >= 2.6."""
     from trainer_ckpt.mmengine import mmengine_safe_globals
-    from trainer_ckpt.storage import allowing
+    from trainer_ckpt.io.loading import allowing
 
     runner = _mmengine_runner(which.replace("_background", ""), directory, numel, resume=True)
     try:

@@ -52,7 +52,7 @@ def allennlp_train(
 
 def checkpoint_files(serialization_dir: Path, prefixes: Sequence[str] = ("",)) -> List[str]:
     """The checkpoint files (state files and their records) in a run directory."""
-    from trainer_ckpt.storage import CheckpointDir
+    from trainer_ckpt.stores import CheckpointDir
 
     layouts = [CheckpointDir(str(serialization_dir), prefix) for prefix in prefixes]
     return sorted(p.name for p in Path(serialization_dir).iterdir() if any(l.parse(p.name) for l in layouts))
@@ -60,7 +60,7 @@ def checkpoint_files(serialization_dir: Path, prefixes: Sequence[str] = ("",)) -
 
 def states(serialization_dir: Path) -> List[str]:
     """The complete checkpoints in a run directory, oldest first: ["e1_b0", "e1_b5", ...]."""
-    from trainer_ckpt.storage import CheckpointDir
+    from trainer_ckpt.stores import CheckpointDir
 
     return [f"e{e}_b{b}" for (e, b), *_ in CheckpointDir(str(serialization_dir)).list(None).complete]
 

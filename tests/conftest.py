@@ -12,8 +12,8 @@ import torch
 from allennlp.common import Registrable
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt import storage
-from trainer_ckpt.lock import LOCK_FILE
+from trainer_ckpt.core.lock import LOCK_FILE
+from trainer_ckpt import stores
 
 
 class FakeTrainer(Trainer):
@@ -43,13 +43,13 @@ class FakeClock:
 
 def saved(directory, prefix: str = "") -> List[tuple]:
     """Progress points of the complete checkpoints in `directory`, oldest first."""
-    return [f.progress for f in storage.CheckpointDir(str(directory), prefix).list(None).complete]
+    return [f.progress for f in stores.CheckpointDir(str(directory), prefix).list(None).complete]
 
 
 def names(*points, prefix: str = "", record: bool = True, rank=None) -> List[str]:
     """The file names of checkpoints at `points`: two state files and (ours) the JSON record."""
-    kinds = (storage.MODEL, storage.TRAINING) + ((storage.RECORD,) if record else ())
-    layout = storage.CheckpointDir("", prefix)
+    kinds = (stores.MODEL, stores.TRAINING) + ((stores.RECORD,) if record else ())
+    layout = stores.CheckpointDir("", prefix)
     return sorted(layout.name(kind, p, rank) for p in points for kind in kinds)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from tests.conftest import FakeTrainer, names, listing, saved
 from trainer_ckpt import DefaultCheckpointer, KeepAll
-from trainer_ckpt.storage import load
+from trainer_ckpt.io.loading import load
 
 MIB = 1 << 20
 

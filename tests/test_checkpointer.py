@@ -9,7 +9,8 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from tests.conftest import FakeTrainer, listing, names, saved, trainer_at
 from trainer_ckpt import CheckpointInfo, DefaultCheckpointer, KeepAny, KeepBest, KeepMostRecentByCount, RetentionPolicy, SaveAny
 from trainer_ckpt.save_policies import SaveBestSoFar, SaveLastEpoch
-from trainer_ckpt import storage
+from trainer_ckpt import stores
+from trainer_ckpt.io import durable
 
 
 def run(checkpointer, points):
@@ -172,8 +173,8 @@ def test_load_returns_the_newest_complete_checkpoint_and_cleans_up(tmp_path):
     run(checkpointer, epochs(2))
     # What a kill leaves: a model state whose training state never landed, a bare training state
     # (a deletion cut short), and a temp file of a writer that is gone.
-    storage.atomic_save({"weight": torch.zeros(3)}, str(tmp_path / "model_state_e2_b5.th"))
-    storage.atomic_save({}, str(tmp_path / "training_state_e0_b5.th"))
+    durable.atomic_save({"weight": torch.zeros(3)}, str(tmp_path / "model_state_e2_b5.th"))
+    durable.atomic_save({}, str(tmp_path / "training_state_e0_b5.th"))
     (tmp_path / ".training_state_e2_b5.th.tmp-999999999-00ff").write_bytes(b"torn")
     (tmp_path / "best.th").write_bytes(b"x")
 
@@ -193,7 +194,7 @@ def test_nothing_to_load(tmp_path):
 
 
 def test_incomplete_files_are_kept_when_nothing_is_complete(tmp_path):
-    storage.atomic_save({}, str(tmp_path / "model_state_e1_b0.th"))
+    durable.atomic_save({}, str(tmp_path / "model_state_e1_b0.th"))
     assert DefaultCheckpointer(tmp_path).load_checkpoint() is None
     assert listing(tmp_path) == ["model_state_e1_b0.th"]
 
@@ -305,7 +306,7 @@ class EpochTrainer(FakeTrainer):
 
 
 def records(directory, prefix=""):
-    return {f.progress: f.record for f in storage.CheckpointDir(str(directory), prefix).list(None).complete}
+    return {f.progress: f.record for f in stores.CheckpointDir(str(directory), prefix).list(None).complete}
 
 
 def test_records_hold_what_the_trainer_knew(tmp_path, clock):

@@ -12,9 +12,12 @@ import torch
 from ignite.engine import Engine as IgniteEngine
 
 from tests.conftest import FakeTrainer
-from trainer_ckpt import DefaultCheckpointer, KeepAll, fastio, storage
+from trainer_ckpt import DefaultCheckpointer, KeepAll
+from trainer_ckpt.io import fastio
 from trainer_ckpt.fvcore import Checkpointer as FvcoreCheckpointer
 from trainer_ckpt.ignite import Checkpoint, DiskSaver
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
 ROUNDS = int(os.environ.get("TRAINER_CKPT_STRESS_ROUNDS", "2"))
 MIB = 1 << 20
@@ -109,7 +112,7 @@ def check_files(expected):
         record = json.loads((path.parent / f".{path.name}.json").read_text()) if not path.name.startswith("model_state") \
             else json.loads((path.parent / path.name.replace("model_state", "checkpoint").replace(".th", ".json")).read_text())
         info = next(f for f in record["files"].values() if f["name"] == path.name)
-        storage.verify(str(path), info)  # raises BadCheckpoint on another writer's bytes
+        loading.verify(str(path), info)  # raises BadCheckpoint on another writer's bytes
         loaded = tensor_of(torch.load(path, map_location="cpu", weights_only=True))
         assert torch.equal(loaded, value), path
 
@@ -159,13 +162,13 @@ def test_bounce_buffers_are_leased_one_file_at_a_time_within_a_bound(tmp_path):
     # Beyond the process's bound, files are still written whole and right (buffered).
     leases = [fastio._BOUNCE.lease() for _ in range(fastio._BOUNCE.limit)]
     try:
-        info = storage.atomic_save({"x": torch.arange(5 << 20)}, str(tmp_path / "f.th"))
+        info = durable.atomic_save({"x": torch.arange(5 << 20)}, str(tmp_path / "f.th"))
     finally:
         for lease in leases:
             if lease is not None:
                 fastio._BOUNCE.give_back(lease)
-    storage.verify(str(tmp_path / "f.th"), info)
-    assert torch.equal(storage.load(str(tmp_path / "f.th"))["x"], torch.arange(5 << 20))
+    loading.verify(str(tmp_path / "f.th"), info)
+    assert torch.equal(loading.load(str(tmp_path / "f.th"))["x"], torch.arange(5 << 20))
 
 
 def test_torch_settings_come_back_after_saves_and_loads_of_several_threads(tmp_path):
@@ -177,20 +180,20 @@ def test_torch_settings_come_back_after_saves_and_loads_of_several_threads(tmp_p
 
     torch.serialization.set_crc32_options(True)
     before = set(torch.serialization.get_safe_globals())
-    numpy_types = storage.numpy_types()
+    numpy_types = loading.numpy_types()
     import numpy
 
     path = str(tmp_path / "np.th")
-    storage.atomic_save({"a": numpy.arange(3)}, path)
+    durable.atomic_save({"a": numpy.arange(3)}, path)
     errors, barrier = [], threading.Barrier(4)
 
     def work(i):
         try:
             barrier.wait()
             for n in range(20):
-                storage.atomic_save({"x": torch.full((1000,), float(i))}, str(tmp_path / f"t{i}_{n % 2}.th"))
-                with storage.allowing(numpy_types + ([Mine] if i % 2 else [])):
-                    assert numpy.array_equal(storage.load(path)["a"], numpy.arange(3))
+                durable.atomic_save({"x": torch.full((1000,), float(i))}, str(tmp_path / f"t{i}_{n % 2}.th"))
+                with loading.allowing(numpy_types + ([Mine] if i % 2 else [])):
+                    assert numpy.array_equal(loading.load(path)["a"], numpy.arange(3))
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -209,7 +212,7 @@ def test_mmengine_patches_route_per_thread_and_are_not_swapped_per_save(tmp_path
     hook routes it on its own thread only, while another thread gets mmengine's own."""
     import mmengine.runner.runner as runner_module
 
-    from trainer_ckpt import _mmengine_face as face
+    from trainer_ckpt.faces._mmengine import hook as face
 
     installed, seen = runner_module.save_checkpoint, []
     inside, release = threading.Event(), threading.Event()

@@ -8,21 +8,7 @@ from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 
 import my_policies  # noqa: F401  (the custom-policy example's user package, as --include-package would)
 from tests.conftest import ROOT
-from trainer_ckpt import (
-    Checkpointer,
-    CheckpointerGroup,
-    DefaultCheckpointer,
-    KeepAll,
-    KeepAny,
-    KeepMostRecentByAge,
-    KeepMostRecentByCount,
-    KeepOnePerTimeWindow,
-    SaveAny,
-    SaveCompletedEpochs,
-    SaveEveryNumBatches,
-    SaveEveryNumSeconds,
-    SaveNever,
-)
+from trainer_ckpt import Checkpointer, CheckpointerGroup, DefaultCheckpointer, KeepAll, KeepAny, KeepMostRecentByAge, KeepMostRecentByCount, KeepOnePerTimeWindow, SaveAny, SaveCompletedEpochs, SaveEveryNumBatches, SaveEveryNumSeconds, SaveNever
 
 
 def build(tmp_path, **params):

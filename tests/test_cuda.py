@@ -14,7 +14,7 @@ from torch import nn
 from scripts.plain_loop import final_state, run
 from tests._resume import resumed
 from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
-from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.core.rng import capture_rng, restore_rng
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA paths need a CUDA device")
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer_ckpt import DefaultCheckpointer, fastio, storage
+from trainer_ckpt import DefaultCheckpointer
+from trainer_ckpt.io import fastio
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 from tests.conftest import FakeTrainer
 
 MIB = 1 << 20
@@ -30,14 +33,14 @@ def check_files(directory, model, caplog, direct):
     checkpointer = DefaultCheckpointer(directory)
     with caplog.at_level(logging.INFO, logger="trainer_ckpt.storage"):
         assert checkpointer.maybe_save_checkpoint(FakeTrainer(*model), 1, 0)
-    assert storage.direct_io(str(directory)) is direct
+    assert fastio.direct_io(str(directory)) is direct
     expected = "with direct I/O (O_DIRECT)" if direct else "through the page cache (no O_DIRECT here)"
     assert f"Checkpoint files in {directory} are written {expected}" in caplog.text
-    record = storage.read_json(str(directory / "checkpoint_e1_b0.json"))
+    record = durable.read_json(str(directory / "checkpoint_e1_b0.json"))
     for role, info in record["files"].items():
         data = (directory / info["name"]).read_bytes()
         assert (len(data), zlib.crc32(data)) == (info["size"], info["crc32"])  # the checksum of the bytes on disk
-        assert storage.file_crc(str(directory / info["name"])) == (info["size"], info["crc32"])
+        assert fastio.file_crc(str(directory / info["name"])) == (info["size"], info["crc32"])
     saved = torch.load(directory / "model_state_e1_b0.th", weights_only=True)  # a plain torch.save file
     assert torch.equal(saved["w"], model[0]["w"]) and torch.equal(saved["b"], model[0]["b"])
     model_state, training_state = checkpointer.load_checkpoint()
@@ -69,9 +72,9 @@ def test_a_file_system_without_o_direct_gets_buffered_writes(ramfs, caplog):
 def test_direct_writes_of_every_size_around_the_block_and_buffer(tmp_path):
     for n in (0, 1, 4095, 4096, 4097, 16 * MIB - 1, 16 * MIB, 16 * MIB + 1, 32 * MIB + 4096):
         data = os.urandom(n)
-        tmp = storage._write_temp(str(tmp_path / "f"), lambda f: f.write(data), direct=True)
+        tmp = durable.write_temp(str(tmp_path / "f"), lambda f: f.write(data), direct=True)
         assert open(tmp, "rb").read() == data, n
-        storage.remove_file(tmp)
+        durable.remove_file(tmp)
 
 
 def test_crc32_combine_matches_zlib_on_the_joined_bytes():
@@ -93,8 +96,8 @@ def test_large_files_are_checked_as_two_halves_read_at_once(tmp_path, monkeypatc
     path.write_bytes(data)
     assert fastio.file_crc(str(path)) == (size, zlib.crc32(data))
     record = {"size": size, "crc32": zlib.crc32(data) ^ 1}
-    with pytest.raises(storage.BadCheckpoint, match="CRC32"):
-        storage.verify(str(path), record)
+    with pytest.raises(loading.BadCheckpoint, match="CRC32"):
+        loading.verify(str(path), record)
 
 
 def test_buffered_writes_start_the_write_back_of_every_16_mib_as_they_go(tmp_path, monkeypatch):
@@ -109,7 +112,7 @@ def test_buffered_writes_start_the_write_back_of_every_16_mib_as_they_go(tmp_pat
     monkeypatch.setattr(fastio, "_START_WRITEBACK", spy)
     data = os.urandom(40 * MIB + 5)
     pieces = [data[i:i + 3 * MIB + 1] for i in range(0, len(data), 3 * MIB + 1)]
-    tmp = storage._write_temp(str(tmp_path / "f"), lambda f: [f.write(p) for p in pieces], direct=False)
+    tmp = durable.write_temp(str(tmp_path / "f"), lambda f: [f.write(p) for p in pieces], direct=False)
     assert open(tmp, "rb").read() == data
     # Contiguous ranges from the start, each at least 16 MiB, each already in the file when started.
     assert [s[0] for s in started] == [0] + [s[0] + s[1] for s in started[:-1]]
@@ -129,9 +132,9 @@ def test_without_isal_the_checksums_are_zlibs(tmp_path):
     code = (
         "import sys; sys.modules['isal'] = None\n"  # as if not installed
         "import zlib, torch\n"
-        "from trainer_ckpt import fastio, storage\n"
+        "from trainer_ckpt.io import durable, fastio\n"
         "assert fastio.crc32 is zlib.crc32\n"
-        "info = storage.atomic_save({'w': torch.arange(3 << 20)}, sys.argv[1])\n"
+        "info = durable.atomic_save({'w': torch.arange(3 << 20)}, sys.argv[1])\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "assert (info['size'], info['crc32']) == (len(data), zlib.crc32(data)) == fastio.file_crc(sys.argv[1])\n"
         "print('ok')\n"

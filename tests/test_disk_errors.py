@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import FakeTrainer, listing, names, saved
 from trainer_ckpt import DefaultCheckpointer, KeepAll
-from trainer_ckpt.checkpointer import CheckpointSaveError
+from trainer_ckpt.faces.allennlp.checkpointer import CheckpointSaveError
 
 KIB = 1024
 
@@ -108,7 +108,7 @@ def test_fvcore_face_full_disk_keeps_the_earlier_checkpoint_and_pointer(small_fs
     with pytest.raises(OSError):
         checkpointer.save("model_big")
     assert sorted(p.name for p in small_fs.iterdir()) == [
-        ".model_small.pth.json", ".model_small.pth.rng", ".trainer_ckpt.lock", "last_checkpoint", "model_small.pth"
+        ".model_small.pth.json", ".model_small.pth.rng", ".trainer_ckpt.core.lock", "last_checkpoint", "model_small.pth"
     ]  # no temp file left, the pointer still names the good one
     fresh = nn.Linear(64, 64, bias=False)
     Checkpointer(fresh, str(small_fs)).resume_or_load("")

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT, listing, names
-from trainer_ckpt import storage
+from trainer_ckpt import stores
 
 RANK = """
 import sys, torch, torch.distributed as dist
@@ -13,6 +13,7 @@ from allennlp.training.trainer import TrainerCheckpoint
 rank, run_dir, store = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
 from trainer_ckpt import DefaultCheckpointer
+from trainer_ckpt import stores
 
 class Trainer:
     def __init__(self, e, b):
@@ -71,9 +72,9 @@ def test_two_gloo_ranks_save_and_restore_their_own_shards(tmp_path):
     assert timed[0] == timed[1] and timed[0] != "timed saves []", timed
     batches = eval(timed[0][len("timed saves "):])
     assert len(batches) >= 3
-    complete = storage.CheckpointDir(str(run_dir) + "_timed", "").list(range(2)).complete
+    complete = stores.CheckpointDir(str(run_dir) + "_timed", "").list(range(2)).complete
     assert [f.progress for f in complete] == [(0, b) for b in batches]
-    layout = storage.CheckpointDir(str(run_dir))
+    layout = stores.CheckpointDir(str(run_dir))
     found = layout.list(range(2))
     assert found.incomplete == []
     # Keep 2: the two newest survive; one older may linger while the slower rank was still writing.

@@ -15,7 +15,8 @@ from scripts.resume_drift import final_states, max_difference, train, variables
 from tests._resume import newest_allennlp_checkpoint, resumed
 from tests.conftest import ROOT, trainer_at
 from trainer_ckpt import DefaultCheckpointer
-from trainer_ckpt.resume import KEY, capture_rng, restore_rng
+from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.faces.allennlp.trainer import KEY
 
 VARIANTS = {  # name: (accumulation, moving average, distributed), {kill point: the newest checkpoint then}
     # inside, after a boundary, first, last epoch (saves every 5 batches)
@@ -116,7 +117,7 @@ class LoaderTrainer:
 
 def test_the_resumed_epoch_replays_the_shuffle_and_the_random_stream(tmp_path):
     from allennlp.training.callbacks import ShouldValidateCallback, TrackEpochCallback
-    from trainer_ckpt.resume import Plan, ResumeTracker
+    from trainer_ckpt.faces.allennlp.trainer import Plan, ResumeTracker
 
     class Shuffled(list):
         def __iter__(self):  # shuffles when first advanced, as AllenNLP's loader does
@@ -163,7 +164,7 @@ def test_the_resumed_epoch_replays_the_shuffle_and_the_random_stream(tmp_path):
 
 
 def test_configurations_that_cannot_resume_exactly_are_warned_about(caplog):
-    from trainer_ckpt.resume import ResumeTracker
+    from trainer_ckpt.faces.allennlp.trainer import ResumeTracker
 
     class Loader(list):
         num_workers, max_instances_in_memory = 2, 100

@@ -20,7 +20,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from tests.conftest import ROOT
-from trainer_ckpt import storage
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
 PY = sys.executable
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
@@ -82,10 +83,10 @@ def test_load_objects_raises_what_ignite_raises_for_the_same_file(tmp_path, kind
         Checkpoint.load_objects({"model": torch.nn.Linear(3, 2)}, path)
     assert "trainer_ckpt.ignite.Checkpoint.load_objects: " in str(ours.value)
     if kind == "unsafe":
-        assert isinstance(ours.value, (storage.UnsafeCheckpoint, pickle.UnpicklingError))
+        assert isinstance(ours.value, (loading.UnsafeCheckpoint, pickle.UnpicklingError))
         assert "holds types that are not allowed to load" in str(ours.value)
     else:
-        assert isinstance(ours.value, storage.BadCheckpoint)
+        assert isinstance(ours.value, loading.BadCheckpoint)
         assert "is not usable" in str(ours.value) and "latest_checkpoint(" in str(ours.value)
     if kind == "missing":
         assert isinstance(ours.value, FileNotFoundError)
@@ -104,7 +105,7 @@ def test_a_checkpoint_of_ours_missing_or_altered(tmp_path):
     newest.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match="its record says") as altered:
         Checkpoint.load_objects(ignite_run()[2], str(newest))
-    assert isinstance(altered.value, storage.BadCheckpoint)
+    assert isinstance(altered.value, loading.BadCheckpoint)
     os.remove(older)  # its record stays
     with pytest.raises(FileNotFoundError, match="checkpoint_4.pt is missing"):
         Checkpoint.load_objects(ignite_run()[2], str(older))
@@ -217,7 +218,7 @@ def test_mmengine_runner_with_a_url_work_dir_is_refused_before_anything_is_saved
 
 
 def test_cli_export_refuses_a_url_as_its_target(tmp_path, monkeypatch, capsys):
-    from trainer_ckpt.cli import main
+    from trainer_ckpt.cli.commands import main
     from trainer_ckpt.fvcore import Checkpointer
 
     Checkpointer(torch.nn.Linear(2, 2), str(tmp_path / "run")).save("model_0000004", iteration=4)
@@ -231,8 +232,8 @@ def test_cli_export_refuses_a_url_as_its_target(tmp_path, monkeypatch, capsys):
 
 KILL_AT_POINTER = """
 import os, signal, sys
-from trainer_ckpt import storage
-real, target = storage.atomic_write, sys.argv[2]
+from trainer_ckpt.io import durable
+real, target = durable.atomic_write, sys.argv[2]
 
 def atomic_write(path, write, *args, **kwargs):
     if os.path.basename(path) == "last_checkpoint":
@@ -243,7 +244,7 @@ def atomic_write(path, write, *args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
     return real(path, write, *args, **kwargs)
 
-storage.atomic_write = atomic_write
+durable.atomic_write = atomic_write
 """
 
 
@@ -365,7 +366,7 @@ def test_fvcore_follows_a_last_checkpoint_written_after_the_newest(tmp_path):
 def test_storage_options_of_one_cli_call_do_not_carry_over_to_the_next(tmp_path, capsys):
     """fsspec's `dir://` file system reads under its `path` option: a call without it cannot
     find the run, however the call before it was made."""
-    from trainer_ckpt.cli import main
+    from trainer_ckpt.cli.commands import main
     from trainer_ckpt.fvcore import Checkpointer
 
     Checkpointer(torch.nn.Linear(2, 2), str(tmp_path / "bucket" / "run")).save("model_0000004", iteration=4)

@@ -370,7 +370,7 @@ def test_background_first_step_that_does_not_save_allocates_the_first_saves_buff
     buffers = checkpointer.engine._snapshot._buffers
     ahead = {path: buffer.data_ptr() for path, buffer in buffers.items()}
     assert ("checkpoint", "model", "weight") in ahead and ("checkpoint", "optimizer", "state", 0, "exp_avg") in ahead
-    assert not os.listdir(tmp_path) or os.listdir(tmp_path) == [".trainer_ckpt.lock"]
+    assert not os.listdir(tmp_path) or os.listdir(tmp_path) == [".trainer_ckpt.core.lock"]
     periodic.step(1)
     with torch.no_grad():
         model.weight.fill_(3.0)

@@ -14,10 +14,10 @@ from ignite.engine import Engine, Events
 from scripts import ignite_loop
 from scripts.plain_loop import max_difference
 from tests._resume import resumed
-from trainer_ckpt import storage
 from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
 from trainer_ckpt.retention_policies import KeepMostRecentByCount
 from trainer_ckpt.save_policies import SaveEveryNumSeconds
+from trainer_ckpt.io import loading
 
 
 def visible(directory):
@@ -121,7 +121,7 @@ def test_latest_checkpoint_skips_a_truncated_newest_with_a_warning(tmp_path, cap
     with caplog.at_level("WARNING"):
         assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_8.pt")
     assert "Checkpoint checkpoint_12.pt" in caplog.text and "Falling back to an older checkpoint" in caplog.text
-    with pytest.raises(storage.BadCheckpoint, match=r"checkpoint_12.pt is not usable, got: .*latest_checkpoint"):
+    with pytest.raises(loading.BadCheckpoint, match=r"checkpoint_12.pt is not usable, got: .*latest_checkpoint"):
         Checkpoint.load_objects(make_run()[3], str(newest))
     assert latest_checkpoint(tmp_path, filename_prefix="best") is None
 
@@ -143,7 +143,7 @@ def test_temp_files_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
 def test_unsafe_pickles_are_refused_unless_allowed(tmp_path):
     torch.save({"model": {"w": torch.ones(1)}, "x": KeepMostRecentByCount(1)}, tmp_path / "checkpoint_1.pt")
     holder = {"model": torch.nn.Linear(1, 1)}
-    with pytest.raises(storage.UnsafeCheckpoint, match=r"holds types that are not allowed to load, got: .*KeepMostRecentByCount.*safe_globals"):
+    with pytest.raises(loading.UnsafeCheckpoint, match=r"holds types that are not allowed to load, got: .*KeepMostRecentByCount.*safe_globals"):
         Checkpoint.load_objects(holder, str(tmp_path / "checkpoint_1.pt"))
 
 

@@ -58,7 +58,7 @@ sys.modules["allennlp"] = None  # as if AllenNLP were not installed
 import torch
 from ignite.engine import Engine, Events
 import trainer_ckpt
-from trainer_ckpt import cli
+from trainer_ckpt.cli import commands as cli
 from trainer_ckpt.ignite import Checkpoint, DiskSaver
 trainer = Engine(lambda engine, batch: None)
 trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint({"model": torch.nn.Linear(2, 2)}, DiskSaver(sys.argv[1]), n_saved=1))
@@ -83,7 +83,7 @@ def test_the_ignite_face_and_the_cli_work_without_allennlp(tmp_path):
     result = subprocess.run([sys.executable, "-c", WITHOUT_ALLENNLP, str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == f"all checkpoints in {tmp_path} are good"
-    assert sorted(os.listdir(tmp_path)) == [".model_4.pt.json", ".model_4.pt.rng", ".trainer_ckpt.lock", "model_4.pt"]
+    assert sorted(os.listdir(tmp_path)) == [".model_4.pt.json", ".model_4.pt.rng", ".trainer_ckpt.core.lock", "model_4.pt"]
 
 
 def test_import_trainer_ckpt_inside_allennlp_registers_its_checkpointers():

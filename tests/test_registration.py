@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 from trainer_ckpt import CheckpointInfo, ConfigurationError, KeepAll, KeepMostRecentByCount, RetentionPolicy
 from trainer_ckpt import SaveCompletedEpochs, SaveEveryNumBatches, SavePolicy
-from trainer_ckpt._validate import CheckedRegistrable
+from trainer_ckpt.policies.registry import CheckedRegistrable
 
 
 def python(code: str, *args: str) -> List[str]:
@@ -68,7 +68,7 @@ def test_a_script_builds_the_checkpointer_from_params_after_import_trainer_ckpt(
 HOOK_LEAVES_NO_TRACE = """
 import sys
 import trainer_ckpt
-from trainer_ckpt import _allennlp_hook
+from trainer_ckpt.faces.allennlp import registration as _allennlp_hook
 hooks = lambda: [f for f in sys.meta_path if getattr(f, "trainer_ckpt_hook", False)]
 assert len(hooks()) == 1
 del sys.modules["trainer_ckpt"]
@@ -95,7 +95,7 @@ def test_the_hook_registers_the_subcommand_too_and_then_goes_away():
 A_FAILED_REGISTRATION = """
 import sys, warnings
 import trainer_ckpt
-sys.modules["trainer_ckpt.group"] = None  # its import fails
+sys.modules["trainer_ckpt.faces.allennlp.group"] = None  # its import fails
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     from allennlp.training import Checkpointer  # still imports
@@ -108,9 +108,9 @@ for w in caught:
 def test_a_failed_registration_warns_and_leaves_allennlp_importable():
     [line] = python(A_FAILED_REGISTRATION)
     assert line == (
-        "trainer_ckpt: registering with allennlp.training failed, got ModuleNotFoundError: import of trainer_ckpt.group "
-        "halted; None in sys.modules. AllenNLP works, without trainer_ckpt's names; import trainer_ckpt.checkpointer "
-        "and trainer_ckpt.group to see the whole error."
+        "trainer_ckpt: registering with allennlp.training failed, got ModuleNotFoundError: import of trainer_ckpt.faces.allennlp.group "
+        "halted; None in sys.modules. AllenNLP works, without trainer_ckpt's names; import trainer_ckpt.faces.allennlp.checkpointer "
+        "to see the whole error."
     )
 
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, trainer_at
-from trainer_ckpt import DefaultCheckpointer, storage
+from trainer_ckpt import DefaultCheckpointer
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import Engine
-from trainer_ckpt.remote import Mirrored
+from trainer_ckpt import stores
+from trainer_ckpt.core.engine import Engine
+from trainer_ckpt.stores.mirrored import Mirrored
 
 
 def objects(fs, url):
@@ -72,13 +73,14 @@ def test_upload_to_must_be_a_url(tmp_path):
 
 WRITER = """
 import json, os, signal, sys, torch
-from trainer_ckpt import storage
+from trainer_ckpt import stores
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import Engine
-from trainer_ckpt.remote import Mirrored
+from trainer_ckpt import stores
+from trainer_ckpt.core.engine import Engine
+from trainer_ckpt.stores.mirrored import Mirrored
 from trainer_ckpt.retention_policies import KeepMostRecentByCount
 local, url, options, die_before = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-mirror = Mirrored(storage.Pairs(local), url, options)
+mirror = Mirrored(stores.Pairs(local), url, options)
 engine = Engine(mirror)
 engine.clean_up()
 step = max([e.key[1] for e in engine.entries()], default=0)
@@ -93,7 +95,7 @@ if die_before:  # a SIGKILL inside this writer's second upload, right before it 
 while True:
     step += 1
     state = torch.full((2 << 20,), float(step))  # 8 MiB
-    engine.save((0, step), {storage.MODEL: {"w": state}, storage.TRAINING: {"step": step}}, CheckpointInfo(0, step, time=step),
+    engine.save((0, step), {stores.MODEL: {"w": state}, stores.TRAINING: {"step": step}}, CheckpointInfo(0, step, time=step),
                 retention=(KeepMostRecentByCount(1), lambda e: True))
     print(step, flush=True)
 """
@@ -148,8 +150,8 @@ def test_sigkill_during_uploads_leaves_a_complete_checkpoint_in_the_bucket(tmp_p
     fs.pipe(f"{run[5:]}/model_state_e0_b998.th", b"half an upload")
     fs.pipe(f"{run[5:]}/.checkpoint_e0_b998.json.pending", json.dumps(["model_state_e0_b998.th"]).encode())
     fs.pipe(f"{run[5:]}/model_state_e0_b999.th", b"someone else's, or an upload of an earlier version")
-    engine = Engine(Mirrored(storage.Pairs(str(tmp_path / "last")), run, options))
-    engine.save((5, 0), {storage.MODEL: {"w": torch.zeros(1)}, storage.TRAINING: {}}, CheckpointInfo(5, 0, time=1e10))
+    engine = Engine(Mirrored(stores.Pairs(str(tmp_path / "last")), run, options))
+    engine.save((5, 0), {stores.MODEL: {"w": torch.zeros(1)}, stores.TRAINING: {}}, CheckpointInfo(5, 0, time=1e10))
     engine.close()
     names = objects(fs, run)
     named = {f["name"] for n in names if n.endswith(".json") for f in json.loads(fs.cat_file(f"{run[5:]}/{n}"))["files"].values()}
@@ -186,6 +188,7 @@ from allennlp.training.trainer import TrainerCheckpoint
 rank, url, options, local, store, kill_at = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
 dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
 from trainer_ckpt import DefaultCheckpointer
+from trainer_ckpt import stores
 
 class Trainer:
     def __init__(self, b):
@@ -297,7 +300,7 @@ def test_a_failed_upload_is_a_failed_save_and_keeps_the_earlier_checkpoints(tmp_
     (a clear error, or a WARNING with on_save_error="warn"), and the first stays, here and there."""
     import logging
 
-    from trainer_ckpt.engine import CheckpointSaveError
+    from trainer_ckpt.core.engine import CheckpointSaveError
 
     url, options, fs = bucket
     run = f"{url}/run"

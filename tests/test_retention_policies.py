@@ -5,15 +5,7 @@ import pytest
 from allennlp.common import Params
 from allennlp.common.checks import ConfigurationError
 
-from trainer_ckpt import (
-    CheckpointInfo,
-    KeepAll,
-    KeepAny,
-    KeepMostRecentByAge,
-    KeepMostRecentByCount,
-    KeepOnePerTimeWindow,
-    RetentionPolicy,
-)
+from trainer_ckpt import CheckpointInfo, KeepAll, KeepAny, KeepMostRecentByAge, KeepMostRecentByCount, KeepOnePerTimeWindow, RetentionPolicy
 
 
 def at_times(*times):

@@ -3,15 +3,7 @@ import pytest
 from allennlp.common import Params
 from allennlp.common.checks import ConfigurationError
 
-from trainer_ckpt import (
-    CheckpointInfo,
-    SaveAny,
-    SaveCompletedEpochs,
-    SaveEveryNumBatches,
-    SaveEveryNumSeconds,
-    SaveNever,
-    SavePolicy,
-)
+from trainer_ckpt import CheckpointInfo, SaveAny, SaveCompletedEpochs, SaveEveryNumBatches, SaveEveryNumSeconds, SaveNever, SavePolicy
 
 I = CheckpointInfo
 START = I(0, 0, time=100.0)

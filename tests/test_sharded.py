@@ -18,8 +18,11 @@ import torch
 
 from tests._resume import assert_starts
 from tests.conftest import ROOT
-from trainer_ckpt import sharded, storage
-from trainer_ckpt.engine import Engine, NamedFiles, UnsafeCheckpointError
+from trainer_ckpt.io import sharded
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError
+from trainer_ckpt.stores import NamedFiles
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
 RANK = os.path.join(ROOT, "tests", "fsdp_rank.py")
 
@@ -49,7 +52,7 @@ def test_fvcore_fsdp2_resumes_bit_exact_falls_back_and_reshards_onto_one_process
     assert "Checkpoint model_0000005 in" in outputs[0] and "model_0000005.pth/__1_0.distcp has CRC32" in outputs[0]
     assert "Falling back to an older checkpoint" in outputs[0]
     assert sorted(os.listdir(directory / "corrupt")) == [".model_0000005.pth.json", ".model_0000005.pth.rng", "model_0000005.pth"]
-    record = storage.read_json(str(directory / ".model_0000003.pth.json"))
+    record = durable.read_json(str(directory / ".model_0000003.pth.json"))
     assert sorted(record["files"]["checkpoint"]["parts"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert record["world_size"] == 2
 
@@ -89,7 +92,7 @@ def test_mmengine_fsdp2_resumes_bit_exact_in_a_real_runner(tmp_path):
 
 def test_allennlp_fsdp2_resumes_bit_exact(tmp_path):
     directory, _ = run_ranks("allennlp", tmp_path)
-    record = storage.read_json(str(directory / "checkpoint_e0_b2.json"))
+    record = durable.read_json(str(directory / "checkpoint_e0_b2.json"))
     assert set(record["files"]) == {"model_state", "training_state"}
     assert all("parts" in f for f in record["files"].values())
 
@@ -107,7 +110,7 @@ def test_sharded_state_in_a_bucket_resumes_on_a_new_machine(tmp_path, bucket):
 
 def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_path):
     """Back-to-back sharded saves; the job is killed (rank 1, then rank 0) at a random moment, three times."""
-    from trainer_ckpt._fvcore_face import LAYOUT, MAIN
+    from trainer_ckpt.faces._fvcore.checkpointer import LAYOUT, MAIN
 
     directory = tmp_path / "run"
     directory.mkdir()
@@ -158,14 +161,14 @@ def test_sharded_state_loads_safely(tmp_path):
     metadata = tmp_path / "a.pth" / ".metadata"
     original = metadata.read_bytes()
     metadata.write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(storage.UnsafeCheckpoint, match="posix.system|os.system"):
+    with pytest.raises(loading.UnsafeCheckpoint, match="posix.system|os.system"):
         sharded.load(str(tmp_path / "a.pth"))
     metadata.write_bytes(original)
     tmp, _ = sharded.save_temp({"w": torch.zeros(2), "evil": Boom()}, str(tmp_path / "b.pth"))
-    with pytest.raises(storage.UnsafeCheckpoint):
+    with pytest.raises(loading.UnsafeCheckpoint):
         sharded.load(tmp)
     assert not (tmp_path / "pwned").exists()
-    with pytest.raises(storage.BadCheckpoint, match="has CRC32"):
+    with pytest.raises(loading.BadCheckpoint, match="has CRC32"):
         data = tmp_path / "a.pth" / "__0_0.distcp"
         content = data.read_bytes()
         data.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import FakeTrainer, listing, names
-from trainer_ckpt import storage
-from trainer_ckpt.storage import CheckpointDir, StateFile
+from trainer_ckpt.stores import CheckpointDir, StateFile
+from trainer_ckpt import stores
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
 LAYOUT = CheckpointDir("")
 
@@ -51,16 +53,16 @@ def test_only_exact_basenames_parse(name):
 
 def test_atomic_save_failure_keeps_old_content_and_leaves_no_temp(tmp_path):
     path = str(tmp_path / "model_state_e1_b0.th")
-    storage.atomic_save({"w": torch.ones(4)}, path)
+    durable.atomic_save({"w": torch.ones(4)}, path)
     with pytest.raises(Exception):
-        storage.atomic_save({"w": lambda: None}, path)  # unpicklable: fails half-way
+        durable.atomic_save({"w": lambda: None}, path)  # unpicklable: fails half-way
     assert os.listdir(tmp_path) == ["model_state_e1_b0.th"]
-    torch.testing.assert_close(storage.load(path)["w"], torch.ones(4))
+    torch.testing.assert_close(loading.load(path)["w"], torch.ones(4))
 
 
 def test_atomic_save_stamps_the_save_time(tmp_path):
     path = str(tmp_path / "training_state_e1_b0.th")
-    storage.atomic_save({}, path, mtime=1234.5)
+    durable.atomic_save({}, path, mtime=1234.5)
     assert os.stat(path).st_mtime == 1234.5
 
 
@@ -82,10 +84,10 @@ def test_listing(tmp_path):
         f".training_state_e1_b5.th.tmp-{dead_pid()}-00ff",
         f".training_state_e1_b5.th.tmp-{os.getppid()}-00ff",  # its writer is alive
     ]:
-        storage.atomic_save({}, os.path.join(d, name), mtime=50.0)
+        durable.atomic_save({}, os.path.join(d, name), mtime=50.0)
     layout = CheckpointDir(d)
     files = layout.write_states((3, 0), None, {"w": torch.ones(2)}, {}, mtime=70.0)
-    layout.write_record((3, 0), None, storage.record((3, 0), 70.0, {"acc": 0.5, "note": "x"}, 60, True))
+    layout.write_record((3, 0), None, stores.record((3, 0), 70.0, {"acc": 0.5, "note": "x"}, 60, True))
     got = layout.list(None)
     assert [(f.progress, f.time, f.record.get("metrics")) for f in got.complete] == [
         ((1, 0), 50.0, None),
@@ -123,7 +125,7 @@ def test_allowing_takes_back_only_what_it_added():
     """torch's `safe_globals` context manager drops, on exit, types the user had allowed for the process."""
     torch.serialization.add_safe_globals([_Allowed])
     try:
-        with storage.allowing([_Allowed, _AlsoAllowed]):
+        with loading.allowing([_Allowed, _AlsoAllowed]):
             assert {_Allowed, _AlsoAllowed} <= set(torch.serialization.get_safe_globals())
         assert _Allowed in torch.serialization.get_safe_globals()
         assert _AlsoAllowed not in torch.serialization.get_safe_globals()

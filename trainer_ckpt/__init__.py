@@ -6,11 +6,11 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `"trainer_ckpt"` (and `CheckpointerGroup` as `"trainer_ckpt_group"`; AllenNLP's own `"default"` is
 left alone), whether AllenNLP is imported before or after it, so a config can say
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}`. Importing it does not import AllenNLP: where
-AllenNLP is not imported yet, the registration runs when it is (see `trainer_ckpt._allennlp_hook`).
+AllenNLP is not imported yet, the registration runs when it is (see `trainer_ckpt.faces.allennlp.registration`).
 """
 import importlib
 
-from trainer_ckpt import _allennlp_hook
+from trainer_ckpt.faces.allennlp import registration as _allennlp_hook
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 __version__ = "0.1.0"
@@ -18,13 +18,13 @@ __version__ = "0.1.0"
 # Imported on first use, so that `import trainer_ckpt` (the CLI, the ignite/mmengine/fvcore faces)
 # does not pay for AllenNLP's training stack: name -> module.
 _LAZY = {
-    "Checkpointer": "checkpointer", "DefaultCheckpointer": "checkpointer", "CheckpointerGroup": "group",
-    "ConfigurationError": "_validate",
-    **{name: "retention_policies" for name in (
+    "Checkpointer": "faces.allennlp.checkpointer", "DefaultCheckpointer": "faces.allennlp.checkpointer",
+    "CheckpointerGroup": "faces.allennlp.group", "ConfigurationError": "policies.registry",
+    **{name: "policies.retention" for name in (
         "KeepAll", "KeepAllOf", "KeepAny", "KeepBest", "KeepEveryNumBatches", "KeepEveryNumEpochs",
         "KeepMostRecentByAge", "KeepMostRecentByCount", "KeepOnePerTimeWindow", "KeepWithinDiskQuota",
         "RetentionPolicy")},
-    **{name: "save_policies" for name in (
+    **{name: "policies.save" for name in (
         "SaveAll", "SaveAny", "SaveAt", "SaveBestSoFar", "SaveCompletedEpochs", "SaveEveryNumBatches",
         "SaveEveryNumEpochs", "SaveEveryNumSeconds", "SaveLastEpoch", "SaveNever", "SaveNotBefore", "SavePolicy")},
 }

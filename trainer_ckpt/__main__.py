@@ -1,5 +1,5 @@
 import sys
 
-from trainer_ckpt.cli import main
+from trainer_ckpt.cli.commands import main
 
 sys.exit(main())

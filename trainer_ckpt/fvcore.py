@@ -12,9 +12,9 @@ newest good checkpoint with a warning; everything loads with `weights_only=True`
 counts the checkpoints already on disk (fvcore only counts its own process' saves); and, as
 keywords, background saves, restoring the random state on resume, and our policies.
 """
-from trainer_ckpt._lazy import lazy_face
+from trainer_ckpt.faces.lazy import lazy_face
 
 __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 
 
-__getattr__, __dir__ = lazy_face("fvcore", __all__)
+__getattr__, __dir__ = lazy_face("_fvcore.checkpointer", __all__)

@@ -15,9 +15,9 @@ verifies a file against its record, loads with `weights_only=True` and, when `to
 ignite `Engine`, puts the random state back when the run resumes. Opt-in keywords: background
 saves, our save and retention policies, `safe_globals`.
 """
-from trainer_ckpt._lazy import lazy_face
+from trainer_ckpt.faces.lazy import lazy_face
 
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
 
-__getattr__, __dir__ = lazy_face("ignite", __all__)
+__getattr__, __dir__ = lazy_face("_ignite", __all__)

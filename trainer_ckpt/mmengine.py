@@ -17,16 +17,16 @@ policy, `safe_globals`. `backend_args` other than the local disk are refused (no
 """
 import sys
 
-from trainer_ckpt._lazy import lazy_face
+from trainer_ckpt.faces.lazy import lazy_face
 
 __all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
 
 
-__getattr__, __dir__ = lazy_face("mmengine", __all__)
+__getattr__, __dir__ = lazy_face("_mmengine.hook", __all__)
 
 
 # Imported by mmengine (`custom_imports`): register `TrainerCkptCheckpointHook` now. Imported
 # otherwise (AllenNLP's `--include-package trainer_ckpt` imports every submodule): wait for first
 # use, so that no mmengine needs to be installed.
 if sys.modules.get("mmengine") is not None:
-    from trainer_ckpt import _mmengine_face  # noqa: F401
+    from trainer_ckpt.faces._mmengine import hook  # noqa: F401

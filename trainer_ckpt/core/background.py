@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt.background")  # its 0.1 name, which users may filter on
 
 
 class Snapshotter:

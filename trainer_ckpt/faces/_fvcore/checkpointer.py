@@ -6,18 +6,22 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
-from trainer_ckpt import distributed, sharded, storage
-from trainer_ckpt.remote import local_place, mirrored
-from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.core import distributed
+from trainer_ckpt.io import sharded
+from trainer_ckpt.stores.mirrored import local_place, mirrored
+from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
-    from trainer_ckpt.retention_policies import RetentionPolicy
-    from trainer_ckpt.save_policies import SavePolicy
+    from trainer_ckpt.policies.retention import RetentionPolicy
+    from trainer_ckpt.policies.save import SavePolicy
 
 __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt._fvcore_face")  # its 0.1 name, which users may filter on
 MAIN = "checkpoint"
 POINTER = "last_checkpoint"
 LAYOUT = Layout(
@@ -126,7 +130,7 @@ class Checkpointer(_fvcore.Checkpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Points `last_checkpoint` at a file, atomically (fvcore rewrites it in place)."""
         payload = last_filename_basename.encode()
-        storage.atomic_write(os.path.join(self.save_dir, POINTER), lambda f: f.write(payload))
+        durable.atomic_write(os.path.join(self.save_dir, POINTER), lambda f: f.write(payload))
 
     def wait(self) -> None:
         """Waits for a background save in flight; raises its error if it failed."""
@@ -228,9 +232,9 @@ class Checkpointer(_fvcore.Checkpointer):
                 templates = self._templates()
                 return self.engine.load(entry, [MAIN], templates, collective=bool(templates))[MAIN]
         try:
-            with storage.allowing(self.safe_globals):
-                return storage.load(f)
-        except storage.UnsafeCheckpoint as e:
+            with loading.allowing(self.safe_globals):
+                return loading.load(f)
+        except loading.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{_WHERE}: {f} holds types that are not allowed to load, got: {e} Nothing in it was "
                 "run. If you trust this file, pass those types in `safe_globals`."
@@ -283,7 +287,7 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         super().__init__(checkpointer, period or 1, max_iter, max_to_keep, file_prefix)
         self.save_policy = save_policy
         if retention_policy is None and max_to_keep is not None:
-            from trainer_ckpt.retention_policies import KeepMostRecentByCount
+            from trainer_ckpt.policies.retention import KeepMostRecentByCount
 
             retention_policy = KeepMostRecentByCount(max_to_keep)
         periodic = re.compile(rf"^{re.escape(file_prefix)}_\d{{7}}$")

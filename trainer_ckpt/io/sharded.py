@@ -28,7 +28,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from trainer_ckpt.background import scalars_only
+from trainer_ckpt.core.background import scalars_only
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
 DCP_METADATA = ".metadata"
 
@@ -123,7 +125,7 @@ def _put(root: Dict[Any, Any], kinds: str, path: tuple, value: Any) -> None:
 
 
 def _crc(path: str) -> Dict[str, Any]:
-    from trainer_ckpt.fastio import file_crc
+    from trainer_ckpt.io.fastio import file_crc
 
     size, crc = file_crc(path)
     return {"size": size, "crc32": crc}
@@ -139,9 +141,7 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
     from torch.distributed.checkpoint.api import CheckpointException
 
     tmp = temp_dir(path)
-    from trainer_ckpt import storage
-
-    storage._IN_FLIGHT.add(os.path.abspath(tmp))
+    durable.mark_in_flight(tmp)
     typed, empty = _typed_paths(obj)
     if typed or empty:  # one entry (a list of lists is a leaf to DCP): [fqn, kinds, *path] per path, "" for an empty dict
         obj = {**obj, KEYS: [[fqn, kinds, *path] for fqn, (kinds, path) in typed.items()] + [["", kinds, *path] for kinds, path in empty]}
@@ -166,8 +166,8 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def verify(path: str, expected: Dict[str, Any]) -> None:
-    """Checks every part of a DCP directory against its record; raises storage.BadCheckpoint."""
-    from trainer_ckpt.storage import BadCheckpoint, verify as verify_file
+    """Checks every part of a DCP directory against its record; raises loading.BadCheckpoint."""
+    from trainer_ckpt.io.loading import BadCheckpoint, verify as verify_file
 
     if not os.path.isdir(path):
         raise BadCheckpoint(f"{os.path.basename(path)} is missing or not a directory of sharded state")
@@ -219,7 +219,7 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
     Loads a DCP directory into `template` (its tensors and DTensors are filled in place; each
     rank reads its own shards) and returns the state, entries the template lacks read as whole
     tensors. `collective`: every rank calls this at once (a template with DTensors needs it).
-    Raises storage.UnsafeCheckpoint for a type `weights_only` refuses, storage.BadCheckpoint
+    Raises loading.UnsafeCheckpoint for a type `weights_only` refuses, loading.BadCheckpoint
     when the directory does not load.
     """
     import torch.distributed.checkpoint as dcp
@@ -227,7 +227,7 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from trainer_ckpt.storage import BadCheckpoint, UnsafeCheckpoint
+    from trainer_ckpt.io.loading import BadCheckpoint, UnsafeCheckpoint
 
     class SafePlanner(DefaultLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:

@@ -5,9 +5,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from allennlp.common.checks import ConfigurationError
 
-from trainer_ckpt._validate import WHERE as _WHERE
-from trainer_ckpt._validate import flag, positive_int, positive_seconds
-from trainer_ckpt.retention_policies import (
+from trainer_ckpt.policies.registry import WHERE as _WHERE
+from trainer_ckpt.policies.registry import flag, positive_int, positive_seconds
+from trainer_ckpt.policies.retention import (
     KeepAll,
     KeepAny,
     KeepMostRecentByAge,
@@ -15,7 +15,7 @@ from trainer_ckpt.retention_policies import (
     KeepOnePerTimeWindow,
     RetentionPolicy,
 )
-from trainer_ckpt.save_policies import (
+from trainer_ckpt.policies.save import (
     SaveAny,
     SaveCompletedEpochs,
     SaveEveryNumBatches,

@@ -6,7 +6,7 @@ from allennlp.common.checks import ConfigurationError
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt.checkpointer import Checkpointer, DefaultCheckpointer
+from trainer_ckpt.faces.allennlp.checkpointer import Checkpointer, DefaultCheckpointer
 
 
 @AllenNlpCheckpointer.register("trainer_ckpt_group")

@@ -5,8 +5,8 @@ nothing of trainers, runners or hooks; a face translates its framework's calls i
 A checkpoint is a key (a progress point, a name), one or more state files (`torch.save`d objects,
 one per role) and a JSON record written last, which commits it: sizes and CRC32s of the state
 files (computed while writing), the save time and point, metrics, and whatever the face adds.
-Where the files go and what they are called is a *store* (`storage.Pairs` for AllenNLP's pairs,
-`storage.NamedFiles` for one-file layouts): `list()`, `files(key)`, `record_path(key)`,
+Where the files go and what they are called is a *store* (`stores.Pairs` for AllenNLP's pairs,
+`stores.NamedFiles` for one-file layouts): `list()`, `files(key)`, `record_path(key)`,
 `write_record`, `remove`, `quarantine`, `label`, `order`, `sharded`.
 
 Every file goes through a temp file, fsync and rename, so a crash at any instant leaves the old set
@@ -26,24 +26,25 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
-from trainer_ckpt import distributed, storage
-from trainer_ckpt.background import BackgroundWriter, Snapshotter, on_device
+from trainer_ckpt.core import distributed
+from trainer_ckpt.core.background import BackgroundWriter, Snapshotter, on_device
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.lock import lock_directory, unlock_directory
-from trainer_ckpt.storage import Entry, Layout, NamedFiles  # noqa: F401 (faces import them from here)
+from trainer_ckpt.core.lock import lock_directory, unlock_directory
+from trainer_ckpt import stores
+from trainer_ckpt.io import durable, loading
+from trainer_ckpt.stores import RNG, Entry
 
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: not needed to save or load
-    from trainer_ckpt.retention_policies import RetentionPolicy
+    from trainer_ckpt.policies.retention import RetentionPolicy
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt.engine")  # its 0.1 name, which users may filter on
 
-RNG = "rng"  # the role of the random state's file, when a face keeps it apart
 PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see resume.restore_rng)
 Retention = Tuple["RetentionPolicy", Callable[[Entry], bool]]  # a policy, and the entries it judges
 
 
 @functools.lru_cache(maxsize=None)
-def _versions() -> Dict[str, str]:
+def versions() -> Dict[str, str]:
     """What wrote a checkpoint, for `trainer_ckpt diff`."""
     import platform
 
@@ -205,7 +206,7 @@ class Engine:
     @staticmethod
     def _sharded(states: Dict[str, Any]) -> List[str]:
         """The roles whose state holds DTensors: every rank writes them with DCP, at once."""
-        from trainer_ckpt import sharded
+        from trainer_ckpt.io import sharded
 
         return [role for role, state in states.items() if sharded.is_sharded(state)]
 
@@ -215,7 +216,7 @@ class Engine:
         temps, files = [], {}
         try:
             if collective:  # every rank; a failure on any rank raises on every rank
-                from trainer_ckpt import sharded
+                from trainer_ckpt.io import sharded
 
                 os.makedirs(self.directory, exist_ok=True)
                 for role in collective:
@@ -257,7 +258,7 @@ class Engine:
         self._verified.add((key, self._last_size, info.time))
         if self._index is not None:
             self._index[key] = Entry(key, self.store.label(key), {r: paths[r] for r in files}, self._last_record,
-                                     storage.entry_info(info.progress, info.time, self._last_size, self._last_record))
+                                     stores.entry_info(info.progress, info.time, self._last_size, self._last_record))
         logger.debug("Saved checkpoint %s in %s", self.store.label(key), self.directory)
         if after_commit is not None:
             after_commit(key)
@@ -267,7 +268,7 @@ class Engine:
     @staticmethod
     def _discard(temps: List[Tuple[str, str]]) -> None:
         for tmp, _ in temps:
-            storage.remove_file(tmp)
+            durable.remove_file(tmp)
 
     def _write_and_commit(self, key, states, info, record, paths, temps, files, collective) -> None:
         """Writes the other roles, renames every temp file into place, writes the record last."""
@@ -276,16 +277,16 @@ class Engine:
             os.makedirs(self.directory, exist_ok=True)
             for role, path in paths.items():
                 if role in states and role not in collective:
-                    tmp, files[role] = storage._save_temp(states[role], path, info.time, **self.save_kwargs)
+                    tmp, files[role] = durable.save_temp(states[role], path, info.time, **self.save_kwargs)
                     temps.append((tmp, path))
         except BaseException:
             self._discard(temps)
             raise
         # A record of an earlier checkpoint of this key goes first: its files are about to change.
-        storage.remove_file(self.store.record_path(key))
-        storage.commit(temps)  # in order: the last role's file is renamed last
-        full = storage.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
-        full.update(versions=dict(_versions()), world_size=_world_size(self.store))
+        durable.remove_file(self.store.record_path(key))
+        durable.commit(temps)  # in order: the last role's file is renamed last
+        full = stores.record(info.progress, info.time, info.metrics, info.total_batches_completed, info.is_best_so_far)
+        full.update(versions=dict(versions()), world_size=_world_size(self.store))
         full.update(record or {}, files=files)
         if info.run_start is not None:
             full["run_start"] = info.run_start
@@ -312,7 +313,7 @@ class Engine:
         # place belongs to this incomplete checkpoint only. Only a writer of files removes them.
         for path in [*self.store.files(key).values(), self.store.record_path(key)] if self.primary or self.store.sharded else []:
             try:
-                storage.remove_file(path)
+                durable.remove_file(path)
             except OSError:
                 pass
         raise CheckpointSaveError(
@@ -333,7 +334,7 @@ class Engine:
     def close(self) -> None:
         """Waits for a save in flight and for deletions, releases the snapshot buffers, then gives up the directory's writer lock."""
         self.wait()
-        storage.wait_for_discards()
+        durable.wait_for_discards()
         self._snapshot = Snapshotter()
         if self._lock is not None:
             unlock_directory(self._lock)
@@ -383,7 +384,7 @@ class Engine:
                 if self._index is not None:
                     self._index.pop(entry.key, None)
 
-    def clean_up(self, listing: Optional[storage.Listing] = None) -> None:
+    def clean_up(self, listing: Optional[stores.Listing] = None) -> None:
         """
         Removes what crashes left: temp files of dead writers, records whose state files are all
         gone, checkpoints half-written or half-deleted (moved into corrupt/ instead when their
@@ -398,7 +399,7 @@ class Engine:
             self.store.remove(key)
         for path in listing.stale_temps:
             logger.info("Removing temp file %s left by an interrupted save", os.path.basename(path))
-            storage.remove_file(path)
+            durable.remove_file(path)
         if not listing.complete:
             return  # nothing complete: maybe the world size changed. Delete nothing we cannot replace.
         for key in listing.incomplete:
@@ -426,22 +427,22 @@ class Engine:
         sharded state loads into `templates[role]` (the live state dicts; see `sharded.load`);
         `collective`: every rank loads at once, the primary having verified the checkpoint.
         """
-        from trainer_ckpt import sharded
+        from trainer_ckpt.io import sharded
 
         loaded = {}
         expected = entry.record.get("files", {})
         try:
-            with storage.allowing(self.safe_globals):
+            with loading.allowing(self.safe_globals):
                 for role, path in entry.paths.items():
                     if roles is not None and role not in roles:
                         continue
                     if "parts" not in expected.get(role, {}):
-                        loaded[role] = storage.load(path, expected.get(role))
+                        loaded[role] = loading.load(path, expected.get(role))
                         continue
                     if (entry.key, entry.info.size_bytes, entry.info.time) not in self._verified:
-                        storage.verify(path, expected[role])  # on every rank alike: each reaches the same verdict
+                        loading.verify(path, expected[role])  # on every rank alike: each reaches the same verdict
                     loaded[role] = sharded.load(path, (templates or {}).get(role), collective)
-        except storage.UnsafeCheckpoint as e:
+        except loading.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{self.where}: checkpoint {entry.name} in {self.directory} holds types that are not "
                 f"allowed to load, got: {e} Nothing in it was run. If you trust this file, {self.trust_hint}"
@@ -450,7 +451,7 @@ class Engine:
         return loaded
 
     def verify(self, entry: Entry) -> None:
-        """Checks `entry` against its record (loads it when it has none); raises storage.BadCheckpoint."""
+        """Checks `entry` against its record (loads it when it has none); raises loading.BadCheckpoint."""
         if (entry.key, entry.info.size_bytes, entry.info.time) in self._verified:
             return
         expected = entry.record.get("files")
@@ -458,7 +459,7 @@ class Engine:
             self.load(entry)
             return
         for role, path in entry.paths.items():
-            storage.verify(path, expected[role])
+            loading.verify(path, expected[role])
         self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
 
     def lagging_pointer(self, pointer: str, wanted: Optional[str]) -> Optional[Entry]:
@@ -509,7 +510,7 @@ class Engine:
                     return entry, self.load(entry, roles, templates)
                 self.verify(entry)
                 return entry, None
-            except storage.BadCheckpoint as e:
+            except loading.BadCheckpoint as e:
                 rejected.append(f"{entry.name} ({e})")
                 moved = self.store.quarantine(entry.key) if self.may_write else []
                 logger.warning(
@@ -546,7 +547,7 @@ class Engine:
             return entry, None
         try:
             return entry, self.load(entry, roles, templates, collective=True)
-        except storage.BadCheckpoint as e:  # verified by the primary: the model does not fit it
+        except loading.BadCheckpoint as e:  # verified by the primary: the model does not fit it
             raise RuntimeError(
                 f"{self.where}: checkpoint {entry.name} in {self.directory} verified, but did not load into "
                 f"this model's sharded state, got: {e}. Load it into the model it was saved from."

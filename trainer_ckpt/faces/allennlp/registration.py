@@ -21,16 +21,18 @@ from typing import Any, Optional, Sequence, Set
 
 # AllenNLP's module -> ours, whose import registers our names in its registries.
 _REGISTRARS = {
-    "allennlp.training": ("trainer_ckpt.checkpointer", "trainer_ckpt.group"),
-    "allennlp.commands": ("trainer_ckpt.cli",),
+    "allennlp.training": ("trainer_ckpt.faces.allennlp.checkpointer",),  # which imports the group too
+    "allennlp.commands": ("trainer_ckpt.cli.commands",),
 }
 
 
 def _register(allennlp_module: str) -> None:
     for module in _REGISTRARS[allennlp_module]:
+        if getattr(getattr(sys.modules.get(module), "__spec__", None), "_initializing", False):
+            continue  # being imported (it is what imports AllenNLP): it registers itself when it has run
         already = module in sys.modules
         imported = importlib.import_module(module)
-        if module == "trainer_ckpt.cli" and already:
+        if module == "trainer_ckpt.cli.commands" and already:
             # Imported before AllenNLP's commands were, it skipped the subcommand then.
             imported._register_allennlp_subcommand()
 

@@ -21,17 +21,22 @@ from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt import distributed, resume, sharded, storage
-from trainer_ckpt._validate import WHERE as _WHERE
-from trainer_ckpt._validate import flag
+from trainer_ckpt.core import distributed
+from trainer_ckpt.faces.allennlp import trainer as resume
+from trainer_ckpt.io import sharded
+from trainer_ckpt.policies.registry import WHERE as _WHERE
+from trainer_ckpt.policies.registry import flag
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import CheckpointSaveError, Engine, UnsafeCheckpointError  # noqa: F401 (re-exported)
-from trainer_ckpt.flat_keys import _UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
-from trainer_ckpt.flat_keys import retention_policy_from, save_policy_from
-from trainer_ckpt.retention_policies import RetentionPolicy
-from trainer_ckpt.save_policies import SavePolicy
+from trainer_ckpt.core.engine import CheckpointSaveError, Engine, UnsafeCheckpointError  # noqa: F401 (re-exported)
+from trainer_ckpt.faces.allennlp.flat_keys import _UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
+from trainer_ckpt.faces.allennlp.flat_keys import retention_policy_from, save_policy_from
+from trainer_ckpt.policies.retention import RetentionPolicy
+from trainer_ckpt.policies.save import SavePolicy
+from trainer_ckpt import stores
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt.checkpointer")  # its 0.1 name, which users may filter on
 
 
 class Checkpointer(AllenNlpCheckpointer):
@@ -86,7 +91,7 @@ class Checkpointer(AllenNlpCheckpointer):
         if not os.path.isfile(path):
             return {}
         logger.info("Loading best weights from %s", path)
-        return storage.load(path)
+        return loading.load(path)
 
 
 def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
@@ -106,18 +111,18 @@ def _name(progress: Tuple[int, int]) -> str:
 def _versions() -> Dict[str, str]:
     import allennlp.version
 
-    from trainer_ckpt.engine import _versions as engine_versions
+    from trainer_ckpt.core.engine import versions as engine_versions
 
     return {**engine_versions(), "allennlp": allennlp.version.VERSION}
 
 
-def _remote_store(store: storage.Pairs, url: Any, options: Any) -> Any:
+def _remote_store(store: stores.Pairs, url: Any, options: Any) -> Any:
     """`store`, or `store` mirrored to object storage at `url`."""
     if url is None:
         if options is not None:
             raise ConfigurationError(f"{_WHERE}: `storage_options` is for `upload_to`, got {options!r} without it. Add upload_to, or remove storage_options.")
         return store
-    from trainer_ckpt.remote import Mirrored, is_url
+    from trainer_ckpt.stores.mirrored import Mirrored, is_url
 
     if not is_url(url):
         raise ConfigurationError(f'{_WHERE}: `upload_to` must be an fsspec URL, got {url!r}. Write e.g. "s3://my-bucket/runs/my_run".')
@@ -259,7 +264,7 @@ class DefaultCheckpointer(Checkpointer):
                 f"{filename_prefix!r}. Use e.g. \"best_\"."
             )
         # The store holds rank, world size and sharding, which the trainer sets after construction.
-        self._store = storage.Pairs(str(serialization_dir), filename_prefix)
+        self._store = stores.Pairs(str(serialization_dir), filename_prefix)
         super().__init__(serialization_dir)
         if on_save_error not in ("raise", "warn"):
             raise ConfigurationError(
@@ -358,7 +363,7 @@ class DefaultCheckpointer(Checkpointer):
             return
         with _checkpoint_state(trainer) as state:
             if state is not None:
-                self._engine.prepare({storage.MODEL: state[0], storage.TRAINING: state[1]})
+                self._engine.prepare({stores.MODEL: state[0], stores.TRAINING: state[1]})
 
     def _moment(self, trainer: Trainer, epochs: int, batches: int) -> CheckpointInfo:
         """Stamps the point the trainer reached, with what the trainer knows there."""
@@ -399,7 +404,7 @@ class DefaultCheckpointer(Checkpointer):
         paths = self._save(arguments["trainer"], None, arguments.get("epoch"), arguments.get("is_best_so_far"))
         if arguments.get("is_best_so_far") and paths:
             self.wait()  # a background save: its files first
-            _link_or_copy(paths[storage.MODEL], os.path.join(self._serialization_dir, "best.th"))
+            _link_or_copy(paths[stores.MODEL], os.path.join(self._serialization_dir, "best.th"))
 
     def _save(
         self,
@@ -433,7 +438,7 @@ class DefaultCheckpointer(Checkpointer):
                 training_state = {**training_state, "epoch": epoch}
             paths = self._engine.save(
                 progress,
-                {storage.MODEL: model_state, storage.TRAINING: training_state},
+                {stores.MODEL: model_state, stores.TRAINING: training_state},
                 dataclasses.replace(current, run_start=self._run_start),
                 record={"world_size": self._world_size, "versions": dict(_versions()), "config_sha256": self._config_hash()},
                 retention=(self._retention_policy, lambda entry: True),
@@ -487,7 +492,7 @@ class DefaultCheckpointer(Checkpointer):
         if entry is None:
             found = self._engine.newest_good(load=False)
             entry = found and found[0]
-        return None if entry is None else (entry.paths[storage.MODEL], entry.paths[storage.TRAINING])
+        return None if entry is None else (entry.paths[stores.MODEL], entry.paths[stores.TRAINING])
 
     def load_checkpoint(self) -> Optional[TrainerCheckpoint]:
         """
@@ -504,8 +509,8 @@ class DefaultCheckpointer(Checkpointer):
         templates = None
         if isinstance(model, torch.nn.Module) and self._use_dcp(model.state_dict()):
             optimizer = getattr(trainer, "optimizer", None)
-            templates = {storage.MODEL: model.state_dict(),
-                         storage.TRAINING: {} if optimizer is None else {"optimizer": sharded.template(optimizer)}}
+            templates = {stores.MODEL: model.state_dict(),
+                         stores.TRAINING: {} if optimizer is None else {"optimizer": sharded.template(optimizer)}}
         try:
             found = self._engine.newest_good(load=True, templates=templates)
         except UnsafeCheckpointError as e:
@@ -514,7 +519,7 @@ class DefaultCheckpointer(Checkpointer):
             return None
         entry, states = found
         logger.info("Restoring checkpoint %s from %s", _name(entry.key), self._serialization_dir)
-        model_state, training_state = states[storage.MODEL], states[storage.TRAINING]
+        model_state, training_state = states[stores.MODEL], states[stores.TRAINING]
         self._compare_run(entry, training_state.get(resume.KEY) or {})
         self._resume.resume(training_state, entry.key, self._rank, trainer)
         moving_average = getattr(trainer, "_moving_average", None)
@@ -537,7 +542,7 @@ class DefaultCheckpointer(Checkpointer):
         self._store.sharded = False  # one set of names, written by every rank together
         return True
 
-    def _compare_run(self, entry: storage.Entry, saved: Dict[str, Any]) -> None:
+    def _compare_run(self, entry: stores.Entry, saved: Dict[str, Any]) -> None:
         """Says what differs between the run that wrote the checkpoint and this one."""
         differences = []
         old, new = saved.get("config"), self._run_config()
@@ -645,13 +650,17 @@ def _link_or_copy(source: str, target: str) -> None:
     through a hidden temp file that is fsynced, renamed, and removed if anything fails (a crash
     leaves it to the next run's clean-up, which knows its name).
     """
-    tmp = storage.temp_path(target)
+    tmp = durable.temp_path(target)
     try:
         try:
             os.link(source, tmp)
         except OSError:  # a filesystem without hard links
             shutil.copyfile(source, tmp)
-        storage.commit([(tmp, target)])  # fsyncs it, renames it over `target`, fsyncs the directory
+        durable.commit([(tmp, target)])  # fsyncs it, renames it over `target`, fsyncs the directory
     except BaseException:
-        storage.remove_file(tmp)
+        durable.remove_file(tmp)
         raise
+
+
+# The group is registered with the checkpointer, whichever of them (or AllenNLP) is imported first.
+from trainer_ckpt.faces.allennlp import group as _group  # noqa: E402,F401

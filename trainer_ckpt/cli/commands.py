@@ -26,11 +26,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from trainer_ckpt import storage
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError
-from trainer_ckpt.remote import Mirrored, is_url, mirrored
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError
+from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores.mirrored import Mirrored, is_url, mirrored
+from trainer_ckpt import stores
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt.cli")  # its 0.1 name, which users may filter on
 _PAIR = re.compile(r"^(?P<prefix>.*?)model_state_e\d+_b\d+\.th$")
 # fvcore, ignite and mmengine faces: `{file}` with hidden `.{file}.json` and `.{file}.rng` beside it.
 ONE_FILE = Layout(
@@ -47,7 +50,7 @@ class CommandError(Exception):
 Options = Optional[Dict[str, Any]]  # --storage-options (fsspec's), for bucket URLs: each call's own
 
 
-def stores(directory: str, storage_options: Options = None) -> List[Tuple[str, Any]]:
+def stores_in(directory: str, storage_options: Options = None) -> List[Tuple[str, Any]]:
     """(what it is, store) for each set of checkpoints in `directory` (a bucket URL: read through a temp copy)."""
     if is_url(directory):
         return _remote_stores(directory, storage_options)
@@ -61,7 +64,7 @@ def stores(directory: str, storage_options: Options = None) -> List[Tuple[str, A
 def _stores(directory: str, names: List[str]) -> List[Tuple[str, Any]]:
     prefixes = sorted({m.group("prefix") for m in map(_PAIR.match, names) if m})
     if prefixes:
-        return [(f"AllenNLP pairs{f' ({p!r})' if p else ''}", storage.Pairs(directory, p)) for p in prefixes]
+        return [(f"AllenNLP pairs{f' ({p!r})' if p else ''}", stores.Pairs(directory, p)) for p in prefixes]
     return [("one file per checkpoint", NamedFiles(directory, ONE_FILE))]
 
 
@@ -91,9 +94,9 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
     if write is not None and is_url(directory):
         raise CommandError(f"cannot {write[0]} {directory}: a bucket has no writer's lock to keep a live run out. "
                            "Run it on the run's local directory: what it deletes there goes from the bucket too.")
-    for kind, store in stores(directory, storage_options):
+    for kind, store in stores_in(directory, storage_options):
         try:
-            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=storage.numpy_types())))
+            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=loading.numpy_types())))
         except Exception as e:  # the lock: a live writer
             for _, engine in engines:
                 engine.close()
@@ -103,7 +106,7 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
 
 # ---- ls, and what keeps each checkpoint -------------------------------------------------------
 
-def _row(kind: str, entry: storage.Entry, kept_by: Optional[List[str]]) -> Dict[str, Any]:
+def _row(kind: str, entry: stores.Entry, kept_by: Optional[List[str]]) -> Dict[str, Any]:
     info, record = entry.info, entry.record
     return {
         "name": entry.name,
@@ -122,7 +125,7 @@ def _row(kind: str, entry: storage.Entry, kept_by: Optional[List[str]]) -> Dict[
 
 def _parse_policy(text: str) -> Any:
     """`--policy`: a retention policy as JSON or jsonnet (a block or a type name)."""
-    from trainer_ckpt.retention_policies import RetentionPolicy
+    from trainer_ckpt.policies.retention import RetentionPolicy
 
     try:
         import _jsonnet
@@ -150,7 +153,7 @@ def run_policies(directory: str) -> Tuple[Dict[str, Any], str]:
         return {}, "no config.json"
     from allennlp.common import Params
 
-    from trainer_ckpt.flat_keys import _UNSET, retention_policy_from
+    from trainer_ckpt.faces.allennlp.flat_keys import _UNSET, retention_policy_from
 
     config = Params.from_file(path).get("trainer", {}).get("checkpointer", {}) or {}
     config = config.as_dict(quiet=True) if isinstance(config, Params) else dict(config)
@@ -184,13 +187,13 @@ def _judged(engine: Engine, policy: Any, only_ours: bool, now: float, newest_goo
     Key -> the rules that keep it, for the checkpoints `policy` may delete. With `newest_good`
     (prune), the newest checkpoint that verifies is kept too: that reads it, which `ls` does not.
     """
-    select = (lambda e: bool(e.record) or isinstance(engine.store, storage.Pairs)) if only_ours else (lambda e: True)
+    select = (lambda e: bool(e.record) or isinstance(engine.store, stores.Pairs)) if only_ours else (lambda e: True)
     entries, reasons = engine.judge(policy, select, now)
     judged = {e.key: r for e, r in zip(entries, reasons)}
     for entry in reversed(engine.entries() if newest_good else []):  # the newest that verifies is kept, whatever the policy says
         try:
             engine.verify(entry)
-        except storage.BadCheckpoint:
+        except loading.BadCheckpoint:
             continue
         if entry.key in judged and "newest complete checkpoint (always kept)" not in judged[entry.key]:
             judged[entry.key].append("newest good checkpoint (always kept)")  # the newest is corrupt
@@ -248,7 +251,7 @@ def verify(directory: str, quarantine: bool = False, storage_options: Options = 
                 try:
                     engine.verify(entry)
                     status = "ok"
-                except storage.BadCheckpoint as e:
+                except loading.BadCheckpoint as e:
                     bad += 1
                     moved = engine.store.quarantine(entry.key) if quarantine else []
                     status = f"BAD: {e}" + (f" (moved {', '.join(moved)} into corrupt/)" if moved else "")
@@ -296,7 +299,7 @@ def prune(directory: str, policy_text: str, dry_run: bool = False, storage_optio
 
 # ---- export, diff ------------------------------------------------------------------------------
 
-def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[Engine, storage.Entry]:
+def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[Engine, stores.Entry]:
     """The checkpoint `which` names in `directory`: a name (`e3_b0`, `model_6.pt`), `best` or `latest` (the newest good)."""
     found = [(engine, e) for _, engine in _engines(directory, storage_options=storage_options) for e in engine.entries()]
     if not found:
@@ -311,7 +314,7 @@ def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[
             try:
                 engine.verify(entry)
                 return engine, entry
-            except storage.BadCheckpoint as e:
+            except loading.BadCheckpoint as e:
                 logger.warning("Checkpoint %s is not usable (%s); trying an older one", entry.name, e)
         raise CommandError(f"no {which} checkpoint in {directory} verifies. Run verify on it.")
     for engine, entry in found:
@@ -321,7 +324,7 @@ def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[
     raise CommandError(f"no checkpoint named {which!r} in {directory}, got {names}. Use one of those, best or latest.")
 
 
-def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[Engine, storage.Entry]:
+def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[Engine, stores.Entry]:
     """A run directory (its `which` checkpoint) or one checkpoint's file."""
     if os.path.isdir(target) or is_url(target):
         return _pick(target, which, storage_options)
@@ -333,7 +336,7 @@ def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[
     raise CommandError(f"{target} is not a checkpoint's file or a run directory. Give one of those.")
 
 
-def _load(engine: Engine, entry: storage.Entry) -> Dict[str, Any]:
+def _load(engine: Engine, entry: stores.Entry) -> Dict[str, Any]:
     try:
         try:
             return engine.load(entry, [r for r in entry.paths if r != RNG])
@@ -344,13 +347,13 @@ def _load(engine: Engine, entry: storage.Entry) -> Dict[str, Any]:
 
             engine.safe_globals += mmengine_safe_globals()
             return engine.load(entry, [r for r in entry.paths if r != RNG])
-    except (storage.BadCheckpoint, UnsafeCheckpointError, ImportError) as e:
+    except (loading.BadCheckpoint, UnsafeCheckpointError, ImportError) as e:
         raise CommandError(f"cannot load {entry.name} in {engine.directory}: {' '.join(str(e).split())}") from e
 
 
 def model_weights(loaded: Dict[str, Any], key: Optional[str], name: str) -> Dict[str, Any]:
     """The model's state dict in a loaded checkpoint: AllenNLP's model file, mmengine's `state_dict`, `model` (fvcore, ignite)."""
-    obj = loaded.get(storage.MODEL, loaded.get("checkpoint"))
+    obj = loaded.get(stores.MODEL, loaded.get("checkpoint"))
     if key:
         for part in key.split("."):
             if not isinstance(obj, dict) or part not in obj:
@@ -384,9 +387,9 @@ def export(directory: str, which: str, to: str, fmt: str, key: Optional[str], st
             raise CommandError("--format safetensors needs the safetensors package, got none installed. pip install safetensors.") from e
         # safetensors refuses tensors that share memory: each gets its own copy.
         payload = to_bytes({k: v.detach().contiguous().clone() for k, v in weights.items()}, metadata={"source": entry.name})
-        storage.atomic_write(to, lambda f: f.write(payload))
+        durable.atomic_write(to, lambda f: f.write(payload))
     else:
-        storage.atomic_write(to, lambda f: torch.save(dict(weights), f))
+        durable.atomic_write(to, lambda f: torch.save(dict(weights), f))
     digest = hashlib.sha256()
     with open(to, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -441,7 +444,7 @@ def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Opt
         loaded = _load(engine, entry)
         # Our resume state (random generators, data order, the config) inside AllenNLP's training
         # state: one line, not a thousand.
-        resume = loaded.get(storage.TRAINING, {}).pop("trainer_ckpt_resume", None) if isinstance(loaded.get(storage.TRAINING), dict) else None
+        resume = loaded.get(stores.TRAINING, {}).pop("trainer_ckpt_resume", None) if isinstance(loaded.get(stores.TRAINING), dict) else None
         sides.append((engine, entry, loaded, _flat(loaded, "", {}), _flat(resume, "", {})))
     (ea, na, la, ta, resume_a), (eb, nb, lb, tb, resume_b) = sides
     changes: List[Dict[str, Any]] = []

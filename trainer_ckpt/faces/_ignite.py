@@ -13,18 +13,22 @@ import torch
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
-from trainer_ckpt import distributed, sharded, storage
+from trainer_ckpt.core import distributed
+from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnusableCheckpoint, uses_snapshots  # noqa: F401
-from trainer_ckpt.remote import local_place, mirrored
-from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.core.engine import Engine, uses_snapshots
+from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores.mirrored import local_place, mirrored
+from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
-    from trainer_ckpt.retention_policies import RetentionPolicy
-    from trainer_ckpt.save_policies import SavePolicy
+    from trainer_ckpt.policies.retention import RetentionPolicy
+    from trainer_ckpt.policies.save import SavePolicy
 
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt._ignite_face")  # its 0.1 name, which users may filter on
 MAIN = "checkpoint"
 _EXTENSIONS = (".pt",)  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
 
@@ -41,7 +45,7 @@ def _layout(filename_prefix: str = "") -> Layout:
 LAYOUT = _layout()
 
 
-class UnsafeCheckpoint(storage.UnsafeCheckpoint, pickle.UnpicklingError):
+class UnsafeCheckpoint(loading.UnsafeCheckpoint, pickle.UnpicklingError):
     """A checkpoint holds types `weights_only` loading refuses (nothing in it was run); an
     `UnpicklingError`, as ignite's `load_objects` raises for it."""
 
@@ -53,7 +57,7 @@ def _bad_type(peer: type) -> type:
     cls = _BAD.get(peer)
     if cls is None:
         try:
-            cls = type("BadCheckpoint", (storage.BadCheckpoint, peer),
+            cls = type("BadCheckpoint", (loading.BadCheckpoint, peer),
                        {"__module__": "trainer_ckpt.ignite", "__str__": lambda self: self.message})
         except TypeError:  # a type that cannot be a base alongside Exception's
             cls = _bad_type(RuntimeError)
@@ -61,14 +65,14 @@ def _bad_type(peer: type) -> type:
     return cls
 
 
-def _bad_checkpoint(message: str, cause: Optional[BaseException]) -> storage.BadCheckpoint:
+def _bad_checkpoint(message: str, cause: Optional[BaseException]) -> loading.BadCheckpoint:
     """
     A `BadCheckpoint` that is also what ignite's `load_objects` raises for the same file (the
     error of its `torch.load`): `FileNotFoundError` for a missing one (with its errno and
     filename), `RuntimeError` for a torn one, `EOFError` for an empty one; `RuntimeError` where
     ignite would load it (its bytes differ from its record).
     """
-    peer = type(cause) if isinstance(cause, Exception) and not isinstance(cause, storage.BadCheckpoint) else RuntimeError
+    peer = type(cause) if isinstance(cause, Exception) and not isinstance(cause, loading.BadCheckpoint) else RuntimeError
     try:
         if isinstance(cause, OSError) and cause.errno is not None:
             error = _bad_type(peer)(cause.errno, message, cause.filename)
@@ -242,8 +246,8 @@ class Checkpoint(_ignite.Checkpoint):
     ) -> None:
         where = "trainer_ckpt.ignite.Checkpoint"
         if save_policy is not None or retention_policy is not None:
-            from trainer_ckpt.retention_policies import RetentionPolicy
-            from trainer_ckpt.save_policies import SavePolicy
+            from trainer_ckpt.policies.retention import RetentionPolicy
+            from trainer_ckpt.policies.save import SavePolicy
         if save_policy is not None and not isinstance(save_policy, SavePolicy):
             raise TypeError(f"{where}: `save_policy` must be a SavePolicy, got {save_policy!r}. Use e.g. SaveEveryNumSeconds(600).")
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
@@ -368,7 +372,7 @@ class Checkpoint(_ignite.Checkpoint):
     def load_objects(to_load: Mapping, checkpoint: Union[str, Mapping, Path], **kwargs: Any) -> None:
         """
         As ignite's, with its exception types (a missing file raises FileNotFoundError, a torn
-        one RuntimeError..., each also a `trainer_ckpt.storage.BadCheckpoint`). A path is verified
+        one RuntimeError..., each also a `trainer_ckpt.io.loading.BadCheckpoint`). A path is verified
         against its record first (when it has one) and loaded with `weights_only=True`
         (`safe_globals=[...]` allows your own types); when `to_load` holds
         an ignite `Engine`, the random state saved with the checkpoint is put back as the run
@@ -422,24 +426,24 @@ def _load(path: str, safe_globals: Sequence[Any], to_load: Mapping) -> Tuple[Any
     """A checkpoint file (verified when it has a record) and its random state, if saved."""
     directory, name = os.path.split(path)
     record_path = os.path.join(directory, LAYOUT.record(name))
-    expected = storage.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
+    expected = durable.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
     try:
         # numpy's types: DeterministicEngine's random state is numpy's; ignite's own `load_objects`
         # refuses them under weights_only=True, so it cannot resume a DeterministicEngine from a file.
-        with storage.allowing(list(safe_globals) + storage.numpy_types()):
+        with loading.allowing(list(safe_globals) + loading.numpy_types()):
             if "parts" in expected.get(MAIN, {}):  # sharded state (DCP's directory): every rank loads its shards
-                storage.verify(path, expected[MAIN])
+                loading.verify(path, expected[MAIN])
                 obj = sharded.load(path, *_templates(to_load))
             else:
-                obj = storage.load(path, expected.get(MAIN))
+                obj = loading.load(path, expected.get(MAIN))
             rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
-            rng = storage.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
-    except storage.UnsafeCheckpoint as e:
+            rng = loading.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
+    except loading.UnsafeCheckpoint as e:
         raise UnsafeCheckpoint(
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} holds types that are not allowed to load, "
             f"got: {e} Nothing in it was run. If you trust this file, pass those types in `safe_globals=[...]`."
         ) from e
-    except storage.BadCheckpoint as e:
+    except loading.BadCheckpoint as e:
         # ignite's own exception type for the same file (FileNotFoundError when it is missing...), and ours.
         raise _bad_checkpoint(
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} is not usable, got: {e}. Load the newest good "

@@ -18,7 +18,7 @@ def _configuration_error(message: str) -> Exception:
 # lock is an flock: the kernel releases it when the process exits or is killed, so a crashed run
 # never blocks its own --recover. Checkpointers of one process share it (a group, a restart).
 _LOCKS: Dict[str, List[int]] = {}
-LOCK_FILE = ".trainer_ckpt.lock"
+LOCK_FILE = ".trainer_ckpt.core.lock"
 
 
 def lock_directory(directory: str) -> str:

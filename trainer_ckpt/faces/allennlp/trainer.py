@@ -23,47 +23,15 @@ without one (a custom loop), only the save-point state is restored, at load time
 """
 import inspect
 import logging
-import random
 from typing import Any, Dict, Iterator, List, Optional
 
-import numpy
 import torch
 
-logger = logging.getLogger(__name__)
+from trainer_ckpt.core.rng import capture_rng, restore_rng
+
+logger = logging.getLogger("trainer_ckpt.resume")  # its 0.1 name, which users may filter on
 
 KEY = "trainer_ckpt_resume"  # our entry in the trainer's training state
-
-
-def capture_rng() -> Dict[str, Any]:
-    """Every generator's state, in types that load with `weights_only=True`."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = numpy.random.get_state()
-    state: Dict[str, Any] = {
-        "python": [version, list(mt), gauss],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(numpy.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Dict[str, Any]) -> None:
-    """Puts back a random state of `capture_rng`; of a sharded checkpoint's, this rank's (rank 0's under another world size)."""
-    if "per_rank" in state:  # engine.PER_RANK
-        from trainer_ckpt.distributed import rank
-
-        ranks = state["per_rank"]
-        state = ranks[rank()] if rank() < len(ranks) else ranks[0]
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    n = state["numpy"]
-    numpy.random.set_state((n["name"], n["keys"].numpy().astype(numpy.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        for device, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):  # each device's own
-            torch.cuda.set_rng_state(device_state, device)
 
 
 def find_trainer(checkpointer: Any) -> Optional[Any]:

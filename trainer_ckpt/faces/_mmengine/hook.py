@@ -18,17 +18,21 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from trainer_ckpt import distributed, sharded, storage
+from trainer_ckpt.core import distributed
+from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.engine import RNG, Engine, Layout, NamedFiles, UnsafeCheckpointError, uses_snapshots
-from trainer_ckpt.remote import is_url, local_place, mirrored
-from trainer_ckpt.resume import capture_rng, restore_rng
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
+from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.io import loading
+from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
-    from trainer_ckpt.retention_policies import RetentionPolicy
+    from trainer_ckpt.policies.retention import RetentionPolicy
 
 __all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt._mmengine_face")  # its 0.1 name, which users may filter on
 _WHERE = "trainer_ckpt.mmengine.CheckpointHook"
 MAIN = "checkpoint"
 POINTER = "last_checkpoint"
@@ -54,7 +58,7 @@ def mmengine_safe_globals() -> List[Any]:
     message hub's `HistoryBuffer`s (and the statistics methods their state names), numpy arrays,
     scalars and dtypes (metrics, best scores). Everything else is still refused.
     """
-    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), *storage.numpy_types()]
+    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), *loading.numpy_types()]
 
 
 def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
@@ -62,11 +66,11 @@ def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
     types mmengine's checkpoints need allowed, and a file of ours checked against its record."""
     directory, name = os.path.split(path)
     record_path = os.path.join(directory, LAYOUT.record(name))
-    expected = storage.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
+    expected = durable.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
     if MAIN in expected:
-        storage.verify(path, expected[MAIN])
+        loading.verify(path, expected[MAIN])
     try:
-        with storage.allowing(mmengine_safe_globals() + list(safe_globals)):
+        with loading.allowing(mmengine_safe_globals() + list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
@@ -196,7 +200,7 @@ class CheckpointHook(_CheckpointHook):
             if not isinstance(value, bool):
                 raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
         if retention_policy is not None:
-            from trainer_ckpt.retention_policies import RetentionPolicy
+            from trainer_ckpt.policies.retention import RetentionPolicy
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
             raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
                             "Use e.g. KeepMostRecentByCount(3).")
@@ -250,7 +254,7 @@ class CheckpointHook(_CheckpointHook):
                 return  # a remote checkpoint: mmengine's own loaders
             checkpoint = _load_local(path, self.safe_globals)
             rng_path = os.path.join(os.path.dirname(path), LAYOUT.files(os.path.basename(path))[RNG])
-            self._rng = storage.load(rng_path) if os.path.exists(rng_path) else None
+            self._rng = loading.load(rng_path) if os.path.exists(rng_path) else None
         else:
             found = self._newest_good(runner.work_dir, _templates(runner))
             if found is None:
@@ -366,7 +370,7 @@ class CheckpointHook(_CheckpointHook):
                     self.engine.store.remove(os.path.basename(path))
             if pointer is not None and is_main_process():
                 payload = pointer.encode()
-                storage.atomic_write(os.path.join(runner.work_dir, POINTER), lambda f: f.write(payload))
+                durable.atomic_write(os.path.join(runner.work_dir, POINTER), lambda f: f.write(payload))
 
         def save(checkpoint: Dict[str, Any], filename: str, file_client_args: Any = None, backend_args: Any = None) -> None:
             name = os.path.basename(str(filename))
@@ -418,7 +422,7 @@ class CheckpointHook(_CheckpointHook):
                       f"to keep them, please set `{removed}` in published_keys", logger="current")
         sha = hashlib.sha256(pickle.dumps(checkpoint)).hexdigest()
         final_path = os.path.splitext(ckpt_path)[0] + f"-{sha[:8]}.pth"
-        storage.atomic_save(checkpoint, final_path)
+        durable.atomic_save(checkpoint, final_path)
         print_log(f"The checkpoint ({ckpt_path}) is published to {final_path}.", logger="current")
 
 

@@ -33,10 +33,10 @@ import logging
 import os
 import secrets
 from typing import Any, Dict, List, Optional
+from trainer_ckpt import stores
+from trainer_ckpt.io import durable
 
-from trainer_ckpt import storage
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("trainer_ckpt.remote")  # its 0.1 name, which users may filter on
 PENDING = ".pending"  # `.{record}.pending`: the objects an upload or deletion in flight touches
 
 
@@ -198,7 +198,7 @@ class Mirrored:
                     records[name] = record
         return records, objects
 
-    def list(self, own_only: bool = False) -> storage.Listing:
+    def list(self, own_only: bool = False) -> stores.Listing:
         listing = self.local.list(own_only)
         if listing.complete:
             return listing
@@ -223,12 +223,12 @@ class Mirrored:
                     os.makedirs(tmp)
                     for part in parts[f]:
                         self.fs.get_file(f"{self.root}/{f}/{part}", os.path.join(tmp, part))
-                    storage.remove_file(target)
+                    durable.remove_file(target)
                 else:
                     self.fs.get_file(f"{self.root}/{f}", tmp)
                 os.replace(tmp, target)
             pulled += 1
             logger.info("Downloaded checkpoint %s from %s", name, self.url)
         if pulled:
-            storage.fsync_dir(self.directory)
+            durable.fsync_dir(self.directory)
         return pulled

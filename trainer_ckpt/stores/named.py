@@ -1,0 +1,111 @@
+"""
+One-file-per-checkpoint layouts as a store (fvcore's, ignite's, mmengine's): a `Layout` is data
+plus functions (how a checkpoint's files are named, how a basename parses back), one definition
+per layout, used by the face and the command line alike.
+"""
+import os
+import re
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+from trainer_ckpt.io import durable
+from trainer_ckpt.stores.base import RNG, Entry, Listing, entry_info
+
+class Layout(NamedTuple):
+    """
+    How a one-file-per-checkpoint face names its files (fvcore, ignite, mmengine): data plus
+    functions. `files(name)` -> {role: basename} of the state files, the main one first;
+    `record(name)` -> the record's basename; `parse(basename)` -> the checkpoint name when
+    `basename` is a main state file of this layout, else None.
+    """
+
+    files: Callable[[str], Dict[str, str]]
+    record: Callable[[str], str]
+    parse: Callable[[str], Optional[str]]
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # what `_write_temp` names a temp file of `name`
+
+
+def owned_by(layout: Layout, base: str) -> bool:
+    """Whether `base` is one of `layout`'s file names: a main file, or a hidden file (record, RNG) of one."""
+    if layout.parse(base) is not None:
+        return True
+    if base.startswith("."):
+        name = layout.parse(base[1:].rsplit(".", 1)[0])  # `.model_0000009.pth.json` -> `model_0000009`
+        return name is not None and (base == layout.record(name) or base in layout.files(name).values())
+    return False
+
+
+class NamedFiles:
+    """
+    A `Layout`'s checkpoints as the engine's store: keys are names, ordered by save time (the
+    record's, else the main file's mtime), then name. A file a peer wrote (no record) is a
+    checkpoint; one of ours is complete when every file its record lists is there.
+    """
+
+    sharded = False
+
+    def __init__(self, directory: str, layout: Layout) -> None:
+        self.directory, self.layout = directory, layout
+
+    def list(self, own_only: bool = False) -> Listing:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return Listing([], [], [], [])
+        present = set(names)
+        complete, incomplete, stale = [], [], []
+        for base in names:
+            name = self.layout.parse(base)
+            if name is None:
+                temp = _TEMP.match(base)
+                if (temp is not None and (owned_by(self.layout, temp["name"]) or temp["name"] == "direct-probe")
+                        and durable.is_stale(os.path.join(self.directory, base), int(temp["pid"]))):
+                    stale.append(os.path.join(self.directory, base))
+                continue
+            has_record = self.layout.record(name) in present
+            record = durable.read_json(self.record_path(name)) if has_record else {}
+            expected = record.get("files", {})
+            if any(f["name"] not in present for f in expected.values()):
+                incomplete.append(name)  # lost a file its record lists
+                continue
+            paths = {role: os.path.join(self.directory, b) for role, b in self.layout.files(name).items() if b in present}
+            stat = os.stat(os.path.join(self.directory, base))
+            size = sum(f["size"] for f in expected.values()) if expected else stat.st_size
+            progress = (record.get("epochs_completed", 0), record.get("batches_in_epoch_completed", 0))
+            complete.append(Entry(name, name, paths, record, entry_info(progress, record.get("time", stat.st_mtime), size, record)))
+        return Listing(sorted(complete, key=self.order), incomplete, stale, [])
+
+    def files(self, key: str) -> Dict[str, str]:
+        return {role: os.path.join(self.directory, b) for role, b in self.layout.files(key).items()}
+
+    def record_path(self, key: str) -> str:
+        return os.path.join(self.directory, self.layout.record(key))
+
+    def write_record(self, key: str, record: Dict[str, Any]) -> None:
+        durable.write_json(self.record_path(key), record)
+
+    def remove(self, key: str) -> None:
+        durable.remove_file(self.record_path(key))  # the record first: complete files left still load
+        for path in self.files(key).values():
+            durable.discard(path)
+
+    def quarantine(self, key: str) -> List[str]:
+        return durable.move_into_corrupt(self.directory, self.names(key))
+
+    def names(self, key: str) -> List[str]:
+        """A checkpoint's file names, the record first."""
+        return [self.layout.record(key)] + list(self.layout.files(key).values())
+
+    def label(self, key: str) -> str:
+        return key
+
+    def owns(self, base: str) -> bool:
+        """Whether `base` is one of this layout's file names: what a store may ever delete."""
+        return owned_by(self.layout, base)
+
+    @staticmethod
+    def order(entry: Entry) -> Any:
+        return entry.info.time, entry.key
+
+
