@@ -212,19 +212,19 @@ def test_mmengine_patches_route_per_thread_and_are_not_swapped_per_save(tmp_path
     hook routes it on its own thread only, while another thread gets mmengine's own."""
     import mmengine.runner.runner as runner_module
 
-    from trainer_ckpt.faces._mmengine import hook as face
+    from trainer_ckpt.faces._mmengine import patches
 
     installed, seen = runner_module.save_checkpoint, []
     inside, release = threading.Event(), threading.Event()
 
     def hook_saving():  # what `CheckpointHook._saving` does on the training thread
-        face._ROUTE.save = lambda *args, **kwargs: seen.append(args[1])
+        patches.ROUTE.save = lambda *args, **kwargs: seen.append(args[1])
         try:
             runner_module.save_checkpoint({}, "ours.pth")
             inside.set()
             release.wait(30)
         finally:
-            face._ROUTE.save = None
+            patches.ROUTE.save = None
 
     thread = threading.Thread(target=hook_saving)
     thread.start()

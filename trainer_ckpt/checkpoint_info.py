@@ -52,4 +52,9 @@ class CheckpointInfo:
 
     @property
     def name(self) -> str:
-        return f"e{self.epochs_completed}_b{self.batches_in_epoch_completed}"
+        return label(self.progress)
+
+
+def label(progress: Tuple[int, int]) -> str:
+    """A point in training as checkpoints are named and logged: `e3_b0` (epochs and batches completed)."""
+    return f"e{progress[0]}_b{progress[1]}"

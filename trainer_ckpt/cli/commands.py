@@ -153,14 +153,14 @@ def run_policies(directory: str) -> Tuple[Dict[str, Any], str]:
         return {}, "no config.json"
     from allennlp.common import Params
 
-    from trainer_ckpt.faces.allennlp.flat_keys import _UNSET, retention_policy_from
+    from trainer_ckpt.faces.allennlp.flat_keys import UNSET, retention_policy_from
 
     config = Params.from_file(path).get("trainer", {}).get("checkpointer", {}) or {}
     config = config.as_dict(quiet=True) if isinstance(config, Params) else dict(config)
     kind = config.get("type", "default")
     if kind == "default":  # AllenNLP's own checkpointer
         count, age = config.get("keep_most_recent_by_count", 2), config.get("keep_most_recent_by_age")
-        return {"": retention_policy_from(None, count, age, _UNSET, None)}, "AllenNLP's checkpointer"
+        return {"": retention_policy_from(None, count, age, UNSET, None)}, "AllenNLP's checkpointer"
     # trainer_ckpt's: its retention from its keys, as DefaultCheckpointer builds it (without
     # building the checkpointer, which would import AllenNLP's training stack).
     if kind in ("trainer_ckpt_group", "trainer_ckpt.CheckpointerGroup"):
@@ -175,7 +175,7 @@ def run_policies(directory: str) -> Tuple[Dict[str, Any], str]:
         count_keys = ("keep_most_recent_by_count", "num_serialized_models_to_keep")
         policies[member.get("filename_prefix", "")] = retention_policy_from(
             member.get("retention_policy"),
-            *(member.get(k, _UNSET if k in count_keys else None) for k in (
+            *(member.get(k, UNSET if k in count_keys else None) for k in (
                 "keep_most_recent_by_count", "keep_most_recent_by_age", "num_serialized_models_to_keep",
                 "keep_serialized_model_every_num_seconds")),
         )
@@ -343,7 +343,7 @@ def _load(engine: Engine, entry: stores.Entry) -> Dict[str, Any]:
         except UnsafeCheckpointError as e:
             if "mmengine" not in str(e):
                 raise
-            from trainer_ckpt.mmengine import mmengine_safe_globals  # mmengine's message hub: its types
+            from trainer_ckpt.faces._mmengine.hook import mmengine_safe_globals  # mmengine's message hub: its types
 
             engine.safe_globals += mmengine_safe_globals()
             return engine.load(entry, [r for r in entry.paths if r != RNG])

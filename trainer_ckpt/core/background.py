@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from trainer_ckpt.io.sharded import SCALARS, scalars_only
+
 logger = logging.getLogger("trainer_ckpt.background")  # its 0.1 name, which users may filter on
 
 
@@ -59,7 +61,7 @@ class Snapshotter:
         return copied
 
     def _copy(self, obj: Any, path: Tuple) -> Any:
-        if type(obj) in _ATOMIC:
+        if type(obj) in SCALARS:
             return obj
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj, path)
@@ -90,14 +92,6 @@ class Snapshotter:
         if tensor.is_cuda:
             self._devices.add(tensor.device)
         return buffer
-
-
-_ATOMIC = (int, float, bool, str, bytes, type(None))
-
-
-def scalars_only(sequence: Any) -> bool:
-    """Whether a list or tuple holds only immutable scalars: nothing in it to walk or copy."""
-    return all(type(value) in _ATOMIC for value in sequence)
 
 
 def on_device(state: Any) -> bool:

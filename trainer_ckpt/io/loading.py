@@ -51,15 +51,25 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
             zipped = f.read(4) == b"PK\x03\x04"  # torch's legacy format cannot be memory-mapped
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            # torch's message is long and suggests weights_only=False; keep what names the type.
-            lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-            raise UnsafeCheckpoint(f"{os.path.basename(path)}: {' '.join(lines) or str(e)}") from e
+        refused = refused_types(e)
+        if refused is not None:
+            raise UnsafeCheckpoint(f"{os.path.basename(path)}: {refused}") from e
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {e}") from e
     except OSError as e:
         raise BadCheckpoint(f"cannot read {os.path.basename(path)}: {e}") from e
     except Exception as e:  # a torn zip archive, a truncated pickle, ...
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {e}") from e
+
+
+def refused_types(error: BaseException) -> Optional[str]:
+    """
+    What torch's `weights_only` refusal names (the `GLOBAL ...` it would not load), when `error`
+    is one; else None. torch's message is long and suggests weights_only=False: only this is kept.
+    """
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return None
+    return " ".join(line.strip() for line in text.splitlines() if "GLOBAL" in line) or text
 
 
 def verify(path: str, expected: Dict[str, Any]) -> None:

@@ -22,14 +22,11 @@ import os
 import pickle
 import secrets
 import warnings
-import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from trainer_ckpt.core.background import scalars_only
-from trainer_ckpt.io import loading
 from trainer_ckpt.io import durable
 
 DCP_METADATA = ".metadata"
@@ -69,6 +66,14 @@ def temp_dir(path: str) -> str:
     if _distributed():
         dist.broadcast_object_list(choice, src=0)
     return choice[0]
+
+
+SCALARS = (int, float, bool, str, bytes, type(None))  # immutable: nothing in them to walk or copy
+
+
+def scalars_only(sequence: Any) -> bool:
+    """Whether a list or tuple holds only immutable scalars: nothing in it to walk or copy."""
+    return all(type(value) in SCALARS for value in sequence)
 
 
 KEYS = "_trainer_ckpt_keys"  # [fqn, kinds, *path] of the entries whose path has a dict key that is not a str
@@ -227,7 +232,7 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from trainer_ckpt.io.loading import BadCheckpoint, UnsafeCheckpoint
+    from trainer_ckpt.io.loading import BadCheckpoint, UnsafeCheckpoint, refused_types
 
     class SafePlanner(DefaultLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
@@ -258,11 +263,10 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
     except BaseException as e:  # CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        text = str(e)
-        if "Weights only load failed" in text:
-            lines = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
-            raise UnsafeCheckpoint(f"{os.path.basename(path)}: {' '.join(lines) or text}") from e
-        raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {text[:500]}") from e
+        refused = refused_types(e)
+        if refused is not None:
+            raise UnsafeCheckpoint(f"{os.path.basename(path)}: {refused}") from e
+        raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {str(e)[:500]}") from e
     rows = flat.pop(KEYS, None) or []
     typed = {row[0]: (row[1], tuple(row[2:])) for row in rows if row[0]}
     state: Dict[Any, Any] = {}

@@ -8,7 +8,7 @@ import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from trainer_ckpt.io import durable
-from trainer_ckpt.stores.base import RNG, Entry, Listing, entry_info
+from trainer_ckpt.stores.base import Entry, Listing, entry_info
 
 class Layout(NamedTuple):
     """

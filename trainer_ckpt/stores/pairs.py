@@ -10,6 +10,7 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from trainer_ckpt.checkpoint_info import label
 from trainer_ckpt.io import durable
 from trainer_ckpt.stores.base import Entry, Listing, Progress, entry_info
 
@@ -58,7 +59,7 @@ class CheckpointDir:
 
     def name(self, kind: str, progress: Progress, rank: Optional[int] = None) -> str:
         shard = "" if rank is None else f"_w{rank}"
-        return f"{self.prefix}{kind}_e{progress[0]}_b{progress[1]}{shard}{_SUFFIX[kind]}"
+        return f"{self.prefix}{kind}_{label(progress)}{shard}{_SUFFIX[kind]}"
 
     def path(self, kind: str, progress: Progress, rank: Optional[int] = None) -> str:
         return os.path.join(self.directory, self.name(kind, progress, rank))
@@ -220,7 +221,7 @@ class Pairs:
         return [self.dir.name(kind, key, r) for kind in (RECORD, MODEL, TRAINING) for r in ranks]
 
     def label(self, key: Progress) -> str:
-        return f"{self.prefix}e{key[0]}_b{key[1]}"
+        return f"{self.prefix}{label(key)}"
 
     def owns(self, base: str) -> bool:
         """Whether `base` is one of this layout's file names (any rank's): what a store may ever delete."""

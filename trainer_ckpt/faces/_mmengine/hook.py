@@ -5,18 +5,14 @@ import logging
 import os
 import pickle
 import re
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-import mmengine.hooks.checkpoint_hook as _hook_module
-import mmengine.runner.runner as _runner_module
 import torch
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
@@ -25,6 +21,7 @@ from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapsho
 from trainer_ckpt.stores import RNG, Layout, NamedFiles
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.faces._mmengine import patches
 from trainer_ckpt.io import loading
 from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -36,7 +33,6 @@ logger = logging.getLogger("trainer_ckpt._mmengine_face")  # its 0.1 name, which
 _WHERE = "trainer_ckpt.mmengine.CheckpointHook"
 MAIN = "checkpoint"
 POINTER = "last_checkpoint"
-SCHEME = "trainer_ckpt://"  # `Runner.resume` loads through our loader (registered below) for these
 LAYOUT = Layout(
     files=lambda name: {MAIN: name, RNG: f".{name}.rng"},
     record=lambda name: f".{name}.json",
@@ -73,55 +69,16 @@ def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
         with loading.allowing(mmengine_safe_globals() + list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        refused = loading.refused_types(e)
+        if refused is None:
             raise
-        lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
         raise UnsafeCheckpointError(
-            f"{_WHERE}: {path} holds types that are not allowed to load, got: {' '.join(lines) or e} Nothing in it "
+            f"{_WHERE}: {path} holds types that are not allowed to load, got: {refused} Nothing in it "
             "was run. If you trust this file, pass those types in the hook's `safe_globals`."
         ) from e
 
 
-# ---- every patch of mmengine, here: installed once at import, routed per thread ------------------
-#
-# mmengine's CheckpointHook saves through the module-level `save_checkpoint` of mmengine.runner.runner,
-# rewrites `last_checkpoint` with its module's `open`, and `Runner.resume` loads through
-# `CheckpointLoader`'s schemes. Each is replaced once by a function that does what mmengine's does,
-# unless this thread is inside one of our hook's saves (`_ROUTE`) or loads a path our hook has
-# already loaded and verified (`_LOADED`). Nothing is swapped per call, so runners on two threads
-# never see each other's hook.
-
-_ROUTE = threading.local()  # .save: the hook's save function; .pointer: the `last_checkpoint` not to rewrite
-_LOADED: Dict[str, list] = {}  # path -> [the checkpoint before_run loaded (or None once taken), safe_globals]
-_LOADED_LOCK = threading.Lock()
-_mmengine_save_checkpoint = getattr(_runner_module.save_checkpoint, "__trainer_ckpt_original__", _runner_module.save_checkpoint)
-
-
-def _save_checkpoint(*args: Any, **kwargs: Any) -> Any:
-    return (getattr(_ROUTE, "save", None) or _mmengine_save_checkpoint)(*args, **kwargs)
-
-
-def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-    """The hook module's `open`: mmengine's in-place write of `last_checkpoint` (a kill there leaves
-    it empty) is skipped within our saves, which wrote it atomically after the commit."""
-    pointer = getattr(_ROUTE, "pointer", None)
-    if pointer is not None and "w" in mode and os.path.abspath(str(file)) == pointer:
-        file = os.devnull
-    return open(file, mode, *args, **kwargs)
-
-
-def load_from_trainer_ckpt(filename: str, map_location: Any = None) -> Any:
-    path = filename[len(SCHEME):]
-    with _LOADED_LOCK:
-        loaded = _LOADED.get(path, [None, ()])
-        checkpoint, loaded[0] = loaded[0], None
-    return checkpoint if checkpoint is not None else _load_local(path, loaded[1])
-
-
-_save_checkpoint.__trainer_ckpt_original__ = _mmengine_save_checkpoint  # type: ignore[attr-defined]
-_runner_module.save_checkpoint = _save_checkpoint
-_hook_module.open = _open  # the module's global `open`, looked up before the builtin
-CheckpointLoader.register_scheme(SCHEME, load_from_trainer_ckpt, force=True)
+patches.install(lambda path, safe_globals: _load_local(path, safe_globals))
 
 
 class _DeferRemoval:
@@ -260,9 +217,7 @@ class CheckpointHook(_CheckpointHook):
             if found is None:
                 return
             path, checkpoint = found
-        with _LOADED_LOCK:
-            _LOADED[path] = [checkpoint, self.safe_globals]
-        runner._load_from = SCHEME + path
+        runner._load_from = patches.hand_over(path, checkpoint, self.safe_globals)
 
     def _newest_good(self, work_dir: str, templates: Optional[Dict[str, Any]] = None) -> Optional[tuple]:
         pointer = os.path.join(work_dir, POINTER)
@@ -362,7 +317,7 @@ class CheckpointHook(_CheckpointHook):
     def _saving(self, runner: Any, pending: List[str], pointer: Optional[str] = None) -> Iterator[None]:
         """Within: `runner.save_checkpoint` writes through the engine; `file_backend.remove` waits
         in `pending` until the new checkpoint is committed; then `pointer` goes into `last_checkpoint`."""
-        backend, previous = self.file_backend, getattr(_ROUTE, "save", None)
+        backend, previous = self.file_backend, getattr(patches.ROUTE, "save", None)
 
         def after_commit(name: str) -> None:
             for path in pending:
@@ -386,7 +341,7 @@ class CheckpointHook(_CheckpointHook):
                              after_commit=after_commit, retention=retention)
 
         self.file_backend = _DeferRemoval(backend, pending)
-        _ROUTE.save = save
+        patches.ROUTE.save = save
         # `Runner.save_checkpoint` runs on the main process only; sharded state needs every rank.
         every_rank = not is_main_process() and _templates(runner) is not None
         if every_rank:
@@ -394,7 +349,7 @@ class CheckpointHook(_CheckpointHook):
         try:
             yield
         finally:
-            self.file_backend, _ROUTE.save = backend, previous
+            self.file_backend, patches.ROUTE.save = backend, previous
             if every_rank:
                 del runner.save_checkpoint
 
@@ -452,11 +407,11 @@ def _templates(runner: Any) -> Optional[Dict[str, Any]]:
 def _no_pointer_write(runner: Any) -> Iterator[None]:
     """mmengine's `_save_checkpoint_with_step` ends by rewriting `last_checkpoint` in place (a kill
     there leaves it empty); ours was written atomically after the commit, so that write is skipped (`_open`)."""
-    previous, _ROUTE.pointer = getattr(_ROUTE, "pointer", None), os.path.abspath(os.path.join(runner.work_dir, POINTER))
+    previous, patches.ROUTE.pointer = getattr(patches.ROUTE, "pointer", None), os.path.abspath(os.path.join(runner.work_dir, POINTER))
     try:
         yield
     finally:
-        _ROUTE.pointer = previous
+        patches.ROUTE.pointer = previous
 
 
 CheckpointHook.__module__ = "trainer_ckpt.mmengine"

@@ -26,9 +26,9 @@ from trainer_ckpt.faces.allennlp import trainer as resume
 from trainer_ckpt.io import sharded
 from trainer_ckpt.policies.registry import WHERE as _WHERE
 from trainer_ckpt.policies.registry import flag
-from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.checkpoint_info import CheckpointInfo, label
 from trainer_ckpt.core.engine import CheckpointSaveError, Engine, UnsafeCheckpointError  # noqa: F401 (re-exported)
-from trainer_ckpt.faces.allennlp.flat_keys import _UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
+from trainer_ckpt.faces.allennlp.flat_keys import UNSET, Count as _Count, Flag as _Flag, Seconds as _Seconds
 from trainer_ckpt.faces.allennlp.flat_keys import retention_policy_from, save_policy_from
 from trainer_ckpt.policies.retention import RetentionPolicy
 from trainer_ckpt.policies.save import SavePolicy
@@ -101,10 +101,6 @@ def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
     for key, value in config.items():
         flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
-
-
-def _name(progress: Tuple[int, int]) -> str:
-    return f"e{progress[0]}_b{progress[1]}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,12 +236,12 @@ class DefaultCheckpointer(Checkpointer):
         serialization_dir: Union[str, os.PathLike],
         save_policy: Optional[SavePolicy] = None,
         retention_policy: Optional[RetentionPolicy] = None,
-        save_completed_epochs: _Flag = _UNSET,
+        save_completed_epochs: _Flag = UNSET,
         save_every_num_seconds: _Seconds = None,
         save_every_num_batches: _Count = None,
-        keep_most_recent_by_count: _Count = _UNSET,
+        keep_most_recent_by_count: _Count = UNSET,
         keep_most_recent_by_age: _Seconds = None,
-        num_serialized_models_to_keep: _Count = _UNSET,
+        num_serialized_models_to_keep: _Count = UNSET,
         keep_serialized_model_every_num_seconds: _Seconds = None,
         model_save_interval: _Seconds = None,
         filename_prefix: str = "",
@@ -518,7 +514,7 @@ class DefaultCheckpointer(Checkpointer):
         if found is None:
             return None
         entry, states = found
-        logger.info("Restoring checkpoint %s from %s", _name(entry.key), self._serialization_dir)
+        logger.info("Restoring checkpoint %s from %s", label(entry.key), self._serialization_dir)
         model_state, training_state = states[stores.MODEL], states[stores.TRAINING]
         self._compare_run(entry, training_state.get(resume.KEY) or {})
         self._resume.resume(training_state, entry.key, self._rank, trainer)
@@ -560,7 +556,7 @@ class DefaultCheckpointer(Checkpointer):
         if differences:
             logger.warning(
                 "Resuming from checkpoint %s, which a different setup wrote: %s. The run will not go "
-                "on exactly as it would have.", _name(entry.key), "; ".join(differences),
+                "on exactly as it would have.", label(entry.key), "; ".join(differences),
             )
 
     def close(self) -> None:

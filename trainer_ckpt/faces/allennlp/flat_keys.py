@@ -36,7 +36,7 @@ class _Unset:
         return self  # from_params deep-copies arguments; the sentinel must stay itself
 
 
-_UNSET: Any = _Unset()
+UNSET: Any = _Unset()
 # Flat-key annotations. The `_Unset` member also makes `from_params` hand a value of the wrong
 # type through to our validation, which names the key, the value and the fix.
 Flag = Union[bool, _Unset]
@@ -57,14 +57,14 @@ def save_policy_from(
         "save_every_num_batches": save_every_num_batches,
         "model_save_interval": model_save_interval,
     }
-    given = {k: v for k, v in flat.items() if v is not None and v is not _UNSET}
+    given = {k: v for k, v in flat.items() if v is not None and v is not UNSET}
     if policy is not None:
         _no_flat_keys("save_policy", policy, given)
         return SavePolicy.build(_WHERE, "save_policy", policy)
     if save_every_num_seconds is not None and model_save_interval is not None:
         _both_generations("save_every_num_seconds", save_every_num_seconds, "model_save_interval",
                           model_save_interval, "the save interval")
-    if save_completed_epochs is _UNSET:
+    if save_completed_epochs is UNSET:
         save_completed_epochs = True
     flag(_WHERE, "save_completed_epochs", save_completed_epochs)
     policies: List[SavePolicy] = []
@@ -95,23 +95,23 @@ def retention_policy_from(
         "num_serialized_models_to_keep": num_serialized_models_to_keep,
         "keep_serialized_model_every_num_seconds": keep_serialized_model_every_num_seconds,
     }
-    # The count keys default to _UNSET, so a null there was written on purpose.
+    # The count keys default to UNSET, so a null there was written on purpose.
     nullable = ("keep_most_recent_by_count", "num_serialized_models_to_keep")
-    given = {k: v for k, v in flat.items() if v is not _UNSET and (v is not None or k in nullable)}
+    given = {k: v for k, v in flat.items() if v is not UNSET and (v is not None or k in nullable)}
     if policy is not None:
         _no_flat_keys("retention_policy", policy, given)
         return RetentionPolicy.build(_WHERE, "retention_policy", policy)
-    if keep_most_recent_by_count is not _UNSET and num_serialized_models_to_keep is not _UNSET:
+    if keep_most_recent_by_count is not UNSET and num_serialized_models_to_keep is not UNSET:
         _both_generations("keep_most_recent_by_count", keep_most_recent_by_count,
                           "num_serialized_models_to_keep", num_serialized_models_to_keep,
                           "how many checkpoints to keep")
     count_key = "keep_most_recent_by_count"
     count = keep_most_recent_by_count
-    if num_serialized_models_to_keep is not _UNSET:
+    if num_serialized_models_to_keep is not UNSET:
         count_key, count = "num_serialized_models_to_keep", num_serialized_models_to_keep
         if count == -1:
             count = None  # AllenNLP 2.4: -1 keeps all
-    elif count is _UNSET:
+    elif count is UNSET:
         count = 2
     fix = (
         "The newest checkpoint is always kept (the trainer links best.th to it); "

@@ -1,0 +1,63 @@
+"""
+Every patch of mmengine the face needs, in one place: installed once, at import, and routed per
+thread, never swapped per call (so runners on two threads never see each other's hook).
+
+- `mmengine.runner.runner.save_checkpoint` (what `Runner.save_checkpoint` writes with): mmengine's,
+  unless this thread is inside one of our hook's saves (`ROUTE.save`): then the hook's, which
+  writes through the engine.
+- `open` in `mmengine.hooks.checkpoint_hook` (its module global, looked up before the builtin):
+  the builtin, except mmengine's in-place write of `last_checkpoint` within our saves (a kill
+  there leaves it empty), which goes to /dev/null: ours was written atomically after the commit.
+- A `CheckpointLoader` scheme, `trainer_ckpt://{path}`: `Runner.resume` loads through it the
+  checkpoint our hook already found, verified and loaded (`hand_over`).
+"""
+import os
+import threading
+from typing import Any, Callable, Dict, Sequence
+
+import mmengine.hooks.checkpoint_hook as _hook_module
+import mmengine.runner.runner as _runner_module
+from mmengine.runner.checkpoint import CheckpointLoader
+
+SCHEME = "trainer_ckpt://"
+ROUTE = threading.local()  # .save: the hook's save function; .pointer: the `last_checkpoint` not to rewrite
+_LOADED: Dict[str, list] = {}  # path -> [the checkpoint before_run loaded (or None once taken), safe_globals]
+_LOADED_LOCK = threading.Lock()
+_mmengine_save_checkpoint = getattr(_runner_module.save_checkpoint, "__trainer_ckpt_original__", _runner_module.save_checkpoint)
+_load: Callable[[str, Sequence[Any]], Any] = lambda path, safe_globals: None  # set by `install`
+
+
+def _save_checkpoint(*args: Any, **kwargs: Any) -> Any:
+    return (getattr(ROUTE, "save", None) or _mmengine_save_checkpoint)(*args, **kwargs)
+
+
+def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+    pointer = getattr(ROUTE, "pointer", None)
+    if pointer is not None and "w" in mode and os.path.abspath(str(file)) == pointer:
+        file = os.devnull
+    return open(file, mode, *args, **kwargs)
+
+
+def hand_over(path: str, checkpoint: Any, safe_globals: Sequence[Any]) -> str:
+    """Keeps `checkpoint` (loaded from `path`) for `Runner.resume`; returns the name it loads it by."""
+    with _LOADED_LOCK:
+        _LOADED[path] = [checkpoint, safe_globals]
+    return SCHEME + path
+
+
+def _load_from_trainer_ckpt(filename: str, map_location: Any = None) -> Any:
+    path = filename[len(SCHEME):]
+    with _LOADED_LOCK:
+        loaded = _LOADED.get(path, [None, ()])
+        checkpoint, loaded[0] = loaded[0], None
+    return checkpoint if checkpoint is not None else _load(path, loaded[1])
+
+
+def install(load: Callable[[str, Sequence[Any]], Any]) -> None:
+    """Installs the patches (again: the same functions); `load(path, safe_globals)` reads a checkpoint not handed over."""
+    global _load
+    _load = load
+    _save_checkpoint.__trainer_ckpt_original__ = _mmengine_save_checkpoint  # type: ignore[attr-defined]
+    _runner_module.save_checkpoint = _save_checkpoint
+    _hook_module.open = _open
+    CheckpointLoader.register_scheme(SCHEME, _load_from_trainer_ckpt, force=True)
