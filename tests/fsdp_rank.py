@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._resume import note_start  # noqa: E402
 
 scenario, rank, directory, store = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
@@ -136,6 +137,7 @@ def loop():
     i = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
     if i:
         assert all(torch.equal(p.full_tensor(), torch.full_like(p.full_tensor(), float(i - 1))) for p in model.parameters())
+    note_start(directory, i, rank=rank)  # the test checks that each start went on from the newest checkpoint
     periodic = PeriodicCheckpointer(checkpointer, period=1, max_to_keep=3)
     while True:
         with torch.no_grad():
