@@ -27,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError
-from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import Mirrored, is_url, mirrored
 from trainer_ckpt import stores
 from trainer_ckpt.io import loading
@@ -35,12 +35,7 @@ from trainer_ckpt.io import durable
 
 logger = logging.getLogger("trainer_ckpt.cli")  # its 0.1 name, which users may filter on
 _PAIR = re.compile(r"^(?P<prefix>.*?)model_state_e\d+_b\d+\.th$")
-# fvcore, ignite and mmengine faces: `{file}` with hidden `.{file}.json` and `.{file}.rng` beside it.
-ONE_FILE = Layout(
-    files=lambda name: {"checkpoint": name, RNG: f".{name}.rng"},
-    record=lambda name: f".{name}.json",
-    parse=lambda base: base if base.endswith((".pth", ".pt")) and not base.startswith(".") else None,
-)
+ONE_FILE = named.ANY_ONE_FILE  # fvcore, ignite and mmengine faces: `{file}`, `.{file}.json`, `.{file}.rng`
 
 
 class CommandError(Exception):

@@ -17,7 +17,7 @@ from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, uses_snapshots
-from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
@@ -30,19 +30,7 @@ __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
 logger = logging.getLogger("trainer_ckpt._ignite_face")  # its 0.1 name, which users may filter on
 MAIN = "checkpoint"
-_EXTENSIONS = (".pt",)  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
-
-
-def _layout(filename_prefix: str = "") -> Layout:
-    start = f"{filename_prefix}_" if filename_prefix else ""
-    return Layout(
-        files=lambda name: {MAIN: name, RNG: f".{name}.rng"},
-        record=lambda name: f".{name}.json",
-        parse=lambda base: base if base.endswith(_EXTENSIONS) and base.startswith(start) and not base.startswith(".") else None,
-    )
-
-
-LAYOUT = _layout()
+LAYOUT = named.IGNITE  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
 
 
 class UnsafeCheckpoint(loading.UnsafeCheckpoint, pickle.UnpicklingError):
@@ -399,7 +387,7 @@ def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "", stor
     a URL (a DiskSaver's): the local copy's path, downloaded when the staging directory is empty.
     """
     directory, url = local_place("trainer_ckpt.ignite.latest_checkpoint", "dirname", dirname, storage_options, staging_dir)
-    local = NamedFiles(str(directory), _layout(filename_prefix))
+    local = NamedFiles(str(directory), named.ignite_layout(filename_prefix))
     engine = Engine(mirrored(local, url, storage_options, "trainer_ckpt.ignite.latest_checkpoint"), read_only=True,
                     where="trainer_ckpt.ignite.latest_checkpoint")
     found = engine.newest_good(load=False)

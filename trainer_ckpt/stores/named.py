@@ -5,10 +5,10 @@ per layout, used by the face and the command line alike.
 """
 import os
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from trainer_ckpt.io import durable
-from trainer_ckpt.stores.base import Entry, Listing, entry_info
+from trainer_ckpt.stores.base import RNG, Entry, Listing, entry_info
 
 class Layout(NamedTuple):
     """
@@ -21,6 +21,40 @@ class Layout(NamedTuple):
     files: Callable[[str], Dict[str, str]]
     record: Callable[[str], str]
     parse: Callable[[str], Optional[str]]
+
+
+MAIN = "checkpoint"  # the role of a one-file layout's state file
+
+
+def one_file(extensions: Tuple[str, ...], prefix: str = "", named_with_extension: bool = True) -> Layout:
+    """
+    A checkpoint per file, `{prefix}...{extension}`, with its record (`.{file}.json`) and random
+    state (`.{file}.rng`) hidden beside it; a checkpoint's name is its file name, or without the
+    extension (`named_with_extension=False`, as fvcore names them).
+    """
+
+    def file(name: str) -> str:
+        return name if named_with_extension else name + extensions[0]
+
+    def parse(base: str) -> Optional[str]:
+        if base.startswith(".") or not base.startswith(prefix) or not base.endswith(extensions):
+            return None
+        return base if named_with_extension else base[:base.rindex(".")]
+
+    return Layout(files=lambda name: {MAIN: file(name), RNG: f".{file(name)}.rng"},
+                  record=lambda name: f".{file(name)}.json", parse=parse)
+
+
+# Every one-file layout, for the faces and the command line alike.
+FVCORE = one_file((".pth",), named_with_extension=False)  # model_0000999 -> model_0000999.pth
+MMENGINE = one_file((".pth",))  # epoch_3.pth, iter_2000.pth, best_acc_epoch_3.pth
+IGNITE = one_file((".pt",))  # checkpoint_12.pt, best_model_3_acc=0.9.pt (`ignite_layout` for one prefix)
+ANY_ONE_FILE = one_file((".pth", ".pt"))  # the command line, on any of them
+
+
+def ignite_layout(filename_prefix: str = "") -> Layout:
+    """ignite's files of one `Checkpoint(filename_prefix=...)`: `{prefix}_...pt`."""
+    return one_file((".pt",), f"{filename_prefix}_" if filename_prefix else "")
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # what `_write_temp` names a temp file of `name`

@@ -12,7 +12,7 @@ from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
-from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.io import loading
 from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -24,11 +24,7 @@ __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 logger = logging.getLogger("trainer_ckpt._fvcore_face")  # its 0.1 name, which users may filter on
 MAIN = "checkpoint"
 POINTER = "last_checkpoint"
-LAYOUT = Layout(
-    files=lambda name: {MAIN: f"{name}.pth", RNG: f".{name}.pth.rng"},
-    record=lambda name: f".{name}.pth.json",
-    parse=lambda base: base[:-4] if base.endswith(".pth") and not base.startswith(".") else None,
-)
+LAYOUT = named.FVCORE
 _WHERE = "trainer_ckpt.fvcore.Checkpointer"
 
 

@@ -18,7 +18,7 @@ from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
-from trainer_ckpt.stores import RNG, Layout, NamedFiles
+from trainer_ckpt.stores import RNG, Layout, NamedFiles, named
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.faces._mmengine import patches
@@ -33,11 +33,7 @@ logger = logging.getLogger("trainer_ckpt._mmengine_face")  # its 0.1 name, which
 _WHERE = "trainer_ckpt.mmengine.CheckpointHook"
 MAIN = "checkpoint"
 POINTER = "last_checkpoint"
-LAYOUT = Layout(
-    files=lambda name: {MAIN: name, RNG: f".{name}.rng"},
-    record=lambda name: f".{name}.json",
-    parse=lambda base: base if base.endswith(".pth") and not base.startswith(".") else None,
-)
+LAYOUT = named.MMENGINE
 
 
 def _history_buffer_statistic(obj: Any, name: str) -> Any:
