@@ -78,7 +78,8 @@ def test_a_pair_without_record_is_verified_by_loading(three):
     assert sorted(os.listdir(three / "corrupt")) == ["model_state_e3_b0.th", "training_state_e3_b0.th"]
 
 
-@pytest.mark.parametrize("record", ["{}", '{"files": {}}', "not JSON"], ids=["no_files", "empty_files", "not_json"])
+@pytest.mark.parametrize("record", ["{}", '{"files": {}}', "not JSON", '{"files": 3}', "[1]", '{"files": {"model_state": 7}}'],
+                         ids=["no_files", "empty_files", "not_json", "files_not_a_map", "not_an_object", "file_not_an_object"])
 @pytest.mark.parametrize("find", [False, True], ids=["load_checkpoint", "find_latest_checkpoint"])
 def test_a_record_that_lists_no_files_is_no_proof_the_pair_is_whole(three, record, find):
     """A record without file sizes and checksums (or no JSON at all) verifies nothing: the pair is

@@ -204,12 +204,19 @@ def write_json(path: str, record: Dict[str, Any]) -> None:
 
 
 def read_json(path: str) -> Dict[str, Any]:
+    """A checkpoint's record; {} (with a warning) for one that does not read, or is not shaped as a record."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            record = json.loads(f.read())
     except (OSError, ValueError) as e:
         logger.warning("Ignoring unreadable checkpoint record %s: %s", path, e)
         return {}
+    files = record.get("files", {}) if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files.values()):
+        logger.warning("Ignoring checkpoint record %s: not shaped as a record (a JSON object whose `files` map roles "
+                       "to {name, size, crc32}), got %.200r", path, record)
+        return {}
+    return record
 
 
 def is_stale(path: str, pid: int) -> bool:
