@@ -17,11 +17,11 @@ import textwrap
 import ignite.handlers as peer
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 
 from tests.conftest import ROOT
+from tests.test_ignite_face import make_run
 from trainer_ckpt.io import loading
-from trainer_ckpt.io import durable
 
 PY = sys.executable
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
@@ -34,17 +34,8 @@ def visible(directory):
 # ---- ignite: the exception types of ignite's `load_objects` -----------------------------------
 
 def ignite_run(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step(engine, batch):
-        optimizer.zero_grad()
-        model(batch).pow(2).sum().backward()
-        optimizer.step()
-
-    trainer = Engine(step)
-    return model, trainer, {"model": model, "optimizer": optimizer, "trainer": trainer}
+    model, _, trainer, to_save = make_run(seed)
+    return model, trainer, to_save
 
 
 DATA = [torch.full((2, 3), float(i)) / 10 for i in range(4)]
