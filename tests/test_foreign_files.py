@@ -54,12 +54,14 @@ def test_local_directories_of_every_face_keep_what_is_not_theirs(tmp_path):
     model = torch.nn.Linear(3, 3)
 
     fvcore_dir = tmp_path / "fvcore"
-    plant(fvcore_dir, {**files, f".model_0000001.pth.tmp-{dead}-0123abcd": b"a save of ours, killed"})
+    plant(fvcore_dir, {**files, f".model_0000001.pth.tmp-{dead}-0123abcd": b"a save of ours, killed",
+                       f".last_checkpoint.tmp-{dead}-0123abcd": b"a pointer update of ours, killed"})
     periodic = PeriodicCheckpointer(Checkpointer(model, str(fvcore_dir)), period=1, max_to_keep=1)
     for iteration in range(4):
         periodic.step(iteration)
     assert sorted(p for p in os.listdir(fvcore_dir) if p.endswith(".pth")) == ["model_0000003.pth"]
     assert not (fvcore_dir / f".model_0000001.pth.tmp-{dead}-0123abcd").exists()  # ours: cleaned up
+    assert not (fvcore_dir / f".last_checkpoint.tmp-{dead}-0123abcd").exists()
 
     ignite_dir = tmp_path / "ignite"
     plant(ignite_dir, {**files, f".model_1.pt.tmp-{dead}-0123abcd": b"a save of ours, killed"})

@@ -21,12 +21,14 @@ class Layout(NamedTuple):
     files: Callable[[str], Dict[str, str]]
     record: Callable[[str], str]
     parse: Callable[[str], Optional[str]]
+    pointers: Tuple[str, ...] = ()  # the face's other files beside its checkpoints (`last_checkpoint`): their temps are ours too
 
 
 MAIN = "checkpoint"  # the role of a one-file layout's state file
 
 
-def one_file(extensions: Tuple[str, ...], prefix: str = "", named_with_extension: bool = True) -> Layout:
+def one_file(extensions: Tuple[str, ...], prefix: str = "", named_with_extension: bool = True,
+             pointers: Tuple[str, ...] = ()) -> Layout:
     """
     A checkpoint per file, `{prefix}...{extension}`, with its record (`.{file}.json`) and random
     state (`.{file}.rng`) hidden beside it; a checkpoint's name is its file name, or without the
@@ -42,12 +44,12 @@ def one_file(extensions: Tuple[str, ...], prefix: str = "", named_with_extension
         return base if named_with_extension else base[:base.rindex(".")]
 
     return Layout(files=lambda name: {MAIN: file(name), RNG: f".{file(name)}.rng"},
-                  record=lambda name: f".{file(name)}.json", parse=parse)
+                  record=lambda name: f".{file(name)}.json", parse=parse, pointers=pointers)
 
 
 # Every one-file layout, for the faces and the command line alike.
-FVCORE = one_file((".pth",), named_with_extension=False)  # model_0000999 -> model_0000999.pth
-MMENGINE = one_file((".pth",))  # epoch_3.pth, iter_2000.pth, best_acc_epoch_3.pth
+FVCORE = one_file((".pth",), named_with_extension=False, pointers=("last_checkpoint",))  # model_0000999 -> model_0000999.pth
+MMENGINE = one_file((".pth",), pointers=("last_checkpoint",))  # epoch_3.pth, iter_2000.pth, best_acc_epoch_3.pth
 IGNITE = one_file((".pt",))  # checkpoint_12.pt, best_model_3_acc=0.9.pt (`ignite_layout` for one prefix)
 ANY_ONE_FILE = one_file((".pth", ".pt"))  # the command line, on any of them
 
@@ -57,7 +59,7 @@ def ignite_layout(filename_prefix: str = "") -> Layout:
     return one_file((".pt",), f"{filename_prefix}_" if filename_prefix else "")
 
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # what `_write_temp` names a temp file of `name`
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # what `durable.temp_path` names a temp file of `name`
 
 
 def owned_by(layout: Layout, base: str) -> bool:
@@ -93,7 +95,7 @@ class NamedFiles:
             name = self.layout.parse(base)
             if name is None:
                 temp = _TEMP.match(base)
-                if (temp is not None and (owned_by(self.layout, temp["name"]) or temp["name"] == "direct-probe")
+                if (temp is not None and (owned_by(self.layout, temp["name"]) or temp["name"] in ("direct-probe", *self.layout.pointers))
                         and durable.is_stale(os.path.join(self.directory, base), int(temp["pid"]))):
                     stale.append(os.path.join(self.directory, base))
                 continue
