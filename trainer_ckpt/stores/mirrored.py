@@ -92,10 +92,16 @@ class Mirrored:
     def _remote(self, path: str) -> str:
         return f"{self.root}/{os.path.basename(path)}"
 
-    def _rm(self, path: str) -> None:
-        self.fs.invalidate_cache(self.root)  # a listing cached before another writer's change would hide `path`
+    def _rm(self, path: str, tree: bool = False) -> None:
+        """Removes one object (a record, a marker: no listing needed), or with `tree` a state file's
+        objects, a directory of sharded state too (listed afresh: a listing cached before another
+        writer's change would hide `path`)."""
         try:
-            self.fs.rm(path, recursive=True)  # a directory of sharded state too
+            if not tree:
+                self.fs.rm_file(path)
+                return
+            self.fs.invalidate_cache(self.root)
+            self.fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
 
@@ -142,7 +148,7 @@ class Mirrored:
         names, record = self.local.names(key), os.path.basename(self.local.record_path(key))  # every rank's, the record first
         marker = self._marker(record, [n for n in names if n != record])
         for name in names:
-            self._rm(f"{self.root}/{name}")
+            self._rm(f"{self.root}/{name}", tree=name != record)
         self._rm(marker)
         self.local.remove(key)
 
@@ -167,7 +173,7 @@ class Mirrored:
                 for name in names if isinstance(names, list) else []:
                     if isinstance(name, str) and name in objects and name not in named and self.local.owns(name):
                         logger.info("Removing %s/%s: an upload or deletion was interrupted", self.url, name)
-                        self._rm(f"{self.root}/{name}")
+                        self._rm(f"{self.root}/{name}", tree=True)
                         vouched.add(name)
             self._rm(f"{self.root}/{marker}")
         unknown = [o for o in objects if o not in vouched and self.local.owns(o)]
