@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: not needed to s
 
 logger = logging.getLogger("trainer_ckpt.engine")  # its 0.1 name, which users may filter on
 
-PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see resume.restore_rng)
+PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see core.rng.restore_rng)
 Retention = Tuple["RetentionPolicy", Callable[[Entry], bool]]  # a policy, and the entries it judges
 
 

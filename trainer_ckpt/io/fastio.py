@@ -1,7 +1,8 @@
 """
-Fast file I/O for checkpoints, below `storage`: a writer that checksums what passes through it
-(the CRC of large chunks on a helper thread, while the chunk is written), O_DIRECT writes through
-reused aligned bounce buffers, and reads that checksum one chunk while the next is read.
+Fast file I/O for checkpoints, below `durable` and `loading`: a writer that checksums what passes
+through it (the CRC of large chunks on a helper thread, while the chunk is written), O_DIRECT
+writes through aligned bounce buffers each file leases from a bounded pool, and reads that
+checksum a large file as two halves at once.
 """
 import concurrent.futures
 import logging
