@@ -62,6 +62,60 @@ def test_each_layer_imports_only_the_layers_below_it_and_no_private_names():
     assert not problems, "\n".join(problems)
 
 
+def module_graph():
+    """{module: the package's modules it imports, at any depth (function-level imports count)}."""
+    modules = {}
+    for directory, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                modules["trainer_ckpt." + os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".").removesuffix(".__init__")] = path
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for imported, names in imports_of(path):
+            for target in [f"{imported}.{n}" for n in names if f"{imported}.{n}" in modules] or [imported]:
+                if target in modules and target != module:
+                    targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph):
+    """Every set of modules that import each other, directly or around a loop (Tarjan's components)."""
+    index, low, stack, found, counter = {}, {}, [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+    assert cycles(module_graph()) == []
+
+
 def test_every_0_1_import_path_works():
     code = """
 import sys

@@ -68,7 +68,7 @@ def test_a_script_builds_the_checkpointer_from_params_after_import_trainer_ckpt(
 HOOK_LEAVES_NO_TRACE = """
 import sys
 import trainer_ckpt
-from trainer_ckpt.faces.allennlp import registration as _allennlp_hook
+from trainer_ckpt.faces import registration as _allennlp_hook
 hooks = lambda: [f for f in sys.meta_path if getattr(f, "trainer_ckpt_hook", False)]
 assert len(hooks()) == 1
 del sys.modules["trainer_ckpt"]
@@ -109,7 +109,7 @@ def test_a_failed_registration_warns_and_leaves_allennlp_importable():
     [line] = python(A_FAILED_REGISTRATION)
     assert line == (
         "trainer_ckpt: registering with allennlp.training failed, got ModuleNotFoundError: import of trainer_ckpt.faces.allennlp.group "
-        "halted; None in sys.modules. AllenNLP works, without trainer_ckpt's names; import trainer_ckpt.faces.allennlp.checkpointer "
+        "halted; None in sys.modules. AllenNLP works, without trainer_ckpt's names; import trainer_ckpt.faces.allennlp "
         "to see the whole error."
     )
 

@@ -6,11 +6,11 @@ Importing the package registers `DefaultCheckpointer` in AllenNLP's checkpointer
 `"trainer_ckpt"` (and `CheckpointerGroup` as `"trainer_ckpt_group"`; AllenNLP's own `"default"` is
 left alone), whether AllenNLP is imported before or after it, so a config can say
 `trainer: {checkpointer: {type: "trainer_ckpt", ...}}`. Importing it does not import AllenNLP: where
-AllenNLP is not imported yet, the registration runs when it is (see `trainer_ckpt.faces.allennlp.registration`).
+AllenNLP is not imported yet, the registration runs when it is (see `trainer_ckpt.faces.registration`).
 """
 import importlib
 
-from trainer_ckpt.faces.allennlp import registration as _allennlp_hook
+from trainer_ckpt.faces import registration as _allennlp_hook
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ from trainer_ckpt import stores
 from trainer_ckpt.io import durable, loading
 from trainer_ckpt.stores import RNG, Entry
 
-if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: not needed to save or load
+if TYPE_CHECKING:  # for annotations only: the engine applies a policy, it never imports one
     from trainer_ckpt.policies.retention import RetentionPolicy
 
 logger = logging.getLogger("trainer_ckpt.engine")  # its 0.1 name, which users may filter on
@@ -427,21 +427,12 @@ class Engine:
         sharded state loads into `templates[role]` (the live state dicts; see `sharded.load`);
         `collective`: every rank loads at once, the primary having verified the checkpoint.
         """
-        from trainer_ckpt.io import sharded
-
-        loaded = {}
-        expected = entry.record.get("files", {})
+        paths = {role: path for role, path in entry.paths.items() if roles is None or role in roles}
+        checked = (entry.key, entry.info.size_bytes, entry.info.time) in self._verified
         try:
             with loading.allowing(self.safe_globals):
-                for role, path in entry.paths.items():
-                    if roles is not None and role not in roles:
-                        continue
-                    if "parts" not in expected.get(role, {}):
-                        loaded[role] = loading.load(path, expected.get(role))
-                        continue
-                    if (entry.key, entry.info.size_bytes, entry.info.time) not in self._verified:
-                        loading.verify(path, expected[role])  # on every rank alike: each reaches the same verdict
-                    loaded[role] = sharded.load(path, (templates or {}).get(role), collective)
+                # Sharded state is verified on every rank alike: each reaches the same verdict.
+                loaded = loading.read(paths, entry.record.get("files", {}), templates, collective, checked)
         except loading.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{self.where}: checkpoint {entry.name} in {self.directory} holds types that are not "

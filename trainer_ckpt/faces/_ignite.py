@@ -1,11 +1,13 @@
 """The ignite face (see trainer_ckpt/ignite.py, which imports it on first use)."""
+import contextlib
 import logging
+import threading
 import numbers
 import os
 import pickle
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, OrderedDict, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, OrderedDict, Sequence, Tuple, Union
 
 import ignite.distributed as idist
 import ignite.handlers.checkpoint as _ignite
@@ -21,7 +23,6 @@ from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
-from trainer_ckpt.io import durable
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
     from trainer_ckpt.policies.retention import RetentionPolicy
     from trainer_ckpt.policies.save import SavePolicy
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
 logger = logging.getLogger("trainer_ckpt._ignite_face")  # its 0.1 name, which users may filter on
-MAIN = "checkpoint"
+MAIN = named.MAIN
 LAYOUT = named.IGNITE  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
 
 
@@ -72,12 +73,20 @@ def _bad_checkpoint(message: str, cause: Optional[BaseException]) -> loading.Bad
     return error
 
 
-class _Outcome:
-    """A save our Checkpoint asked for: ignite's list as it was before, and whether the save was
-    submitted and then committed (on the worker thread, for a background save)."""
+class _Call:
+    """
+    What our Checkpoint tells its DiskSaver of the save it asks for, which ignite's
+    `save_handler(checkpoint, filename, metadata)` has no room for: the point in training, what the
+    record adds, the retention, and the deletions to defer until the commit. The saver fills in
+    the outcome: whether the save was submitted, then committed (on the worker thread, for a
+    background save); `before` is ignite's list as it was, put back when the save fails.
+    """
 
-    def __init__(self, before: List[Any]) -> None:
-        self.before, self.submitted, self.committed = before, False, False
+    def __init__(self, moment: CheckpointInfo, extra: Dict[str, Any],
+                 retention: Optional[Tuple["RetentionPolicy", Callable]], before: List[Any]) -> None:
+        self.moment, self.extra, self.retention, self.before = moment, extra, retention, before
+        self.deferred: List[str] = []
+        self.submitted = self.committed = False
 
 
 class _Store(NamedFiles):
@@ -130,15 +139,11 @@ class DiskSaver(_ignite.DiskSaver):
         dirname, self.url = local_place("trainer_ckpt.ignite.DiskSaver", "dirname", dirname, storage_options, staging_dir)
         self.storage_options = storage_options
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
-        self._store = mirrored(_Store(str(self.dirname)), self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
+        self._local = _Store(str(self.dirname))
+        self._store = mirrored(self._local, self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
         self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
         self._engine: Optional[Engine] = None
-        # Set by our Checkpoint around its call: the point in training, deletions to defer, the outcome.
-        self._moment: Optional[CheckpointInfo] = None
-        self._outcome: Optional[_Outcome] = None
-        self._extra: Dict[str, Any] = {}
-        self._retention: Optional[Tuple["RetentionPolicy", Callable]] = None
-        self._deferred: Optional[List[str]] = None
+        self._calls = threading.local()  # .current: the _Call our Checkpoint is making on this thread (`serving`)
 
     @property
     def engine(self) -> Engine:
@@ -153,33 +158,43 @@ class DiskSaver(_ignite.DiskSaver):
             self._engine.clean_up()
         return self._engine
 
+    @contextlib.contextmanager
+    def serving(self, call: _Call) -> Iterator[None]:
+        """Within it, this thread's saves and removals are `call`'s."""
+        previous, self._calls.current = getattr(self._calls, "current", None), call
+        try:
+            yield
+        finally:
+            self._calls.current = previous
+
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
-        outcome = self._outcome
+        call: Optional[_Call] = getattr(self._calls, "current", None)
         if idist.get_rank() != self.save_on_rank and not sharded.is_sharded(checkpoint):
             return  # sharded state (FSDP2): every rank writes its shards
         engine = self.engine
-        info = self._moment or CheckpointInfo(0, 0, time=engine.clock())
-        record = dict(self._extra)
+        info = call.moment if call is not None else CheckpointInfo(0, 0, time=engine.clock())
+        record = dict(call.extra) if call is not None else {}
         if metadata is not None:
             record["ignite"] = {k: v for k, v in metadata.items() if v is None or isinstance(v, (str, numbers.Number))}
-        deferred = list(self._deferred or [])
-        engine.store.removed.discard(filename)  # saved again under the same name
+        deferred = list(call.deferred) if call is not None else []
+        self._local.removed.discard(filename)  # saved again under the same name
 
         def after_commit(key: str) -> None:
-            if outcome is not None:
-                outcome.committed = True
+            if call is not None:
+                call.committed = True
             self._remove_now([name for name in deferred if name != key])
 
-        if outcome is not None:
-            outcome.submitted = True
+        if call is not None:
+            call.submitted = True
         engine.save(filename, {MAIN: checkpoint, RNG: capture_rng()}, info, record=record, after_commit=after_commit,
-                    retention=self._retention)
+                    retention=call.retention if call is not None else None)
 
     def remove(self, filename: str) -> None:
         """Deletes a checkpoint and its hidden files; within our `Checkpoint`'s call, only once the
         checkpoint that replaces it is committed."""
-        if self._deferred is not None:
-            self._deferred.append(filename)
+        call: Optional[_Call] = getattr(self._calls, "current", None)
+        if call is not None:
+            call.deferred.append(filename)
             return
         if idist.get_rank() == self.save_on_rank:
             self.engine.wait()
@@ -267,7 +282,7 @@ class Checkpoint(_ignite.Checkpoint):
         )
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
-        self._pending: Optional[_Outcome] = None  # a background save in flight
+        self._pending: Optional[_Call] = None  # a background save in flight
         if isinstance(save_handler, DiskSaver) and uses_snapshots(save_handler.background):
             # After the first iteration (the optimizer's state exists then), the snapshot buffers
             # are allocated on the worker thread, so that the first save only copies.
@@ -300,36 +315,35 @@ class Checkpoint(_ignite.Checkpoint):
         mine = f"{self.filename_prefix}|{self.score_name}"  # retention judges only what this handler wrote
         # ignite lists the new file (and drops the one it replaces) before it saves: a save that
         # fails puts the list back, so that `last_checkpoint` and the next decisions stay on what was committed.
-        outcome = _Outcome(list(self._saved))
-        saver._moment, saver._deferred, saver._outcome = moment, [], outcome
-        saver._extra = {"handler": mine, "iteration": engine.state.iteration, "epoch": engine.state.epoch}
+        retention = None
         if self.retention_policy is not None:
-            saver._retention = (self.retention_policy, lambda entry: entry.record.get("handler") == mine)
+            retention = (self.retention_policy, lambda entry: entry.record.get("handler") == mine)
+        call = _Call(moment, {"handler": mine, "iteration": engine.state.iteration, "epoch": engine.state.epoch},
+                     retention, list(self._saved))
         try:
-            super().__call__(engine, *args, **kwargs)
+            with saver.serving(call):
+                super().__call__(engine, *args, **kwargs)
         except BaseException:
-            if outcome.submitted and saver.background:  # raised after the submission: the worker's outcome decides
-                self._pending = outcome
-            elif not outcome.committed:
-                self._saved = outcome.before
+            if call.submitted and saver.background:  # raised after the submission: the worker's outcome decides
+                self._pending = call
+            elif not call.committed:
+                self._saved = call.before
             raise
-        finally:
-            saver._moment, saver._deferred, saver._extra, saver._retention, saver._outcome = None, None, {}, None, None
-        if outcome.submitted and not outcome.committed:
-            self._pending = outcome  # in the background: settled at the next call, or by `last_checkpoint`
+        if call.submitted and not call.committed:
+            self._pending = call  # in the background: settled at the next call, or by `last_checkpoint`
         self._forget_removed()
 
     def _settle(self) -> None:
         """Waits for a background save in flight; if it failed, ignite's list goes back to what was
         committed before it, and its error is raised."""
-        outcome, self._pending = self._pending, None
-        if outcome is None:
+        call, self._pending = self._pending, None
+        if call is None:
             return
         try:
             self.save_handler.wait()
         finally:
-            if not outcome.committed:
-                self._saved = outcome.before
+            if not call.committed:
+                self._saved = call.before
                 self._forget_removed()
 
     @property
@@ -352,8 +366,8 @@ class Checkpoint(_ignite.Checkpoint):
     def _forget_removed(self) -> None:
         """Drops from ignite's list what our retention deleted (on the worker thread, when in the background)."""
         saver = self.save_handler
-        if self.retention_policy is not None and saver._engine is not None and saver._engine.store.removed:
-            gone = saver._engine.store.removed
+        if self.retention_policy is not None and saver._local.removed:
+            gone = saver._local.removed
             self._saved = [item for item in self._saved if item.filename not in gone]
 
     @staticmethod
@@ -413,19 +427,15 @@ def _moment(engine: IgniteEngine, clock: Optional[Callable[[], float]]) -> Check
 def _load(path: str, safe_globals: Sequence[Any], to_load: Mapping) -> Tuple[Any, Optional[Dict[str, Any]]]:
     """A checkpoint file (verified when it has a record) and its random state, if saved."""
     directory, name = os.path.split(path)
-    record_path = os.path.join(directory, LAYOUT.record(name))
-    expected = durable.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
+    entry = NamedFiles(directory, LAYOUT).entry(name)
+    expected = entry.record.get("files", {})
+    # Sharded state (DCP's directory): every rank loads its shards into the live state dicts.
+    template, collective = _templates(to_load) if "parts" in expected.get(MAIN, {}) else (None, False)
     try:
         # numpy's types: DeterministicEngine's random state is numpy's; ignite's own `load_objects`
         # refuses them under weights_only=True, so it cannot resume a DeterministicEngine from a file.
         with loading.allowing(list(safe_globals) + loading.numpy_types()):
-            if "parts" in expected.get(MAIN, {}):  # sharded state (DCP's directory): every rank loads its shards
-                loading.verify(path, expected[MAIN])
-                obj = sharded.load(path, *_templates(to_load))
-            else:
-                obj = loading.load(path, expected.get(MAIN))
-            rng_path = os.path.join(directory, LAYOUT.files(name)[RNG])
-            rng = loading.load(rng_path, expected.get(RNG)) if RNG in expected or os.path.exists(rng_path) else None
+            loaded = loading.read(entry.paths, expected, {MAIN: template}, collective)
     except loading.UnsafeCheckpoint as e:
         raise UnsafeCheckpoint(
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} holds types that are not allowed to load, "
@@ -437,7 +447,7 @@ def _load(path: str, safe_globals: Sequence[Any], to_load: Mapping) -> Tuple[Any
             f"trainer_ckpt.ignite.Checkpoint.load_objects: {path} is not usable, got: {e}. Load the newest good "
             f"one: trainer_ckpt.ignite.latest_checkpoint({directory!r}).", e.__cause__,
         ) from e
-    return obj, rng
+    return loaded[MAIN], loaded.get(RNG)
 
 
 def _templates(to_load: Mapping) -> Tuple[Optional[Dict[str, Any]], bool]:

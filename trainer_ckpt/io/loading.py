@@ -2,39 +2,44 @@
 Safe loading and verification, below the stores: a file's size and CRC32 checked against its
 record before anything is unpickled, then `torch.load(weights_only=True)`; what refuses to load
 is a `BadCheckpoint` (unusable bytes) or an `UnsafeCheckpoint` (types not allowed, nothing run).
+`read` is the one way a checkpoint's files come back, for the engine and every face alike.
 """
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from trainer_ckpt.io.fastio import file_crc
-from trainer_ckpt.io.settings import allowing  # noqa: F401 (part of safe loading: `loading.allowing`)
+from trainer_ckpt.io import sharded
+from trainer_ckpt.io.checks import BadCheckpoint, UnsafeCheckpoint, refused_types, verify_file
+from trainer_ckpt.io.settings import allowing
 
-class BadCheckpoint(Exception):
-    """A checkpoint file that cannot be used: truncated, altered, missing, unreadable."""
+__all__ = ["BadCheckpoint", "UnsafeCheckpoint", "allowing", "load", "numpy_types", "read", "refused_types", "verify"]
 
 
-def numpy_types() -> List[Any]:
+def read(
+    paths: Mapping[str, str], expected: Mapping[str, Dict[str, Any]], templates: Optional[Mapping[str, Any]] = None,
+    collective: bool = False, checked: bool = False,
+) -> Dict[str, Any]:
     """
-    numpy's array, scalar and dtype reconstruction, for `allowing`: what checkpoints hold besides
-    tensors where numpy is involved (ignite's DeterministicEngine random state, mmengine's metrics).
-    Data, not code: every other global is still refused.
+    Read, verify, load: {role: object} of a checkpoint's files ({role: path}). Each is checked
+    against its record (`expected[role]`; a file without one, a peer's, loads unchecked), then
+    loaded: a file with `weights_only=True` onto the CPU, a directory of sharded state into
+    `templates[role]` (see `sharded.load`; `collective`: every rank at once). `checked`: the
+    directories were verified already (their parts are many; a file is checked every time, which
+    brings its pages into the cache its load maps). Raises BadCheckpoint or UnsafeCheckpoint;
+    wrap it in `allowing(...)` for more types than tensors and containers.
     """
-    import numpy
-
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(numpy.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                             "uint8", "uint16", "uint32", "uint64", "bool")]
-    return [_reconstruct, scalar, numpy.ndarray, numpy.dtype, *dtypes]
-
-
-class UnsafeCheckpoint(Exception):
-    """A state file holds types that `weights_only` loading refuses: it was not unpickled."""
+    loaded = {}
+    for role, path in paths.items():
+        record = expected.get(role)
+        if record is None or "parts" not in record:
+            loaded[role] = load(path, record)
+            continue
+        if not checked:
+            sharded.verify(path, record)
+        loaded[role] = sharded.load(path, (templates or {}).get(role), collective)
+    return loaded
 
 
 def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -61,41 +66,26 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
         raise BadCheckpoint(f"{os.path.basename(path)} does not load: {type(e).__name__}: {e}") from e
 
 
-def refused_types(error: BaseException) -> Optional[str]:
-    """
-    What torch's `weights_only` refusal names (the `GLOBAL ...` it would not load), when `error`
-    is one; else None. torch's message is long and suggests weights_only=False: only this is kept.
-    """
-    text = str(error)
-    if "Weights only load failed" not in text:
-        return None
-    return " ".join(line.strip() for line in text.splitlines() if "GLOBAL" in line) or text
-
-
 def verify(path: str, expected: Dict[str, Any]) -> None:
-    """Checks a file's size, then its CRC32, against its record; raises BadCheckpoint."""
-    if "parts" in expected:  # a directory of sharded state
-        from trainer_ckpt.io import sharded
+    """Checks a file, or a directory of sharded state, against its record; raises BadCheckpoint."""
+    if "parts" in expected:
+        sharded.verify(path, expected)
+    else:
+        verify_file(path, expected)
 
-        return sharded.verify(path, expected)
+
+def numpy_types() -> List[Any]:
+    """
+    numpy's array, scalar and dtype reconstruction, for `allowing`: what checkpoints hold besides
+    tensors where numpy is involved (ignite's DeterministicEngine random state, mmengine's metrics).
+    Data, not code: every other global is still refused.
+    """
+    import numpy
+
     try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise BadCheckpoint(f"{os.path.basename(path)} is missing: {e}") from e
-    if size != expected["size"]:
-        raise BadCheckpoint(_mismatch(path, size, None, expected))
-    size, crc = file_crc(path)
-    problem = _mismatch(path, size, crc, expected)
-    if problem:
-        raise BadCheckpoint(problem)
-
-
-def _mismatch(path: str, size: int, crc: Optional[int], expected: Dict[str, Any]) -> str:
-    name = os.path.basename(path)
-    if size != expected["size"]:
-        return f"{name} has {size} bytes, its record says {expected['size']} (truncated or overwritten)"
-    if crc is not None and crc != expected["crc32"]:
-        return f"{name} has CRC32 {crc:08x}, its record says {expected['crc32']:08x} (its content changed)"
-    return ""
-
-
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(numpy.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                             "uint8", "uint16", "uint32", "uint64", "bool")]
+    return [_reconstruct, scalar, numpy.ndarray, numpy.dtype, *dtypes]

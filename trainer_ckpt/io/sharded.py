@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from trainer_ckpt.io import durable
+from trainer_ckpt.io.checks import BadCheckpoint, UnsafeCheckpoint, refused_types, verify_file
 
 DCP_METADATA = ".metadata"
 
@@ -171,9 +172,7 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def verify(path: str, expected: Dict[str, Any]) -> None:
-    """Checks every part of a DCP directory against its record; raises loading.BadCheckpoint."""
-    from trainer_ckpt.io.loading import BadCheckpoint, verify as verify_file
-
+    """Checks every part of a DCP directory against its record; raises BadCheckpoint."""
     if not os.path.isdir(path):
         raise BadCheckpoint(f"{os.path.basename(path)} is missing or not a directory of sharded state")
     for name, part in expected["parts"].items():
@@ -224,15 +223,13 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
     Loads a DCP directory into `template` (its tensors and DTensors are filled in place; each
     rank reads its own shards) and returns the state, entries the template lacks read as whole
     tensors. `collective`: every rank calls this at once (a template with DTensors needs it).
-    Raises loading.UnsafeCheckpoint for a type `weights_only` refuses, loading.BadCheckpoint
+    Raises UnsafeCheckpoint for a type `weights_only` refuses, BadCheckpoint
     when the directory does not load.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from trainer_ckpt.io.loading import BadCheckpoint, UnsafeCheckpoint, refused_types
 
     class SafePlanner(DefaultLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:

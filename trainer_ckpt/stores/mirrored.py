@@ -86,8 +86,35 @@ class Mirrored:
         self.directory = local.directory
         self._cleaned = False
 
-    def __getattr__(self, name: str) -> Any:  # files, record_path, label, order, sharded, ...
-        return getattr(self.local, name)
+    # The local store's names and reading, as they are: the protocol, spelled out.
+    @property
+    def sharded(self) -> bool:
+        return self.local.sharded
+
+    @property
+    def world_size(self) -> int:
+        return getattr(self.local, "world_size", 1)
+
+    def files(self, key: Any) -> Dict[str, str]:
+        return self.local.files(key)
+
+    def record_path(self, key: Any) -> str:
+        return self.local.record_path(key)
+
+    def names(self, key: Any) -> List[str]:
+        return self.local.names(key)
+
+    def owns(self, base: str) -> bool:
+        return self.local.owns(base)
+
+    def label(self, key: Any) -> str:
+        return self.local.label(key)
+
+    def order(self, entry: stores.Entry) -> Any:
+        return self.local.order(entry)
+
+    def quarantine(self, key: Any) -> List[str]:
+        return self.local.quarantine(key)  # the local files: the bucket's objects are left as they are
 
     def _remote(self, path: str) -> str:
         return f"{self.root}/{os.path.basename(path)}"

@@ -112,6 +112,20 @@ class NamedFiles:
             complete.append(Entry(name, name, paths, record, entry_info(progress, record.get("time", stat.st_mtime), size, record)))
         return Listing(sorted(complete, key=self.order), incomplete, stale, [])
 
+    def entry(self, key: str) -> Entry:
+        """
+        Checkpoint `key` whether it is listed or not (a file a user names): its record when it has
+        one, and its state files (the main one, and the others its record lists or that are there).
+        """
+        has_record = os.path.exists(self.record_path(key))
+        record = durable.read_json(self.record_path(key)) if has_record else {}
+        expected = record.get("files", {})
+        paths = {role: path for role, path in self.files(key).items()
+                 if role == MAIN or role in expected or os.path.exists(path)}
+        progress = (record.get("epochs_completed", 0), record.get("batches_in_epoch_completed", 0))
+        size = sum(f["size"] for f in expected.values())
+        return Entry(key, key, paths, record, entry_info(progress, record.get("time", 0.0), size, record))
+
     def files(self, key: str) -> Dict[str, str]:
         return {role: os.path.join(self.directory, b) for role, b in self.layout.files(key).items()}
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a
 __all__ = ["Checkpointer", "PeriodicCheckpointer", "LAYOUT"]
 
 logger = logging.getLogger("trainer_ckpt._fvcore_face")  # its 0.1 name, which users may filter on
-MAIN = "checkpoint"
+MAIN = named.MAIN
 POINTER = "last_checkpoint"
 LAYOUT = named.FVCORE
 _WHERE = "trainer_ckpt.fvcore.Checkpointer"
@@ -227,9 +227,11 @@ class Checkpointer(_fvcore.Checkpointer):
             if entry is not None:
                 templates = self._templates()
                 return self.engine.load(entry, [MAIN], templates, collective=bool(templates))[MAIN]
+        # Elsewhere (a copy, a file a peer wrote): checked against its record when it has one.
+        entry = NamedFiles(os.path.dirname(f) or ".", LAYOUT).entry(name) if name is not None else None
         try:
             with loading.allowing(self.safe_globals):
-                return loading.load(f)
+                return loading.read({MAIN: f}, entry.record.get("files", {}) if entry else {})[MAIN]
         except loading.UnsafeCheckpoint as e:
             raise UnsafeCheckpointError(
                 f"{_WHERE}: {f} holds types that are not allowed to load, got: {e} Nothing in it was "

@@ -7,7 +7,6 @@ import pickle
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-import torch
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import print_log
@@ -31,7 +30,7 @@ __all__ = ["CheckpointHook", "LAYOUT", "mmengine_safe_globals"]
 
 logger = logging.getLogger("trainer_ckpt._mmengine_face")  # its 0.1 name, which users may filter on
 _WHERE = "trainer_ckpt.mmengine.CheckpointHook"
-MAIN = "checkpoint"
+MAIN = named.MAIN
 POINTER = "last_checkpoint"
 LAYOUT = named.MMENGINE
 
@@ -53,41 +52,31 @@ def mmengine_safe_globals() -> List[Any]:
     return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), *loading.numpy_types()]
 
 
-def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
-    """`torch.load` as mmengine does (onto `map_location`'s device: the CPU), with exactly the
-    types mmengine's checkpoints need allowed, and a file of ours checked against its record."""
+def _read(path: str, safe_globals: Sequence[Any] = (), roles: Sequence[str] = (MAIN,)) -> Dict[str, Any]:
+    """A checkpoint's files ({role: object}) loaded as mmengine loads them (onto the CPU), with exactly
+    the types mmengine's checkpoints need allowed, and a file of ours checked against its record."""
     directory, name = os.path.split(path)
-    record_path = os.path.join(directory, LAYOUT.record(name))
-    expected = durable.read_json(record_path).get("files", {}) if os.path.exists(record_path) else {}
-    if MAIN in expected:
-        loading.verify(path, expected[MAIN])
+    entry = NamedFiles(directory, LAYOUT).entry(name)
     try:
         with loading.allowing(mmengine_safe_globals() + list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = loading.refused_types(e)
-        if refused is None:
-            raise
+            return loading.read({r: p for r, p in entry.paths.items() if r in roles}, entry.record.get("files", {}))
+    except loading.UnsafeCheckpoint as e:
         raise UnsafeCheckpointError(
-            f"{_WHERE}: {path} holds types that are not allowed to load, got: {refused} Nothing in it "
+            f"{_WHERE}: {path} holds types that are not allowed to load, got: {e} Nothing in it "
             "was run. If you trust this file, pass those types in the hook's `safe_globals`."
         ) from e
+    except loading.BadCheckpoint as e:
+        if not entry.record and e.__cause__ is not None:
+            raise e.__cause__  # a file not ours: the error torch.load gives mmengine for it
+        raise
+
+
+def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """A checkpoint file, as `_read` loads it."""
+    return _read(path, safe_globals)[MAIN]
 
 
 patches.install(lambda path, safe_globals: _load_local(path, safe_globals))
-
-
-class _DeferRemoval:
-    """A file backend whose `remove` waits until the checkpoint being saved is committed."""
-
-    def __init__(self, backend: Any, pending: List[str]) -> None:
-        self._backend, self._pending = backend, pending
-
-    def remove(self, path: str) -> None:
-        self._pending.append(str(path))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
 
 
 def _local(value: Any) -> bool:
@@ -205,9 +194,8 @@ class CheckpointHook(_CheckpointHook):
             path = str(runner._load_from)
             if "://" in path:
                 return  # a remote checkpoint: mmengine's own loaders
-            checkpoint = _load_local(path, self.safe_globals)
-            rng_path = os.path.join(os.path.dirname(path), LAYOUT.files(os.path.basename(path))[RNG])
-            self._rng = loading.load(rng_path) if os.path.exists(rng_path) else None
+            loaded = _read(path, self.safe_globals, (MAIN, RNG))
+            checkpoint, self._rng = loaded[MAIN], loaded.get(RNG)
         else:
             found = self._newest_good(runner.work_dir, _templates(runner))
             if found is None:
@@ -313,8 +301,6 @@ class CheckpointHook(_CheckpointHook):
     def _saving(self, runner: Any, pending: List[str], pointer: Optional[str] = None) -> Iterator[None]:
         """Within: `runner.save_checkpoint` writes through the engine; `file_backend.remove` waits
         in `pending` until the new checkpoint is committed; then `pointer` goes into `last_checkpoint`."""
-        backend, previous = self.file_backend, getattr(patches.ROUTE, "save", None)
-
         def after_commit(name: str) -> None:
             for path in pending:
                 if os.path.basename(path) != name:
@@ -336,24 +322,18 @@ class CheckpointHook(_CheckpointHook):
                              record={"epoch": meta.get("epoch"), "iter": meta.get("iter")},
                              after_commit=after_commit, retention=retention)
 
-        self.file_backend = _DeferRemoval(backend, pending)
-        patches.ROUTE.save = save
         # `Runner.save_checkpoint` runs on the main process only; sharded state needs every rank.
         every_rank = not is_main_process() and _templates(runner) is not None
-        if every_rank:
-            runner.save_checkpoint = type(runner).save_checkpoint.__wrapped__.__get__(runner)
-        try:
+        with patches.deferring_removals(self, pending), patches.routing_saves(save), \
+                (patches.on_every_rank(runner) if every_rank else contextlib.nullcontext()):
             yield
-        finally:
-            self.file_backend, patches.ROUTE.save = backend, previous
-            if every_rank:
-                del runner.save_checkpoint
 
     def _save_checkpoint_with_step(self, runner: Any, step: int, meta: Dict[str, Any]) -> None:
         pending: List[str] = []
         # mmengine writes `last_checkpoint` in place after the save; ours goes atomically, after the commit.
         pointer = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
-        with self._saving(runner, pending, pointer if is_main_process() else None), _no_pointer_write(runner):
+        with self._saving(runner, pending, pointer if is_main_process() else None), \
+                patches.skipping_pointer_write(os.path.join(runner.work_dir, POINTER)):
             super()._save_checkpoint_with_step(runner, step, meta)
 
     def _save_best_checkpoint(self, runner: Any, metrics: Dict[str, Any]) -> None:
@@ -397,17 +377,6 @@ def _templates(runner: Any) -> Optional[Dict[str, Any]]:
         return None
     optimizer = getattr(getattr(runner, "optim_wrapper", None), "optimizer", None)
     return {MAIN: {"state_dict": state, **({} if optimizer is None else {"optimizer": sharded.template(optimizer)})}}
-
-
-@contextlib.contextmanager
-def _no_pointer_write(runner: Any) -> Iterator[None]:
-    """mmengine's `_save_checkpoint_with_step` ends by rewriting `last_checkpoint` in place (a kill
-    there leaves it empty); ours was written atomically after the commit, so that write is skipped (`_open`)."""
-    previous, patches.ROUTE.pointer = getattr(patches.ROUTE, "pointer", None), os.path.abspath(os.path.join(runner.work_dir, POINTER))
-    try:
-        yield
-    finally:
-        patches.ROUTE.pointer = previous
 
 
 CheckpointHook.__module__ = "trainer_ckpt.mmengine"

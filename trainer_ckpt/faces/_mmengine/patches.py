@@ -10,10 +10,19 @@ thread, never swapped per call (so runners on two threads never see each other's
   there leaves it empty), which goes to /dev/null: ours was written atomically after the commit.
 - A `CheckpointLoader` scheme, `trainer_ckpt://{path}`: `Runner.resume` loads through it the
   checkpoint our hook already found, verified and loaded (`hand_over`).
+
+And, within one save of our hook only (context managers, undone on exit):
+- `routing_saves(save)`: this thread's `save_checkpoint` calls go to `save` (`ROUTE.save`);
+- `skipping_pointer_write(path)`: mmengine's in-place write of `last_checkpoint` goes nowhere;
+- `deferring_removals(hook, pending)`: the hook's `file_backend.remove` (mmengine's retention)
+  waits in `pending` until the new checkpoint is committed;
+- `on_every_rank(runner)`: `Runner.save_checkpoint` without its `@master_only`, for sharded state,
+  which every rank writes.
 """
+import contextlib
 import os
 import threading
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import mmengine.hooks.checkpoint_hook as _hook_module
 import mmengine.runner.runner as _runner_module
@@ -61,3 +70,52 @@ def install(load: Callable[[str, Sequence[Any]], Any]) -> None:
     _runner_module.save_checkpoint = _save_checkpoint
     _hook_module.open = _open
     CheckpointLoader.register_scheme(SCHEME, _load_from_trainer_ckpt, force=True)
+
+
+@contextlib.contextmanager
+def routing_saves(save: Callable[..., Any]) -> Iterator[None]:
+    previous, ROUTE.save = getattr(ROUTE, "save", None), save
+    try:
+        yield
+    finally:
+        ROUTE.save = previous
+
+
+@contextlib.contextmanager
+def skipping_pointer_write(pointer: str) -> Iterator[None]:
+    previous, ROUTE.pointer = getattr(ROUTE, "pointer", None), os.path.abspath(pointer)
+    try:
+        yield
+    finally:
+        ROUTE.pointer = previous
+
+
+class _DeferRemoval:
+    """A file backend whose `remove` waits until the checkpoint being saved is committed."""
+
+    def __init__(self, backend: Any, pending: List[str]) -> None:
+        self._backend, self._pending = backend, pending
+
+    def remove(self, path: str) -> None:
+        self._pending.append(str(path))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+@contextlib.contextmanager
+def deferring_removals(hook: Any, pending: List[str]) -> Iterator[None]:
+    backend, hook.file_backend = hook.file_backend, _DeferRemoval(hook.file_backend, pending)
+    try:
+        yield
+    finally:
+        hook.file_backend = backend
+
+
+@contextlib.contextmanager
+def on_every_rank(runner: Any) -> Iterator[None]:
+    runner.save_checkpoint = type(runner).save_checkpoint.__wrapped__.__get__(runner)
+    try:
+        yield
+    finally:
+        del runner.save_checkpoint

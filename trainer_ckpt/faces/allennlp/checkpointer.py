@@ -656,7 +656,3 @@ def _link_or_copy(source: str, target: str) -> None:
     except BaseException:
         durable.remove_file(tmp)
         raise
-
-
-# The group is registered with the checkpointer, whichever of them (or AllenNLP) is imported first.
-from trainer_ckpt.faces.allennlp import group as _group  # noqa: E402,F401

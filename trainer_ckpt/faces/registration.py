@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Set
 
 # AllenNLP's module -> ours, whose import registers our names in its registries.
 _REGISTRARS = {
-    "allennlp.training": ("trainer_ckpt.faces.allennlp.checkpointer",),  # which imports the group too
+    "allennlp.training": ("trainer_ckpt.faces.allennlp",),  # the package: its checkpointer, then its group
     "allennlp.commands": ("trainer_ckpt.cli.commands",),
 }
 
