@@ -2,7 +2,8 @@
 # Installs the whole stack into .venv/ at the repository root: Python 3.11, torch 2.13 (CPU),
 # AllenNLP 2.10.1 with the substitutions that make it run on Python 3.11 + torch 2.x
 # (see README, "Installing AllenNLP 2.10.1 on Python 3.11"), the peers the faces are tested
-# against (fvcore, pytorch-ignite, mmengine, pinned), and trainer_ckpt in editable mode.
+# against (fvcore, pytorch-ignite, mmengine, pinned), the docs tools, trainer_ckpt in editable mode,
+# and torch alone in .venv/torch-only, which the wheel's clean-install test builds on.
 # Idempotent: when .venv/ already holds a complete install of this exact recipe, it returns at once.
 # Quiet: one line per step; pip's whole output goes to .venv/install.log and is shown only when a
 # step fails.
@@ -10,8 +11,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.trainer_ckpt_installed"
-# The recipe's fingerprint: this script plus setup.py. Changing either reinstalls.
-want="$(cat "$root/scripts/setup_env.sh" "$root/setup.py" | sha256sum | cut -d' ' -f1)"
+# The recipe's fingerprint: this script plus the package's metadata. Changing either reinstalls.
+want="$(cat "$root/scripts/setup_env.sh" "$root/setup.py" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   exit 0
 fi
@@ -28,7 +29,7 @@ log="$venv/install.log"
 echo "setup_env.sh: installing into $venv (about 2 minutes on a fresh machine; full log: $log)" >&2
 
 n=0
-total=6
+total=8
 [ -x "$venv/bin/python" ] || total=7
 step() {  # step "what it does" command...: one line of progress; the log's tail only on failure
   local label="$1" start=$SECONDS
@@ -72,8 +73,17 @@ step "AllenNLP's runtime dependencies and pytest" \
 step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto" \
   "${pip[@]}" "torch==2.13.0" "termcolor==1.1.0" "fvcore==0.1.5.post20221221" "pytorch-ignite==0.5.5" "mmengine==0.10.7" \
   safetensors "s3fs==2026.9.0" "moto[server]==5.2.5"
+# The docs site (mkdocs-material, mkdocstrings for the API pages; built --strict by the tests) and
+# `build`, which makes the sdist and wheel that the clean-install test installs.
+step "docs and packaging tools: mkdocs-material, mkdocstrings, build" \
+  "${pip[@]}" "mkdocs==1.6.1" "mkdocs-material==9.8.2" "mkdocstrings==1.0.8" "mkdocstrings-python==2.0.11" \
+  "build==1.6.1" "setuptools>=69"
 # isal: ISA-L's CRC32 (trainer_ckpt's "fast" extra), 4x zlib's for the checksums of every save and load.
-step "trainer_ckpt (editable), with isal" "${pip[@]}" --no-deps -e "$root" "isal==1.9.1"
+step "trainer_ckpt (editable), with isal" "${pip[@]}" --no-deps --no-build-isolation -e "$root" "isal==1.9.1"
+# The wheel's test installs trainer-ckpt[ignite,fvcore] as a user would, into a fresh environment
+# with no AllenNLP; torch (the one heavy dependency) comes from this folder, seen through a .pth.
+step "torch alone, for the clean-install test (.venv/torch-only)" \
+  "${pip[@]}" --upgrade --target "$venv/torch-only" "torch==2.13.0"
 step "checking the imports" env PYTHONWARNINGS=ignore "$venv/bin/python" -c \
   'import allennlp.training, torch, trainer_ckpt, fvcore.common.checkpoint, ignite.handlers, mmengine.runner; print("ok", torch.__version__)'
 echo "$want" > "$stamp"

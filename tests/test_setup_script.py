@@ -24,6 +24,7 @@ exit 0
 def setup(tmp_path, fail_on="no-such-thing"):
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts", dirs_exist_ok=True)
     shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text(FAKE_PYTHON)
@@ -37,11 +38,11 @@ def test_a_good_install_prints_one_line_per_step_and_logs_pip(tmp_path):
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
     assert lines[0].startswith("setup_env.sh: installing into ")
-    assert [line.split(" ... ")[1].split(" ")[0] for line in lines[1:-1]] == ["ok"] * 6, run.stderr
+    assert [line.split(" ... ")[1].split(" ")[0] for line in lines[1:-1]] == ["ok"] * 8, run.stderr
     assert lines[-1] == "setup_env.sh: done" and run.stdout == ""
     assert "ERROR" not in run.stderr and "WARNING" not in run.stderr
     log = (tmp_path / ".venv" / "install.log").read_text()
-    assert log.count("ERROR: pip's dependency resolver") == 5  # kept, for whoever wants it
+    assert log.count("ERROR: pip's dependency resolver") == 7  # kept, for whoever wants it
     again = setup(tmp_path)  # complete: a no-op, silent
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
 
@@ -49,7 +50,7 @@ def test_a_good_install_prints_one_line_per_step_and_logs_pip(tmp_path):
 def test_a_failing_step_shows_pips_output(tmp_path):
     run = setup(tmp_path, fail_on="mmengine==0.10.7")
     assert run.returncode == 1
-    assert "[4/6] peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto ... FAILED (exit 1)" in run.stderr
+    assert "[4/8] peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto ... FAILED (exit 1)" in run.stderr
     assert "ERROR: No matching distribution found for mmengine==0.10.7" in run.stderr
     assert 'step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto" failed; the whole output is in' in run.stderr
     assert not (tmp_path / ".venv" / ".trainer_ckpt_installed").exists()  # the next run tries again

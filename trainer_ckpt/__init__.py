@@ -13,7 +13,7 @@ import importlib
 from trainer_ckpt.faces import registration as _allennlp_hook
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use, so that `import trainer_ckpt` (the CLI, the ignite/mmengine/fvcore faces)
 # does not pay for AllenNLP's training stack: name -> module.

@@ -5,10 +5,19 @@ per-entry zip CRC32 (off while a save of ours runs) and the `weights_only` safe-
 put back by the last, under one lock, so that threads never undo each other's setting.
 """
 import contextlib
+import re
 import threading
 from typing import Any, Dict, Iterable, Iterator, List
 
 import torch
+
+MIN_TORCH = (2, 6)  # set_crc32_options, add_safe_globals with (type, name), torch.distributed.tensor
+_found = re.match(r"(\d+)\.(\d+)", torch.__version__)
+if _found is None or tuple(map(int, _found.groups())) < MIN_TORCH:
+    raise ImportError(
+        f"trainer_ckpt: needs torch>={MIN_TORCH[0]}.{MIN_TORCH[1]} (its serialization settings and safe globals), "
+        f"got torch {torch.__version__}. Upgrade torch: pip install 'torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}'."
+    )
 
 # Process-wide torch settings that saves and loads change for their duration: changed by the
 # first of them in flight, put back by the last, under one lock, so that saves and loads of
