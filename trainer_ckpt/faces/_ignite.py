@@ -18,7 +18,7 @@ from ignite.engine import Events
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, uses_snapshots
+from trainer_ckpt.core.engine import Engine, logs_to, uses_snapshots
 from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a
 __all__ = ["Checkpoint", "DiskSaver", "latest_checkpoint", "LAYOUT"]
 
 logger = logging.getLogger("trainer_ckpt._ignite_face")  # its 0.1 name, which users may filter on
+# Where our messages go besides trainer_ckpt's loggers, when no ignite Engine is at hand (its
+# `engine.logger` otherwise): under "ignite", as ignite's own handlers log, so that
+# `setup_logger()` formats them.
+_IGNITE_LOGGER = logging.getLogger("ignite.handlers.checkpoint")
 MAIN = named.MAIN
 LAYOUT = named.IGNITE  # ignite names every checkpoint `.pt` (`Checkpoint.ext`)
 
@@ -169,6 +173,10 @@ class DiskSaver(_ignite.DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
         call: Optional[_Call] = getattr(self._calls, "current", None)
+        with logs_to(None if call is not None else _IGNITE_LOGGER):  # our Checkpoint routes to its engine's logger
+            self._save(call, checkpoint, filename, metadata)
+
+    def _save(self, call: Optional[_Call], checkpoint: Mapping, filename: str, metadata: Optional[Mapping]) -> None:
         if idist.get_rank() != self.save_on_rank and not sharded.is_sharded(checkpoint):
             return  # sharded state (FSDP2): every rank writes its shards
         engine = self.engine
@@ -197,8 +205,9 @@ class DiskSaver(_ignite.DiskSaver):
             call.deferred.append(filename)
             return
         if idist.get_rank() == self.save_on_rank:
-            self.engine.wait()
-            self._remove_now([filename])
+            with logs_to(_IGNITE_LOGGER):
+                self.engine.wait()
+                self._remove_now([filename])
 
     def _remove_now(self, names: List[str]) -> None:
         for name in names:
@@ -226,6 +235,9 @@ class Checkpoint(_ignite.Checkpoint):
         the newest is never deleted, nor any file this handler did not write.
     background, safe_globals
         For the `DiskSaver` made from a path (see `DiskSaver`).
+    Messages (a checkpoint moved into `corrupt/`, incomplete ones removed) go to the handlers of
+    the Engine's `engine.logger` (e.g. `trainer.logger = setup_logger("trainer")`) besides
+    trainer_ckpt's own loggers.
     """
 
     def __init__(
@@ -296,9 +308,14 @@ class Checkpoint(_ignite.Checkpoint):
         if idist.get_rank() == saver.save_on_rank:
             checkpoint = self._setup_checkpoint()
             if not sharded.is_sharded(checkpoint):
-                saver.engine.prepare({MAIN: checkpoint})
+                with logs_to(engine.logger):
+                    saver.engine.prepare({MAIN: checkpoint})
 
     def __call__(self, engine: IgniteEngine, *args: Any, **kwargs: Any) -> None:
+        with logs_to(getattr(engine, "logger", None)):
+            self._checkpoint(engine, *args, **kwargs)
+
+    def _checkpoint(self, engine: IgniteEngine, *args: Any, **kwargs: Any) -> None:
         saver = self.save_handler
         clock = saver.engine.clock if isinstance(saver, DiskSaver) else None
         moment = _moment(engine, clock)
@@ -378,7 +395,7 @@ class Checkpoint(_ignite.Checkpoint):
         against its record first (when it has one) and loaded with `weights_only=True`
         (`safe_globals=[...]` allows your own types); when `to_load` holds
         an ignite `Engine`, the random state saved with the checkpoint is put back as the run
-        resumes (`restore_rng=False` to skip).
+        resumes (`restore_rng=False` to skip). Messages go to that Engine's `engine.logger` too.
         """
         restore = kwargs.pop("restore_rng", True)
         safe_globals = kwargs.pop("safe_globals", ())
@@ -386,7 +403,8 @@ class Checkpoint(_ignite.Checkpoint):
         rng = None
         if isinstance(checkpoint, (str, Path)):
             _ignite.Checkpoint._check_objects(to_load, "load_state_dict")  # as ignite: before the file is read
-            checkpoint, rng = _load(str(checkpoint), safe_globals, to_load)
+            with logs_to(engines[0].logger if engines else _IGNITE_LOGGER):
+                checkpoint, rng = _load(str(checkpoint), safe_globals, to_load)
         _ignite.Checkpoint.load_objects(to_load, checkpoint, **kwargs)
         if restore and rng is not None and engines:
             _restore_on_resume(engines[0], rng)
@@ -399,11 +417,12 @@ def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "", stor
     prefix is given) that verifies against its record (ignite's own files: that loads), or None
     when there is none. Newer bad ones are skipped with a WARNING. Reads only. `dirname` may be
     a URL (a DiskSaver's): the local copy's path, downloaded when the staging directory is empty.
+    The WARNINGs go to ignite's "ignite.handlers.checkpoint" logger too (`setup_logger()` formats them).
     """
     directory, url = local_place("trainer_ckpt.ignite.latest_checkpoint", "dirname", dirname, storage_options, staging_dir)
     local = NamedFiles(str(directory), named.ignite_layout(filename_prefix))
     engine = Engine(mirrored(local, url, storage_options, "trainer_ckpt.ignite.latest_checkpoint"), read_only=True,
-                    where="trainer_ckpt.ignite.latest_checkpoint")
+                    where="trainer_ckpt.ignite.latest_checkpoint", logger=_IGNITE_LOGGER)
     found = engine.newest_good(load=False)
     return None if found is None else found[0].paths[MAIN]
 

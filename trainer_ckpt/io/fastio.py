@@ -125,7 +125,7 @@ class WritebackFile:
 # bytes go to the disk at its speed every time: the file stays a plain torch.save file (only how
 # it is written changes), the checksum is computed in the same pass, and the temp-file, fsync,
 # rename protocol is unchanged. A file system without O_DIRECT (tmpfs) gets buffered writes,
-# decided once per directory and logged.
+# decided once per directory and logged at DEBUG.
 
 _DIRECT_BLOCK = 4096  # O_DIRECT's alignment of offsets, lengths and buffer addresses
 _DIRECT_CHUNK = 16 << 20  # bytes per direct write; each direct file leases two bounce buffers of this size
@@ -134,14 +134,14 @@ _DIRECT: Dict[str, bool] = {}  # directory -> whether O_DIRECT works there
 
 
 def direct_io(directory: str) -> bool:
-    """Whether checkpoints in `directory` are written with O_DIRECT (probed once, logged)."""
+    """Whether checkpoints in `directory` are written with O_DIRECT (probed once, logged at DEBUG)."""
     directory = os.path.abspath(directory)
     if directory not in _DIRECT and not os.path.isdir(directory):
         return False  # decided once it exists
     if directory not in _DIRECT:
         _DIRECT[directory] = _probe_direct(directory)
-        logger.info("Checkpoint files in %s are written %s", directory,
-                    "with direct I/O (O_DIRECT)" if _DIRECT[directory] else "through the page cache (no O_DIRECT here)")
+        logger.debug("Checkpoint files in %s are written %s", directory,
+                     "with direct I/O (O_DIRECT)" if _DIRECT[directory] else "through the page cache (no O_DIRECT here)")
     return _DIRECT[directory]
 
 

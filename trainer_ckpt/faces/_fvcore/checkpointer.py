@@ -1,8 +1,9 @@
 """The fvcore face (see trainer_ckpt/fvcore.py, which imports it on first use)."""
+import functools
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
@@ -11,7 +12,7 @@ from trainer_ckpt.io import sharded
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, logs_to, uses_snapshots
 from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.io import loading
 from trainer_ckpt.io import durable
@@ -26,6 +27,17 @@ MAIN = named.MAIN
 POINTER = "last_checkpoint"
 LAYOUT = named.FVCORE
 _WHERE = "trainer_ckpt.fvcore.Checkpointer"
+
+
+def _logging_to_self_logger(method: Callable) -> Callable:
+    """A Checkpointer method whose messages (of trainer_ckpt's loggers) go to `self.logger` too."""
+
+    @functools.wraps(method)
+    def routed(self: "Checkpointer", *args: Any, **kwargs: Any) -> Any:
+        with logs_to(self.logger):
+            return method(self, *args, **kwargs)
+
+    return routed
 
 
 class Checkpointer(_fvcore.Checkpointer):
@@ -46,6 +58,9 @@ class Checkpointer(_fvcore.Checkpointer):
     `save_dir` then names it), then uploaded whole, record last; `max_to_keep` deletes in the
     bucket too; with an empty staging directory (a new machine) `has_checkpoint()` and
     `resume_or_load` download the bucket's checkpoints. `storage_options` go to fsspec.
+    Messages (a fallback to an older checkpoint, one moved into `corrupt/`) go to `self.logger`
+    (fvcore's "fvcore.common.checkpoint", which detectron2's `setup_logger` formats) besides
+    trainer_ckpt's own loggers.
     """
 
     def __init__(
@@ -80,7 +95,7 @@ class Checkpointer(_fvcore.Checkpointer):
             self._engine = Engine(
                 self._store, background=self.background, safe_globals=self.safe_globals,
                 read_only=not self.save_to_disk and distributed.world_size() == 1, primary=self.save_to_disk,
-                where=_WHERE,
+                where=_WHERE, logger=self.logger,
             )
             self._engine.clean_up()
         return self._engine
@@ -133,6 +148,7 @@ class Checkpointer(_fvcore.Checkpointer):
         if self._engine is not None:
             self._engine.wait()
 
+    @_logging_to_self_logger
     def has_checkpoint(self) -> bool:
         """As fvcore's (`last_checkpoint` exists); also true when it does not but a checkpoint of
         ours was committed (a save interrupted before its first `last_checkpoint`): resume finds it."""
@@ -153,6 +169,7 @@ class Checkpointer(_fvcore.Checkpointer):
         self.wait()
         return super().get_all_checkpoint_files()
 
+    @_logging_to_self_logger
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """
         As fvcore's; resuming loads the newest checkpoint that verifies, starting with the one
@@ -195,6 +212,7 @@ class Checkpointer(_fvcore.Checkpointer):
             restore_rng(states[RNG])
         return extra
 
+    @_logging_to_self_logger
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """As fvcore's; a checkpoint of sharded state is a directory (DCP's), each rank loading its shards."""
         if not (path and os.path.isdir(path)):

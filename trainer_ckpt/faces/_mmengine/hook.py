@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, logs_to, uses_snapshots
 from trainer_ckpt.stores import RNG, Layout, NamedFiles, named
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -108,6 +108,8 @@ class CheckpointHook(_CheckpointHook):
     `{out_dir}/{work_dir's name}/` in the bucket, each file whole and the record last;
     `max_keep_ckpts` deletes there too; `resume=True` on a new machine downloads from it.
     `storage_options` go to fsspec.
+    Messages (a fallback to an older checkpoint, one moved into `corrupt/`) go to the runner's
+    logger (its log file and console, in mmengine's format) besides trainer_ckpt's own loggers.
     """
 
     def __init__(
@@ -170,6 +172,13 @@ class CheckpointHook(_CheckpointHook):
         self._engine: Optional[Engine] = None
         self._engine_dir: Optional[str] = None
         self._rng: Optional[Dict[str, Any]] = None
+        self._logger: Optional[logging.Logger] = None  # the runner's: where our messages go too
+
+    @property
+    def _runner_logger(self) -> logging.Logger:
+        """Where this hook's messages go besides trainer_ckpt's loggers: the runner's MMLogger (the
+        current instance until `before_run` names the runner's)."""
+        return self._logger or MMLogger.get_current_instance()
 
     # ---- resuming ------------------------------------------------------------------------
 
@@ -178,6 +187,11 @@ class CheckpointHook(_CheckpointHook):
         else older ones, with a WARNING; a newer one committed after `last_checkpoint` was written,
         a save interrupted in between, first, at INFO) and has the runner resume from it, loaded safely."""
         super().before_run(runner)
+        self._logger = getattr(runner, "logger", None)
+        with logs_to(self._runner_logger):
+            self._resume(runner)
+
+    def _resume(self, runner: Any) -> None:
         url = _work_dir_url(runner) if self.out_dir is None else None
         if url is not None:  # checkpoints would go into that local folder, and nothing to the bucket
             parent, base = url.rstrip("/").rsplit("/", 1)
@@ -216,7 +230,7 @@ class CheckpointHook(_CheckpointHook):
         engine = Engine(
             self._store(directory, LAYOUT._replace(parse=lambda b: b if periodic.match(b) else None)),
             safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(), where=_WHERE,
-            trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock,
+            trust_hint="pass those types in the hook's `safe_globals`.", clock=self.clock, logger=self._runner_logger,
         )
         try:
             prefer = os.path.basename(wanted) if wanted else None
@@ -258,6 +272,7 @@ class CheckpointHook(_CheckpointHook):
                 self._store(directory, LAYOUT), background=self.background,
                 safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(),
                 clock=self.clock, where=_WHERE, trust_hint="pass those types in the hook's `safe_globals`.",
+                logger=self._runner_logger,
             )
             self._engine_dir = directory
             self._engine.clean_up()
