@@ -10,13 +10,19 @@ one-file layouts of the fvcore, ignite and mmengine faces) and the peers' own fi
 
 and the same as `allennlp checkpoints ...` (AllenNLP finds the subcommand through a
 `.allennlp_plugins` file naming `trainer_ckpt`; it reads `--include-package` only after parsing the
-subcommand). Errors are one line each; exit codes: 0 fine (diff: no differences), 1 bad
-checkpoints found (diff: differences), 2 the command could not run.
+subcommand). Errors are one line each; exit codes: 0 fine (diff: the same state), 1 bad
+checkpoints found (diff: the states differ), 2 the command could not run.
+
+Checkpoints load with `weights_only=True`: tensors, containers and numpy's data types, plus the
+types of the peer whose layout a directory is (mmengine's message hub when mmengine is installed),
+plus those `--safe-globals module.Name,...` names; anything else stops the command (exit 2)
+with the refused type's name.
 """
 import argparse
 import datetime
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -24,6 +30,7 @@ import os
 import re
 import sys
 import time
+import shlex
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError
@@ -79,11 +86,124 @@ def _remote_stores(url: str, storage_options: Options) -> List[Tuple[str, Any]]:
     return [(kind, Mirrored(store, url, storage_options)) for kind, store in _stores(copy, names)]
 
 
+# ---- what may load: the peers' own types, and the user's ----------------------------------------
+
+POINTER = "last_checkpoint"  # fvcore's and mmengine's: the checkpoint their resume loads
+_MMENGINE_NAME = re.compile(r"^(?:best_.+_)?(?:epoch|iter)_\d+\.pth$")  # epoch_3.pth, iter_2000.pth, best_acc_epoch_3.pth
+_FVCORE_NAME = re.compile(r"^model_(?:\d{7}|final)\.pth$")  # model_0000999.pth, model_final.pth
+SHOWN = 8  # the checkpoints an error names, the newest
+
+
+def _pointer_text(directory: str) -> Optional[str]:
+    """The contents of `directory`'s last_checkpoint (stripped, as fvcore and mmengine read it); None without one."""
+    try:
+        with open(os.path.join(directory, POINTER)) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def framework_of(names: Sequence[str], pointer: Optional[str]) -> Optional[str]:
+    """
+    "mmengine" or "fvcore" when a directory's file names (or its last_checkpoint: mmengine writes
+    a path, fvcore a bare name) are that peer's layout; None otherwise.
+    """
+    if any(_MMENGINE_NAME.match(n) for n in names) or (pointer and os.path.dirname(pointer)):
+        return "mmengine"
+    if any(_FVCORE_NAME.match(n) for n in names) or pointer:
+        return "fvcore"
+    return None
+
+
+def peer_types(names: Sequence[str], pointer: Optional[str]) -> List[Any]:
+    """
+    The types a peer's own checkpoints hold, for the directory whose files are `names`: numpy's
+    data (ignite's DeterministicEngine random state, metrics) everywhere; mmengine's message hub
+    (HistoryBuffer) in an mmengine work_dir, when mmengine is installed.
+    """
+    types = loading.numpy_types()
+    if framework_of(names, pointer) == "mmengine" and importlib.util.find_spec("mmengine") is not None:
+        from trainer_ckpt.faces._mmengine.hook import mmengine_safe_globals
+
+        types += mmengine_safe_globals()
+    return types
+
+
+def _import_name(name: str) -> Tuple[Any, str, bool]:
+    """(the object a dotted name imports as or None, why not, whether a module of it imports): the longest module, then attributes."""
+    parts, error = name.split("."), "not a dotted name"
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError as e:
+            error = f"{type(e).__name__}: {e}"
+            continue
+        except Exception as e:  # a module that fails as it imports
+            return None, f"importing {'.'.join(parts[:cut])} raised {type(e).__name__}: {' '.join(str(e).split())}", False
+        for i, attribute in enumerate(parts[cut:]):
+            if not hasattr(obj, attribute):
+                return None, f"{'.'.join(parts[:cut + i])} has no {attribute!r}", True
+            obj = getattr(obj, attribute)
+        return obj, "", True
+    return None, error, False
+
+
+def parse_safe_globals(text: Optional[str]) -> List[Any]:
+    """`--safe-globals module.Name[,module.Name...]`: the objects those dotted names import as."""
+    found: List[Any] = []
+    for name in filter(None, (n.strip() for n in (text or "").split(","))):
+        obj, error, _ = _import_name(name)
+        if obj is None:
+            raise CommandError(f"--safe-globals: cannot import {name!r}: {error}. "
+                               "Give each type by its dotted name, e.g. mmengine.logging.HistoryBuffer.")
+        found.append(obj)
+        if getattr(obj, "__qualname__", None) == "HistoryBuffer" and str(getattr(obj, "__module__", "")).startswith("mmengine"):
+            from trainer_ckpt.faces._mmengine.hook import mmengine_safe_globals  # and the statistics its state names
+
+            found += mmengine_safe_globals()
+    return found
+
+
+def _refused_names(error: Exception) -> List[str]:
+    return list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+
+
+def _phantom(name: str) -> bool:
+    """A refused "type" whose module imports but has no such name: a torn pickle's bytes, not a type."""
+    obj, _, module_found = _import_name(name)
+    return obj is None and module_found
+
+
+def _check(engine: Engine, entry: stores.Entry) -> None:
+    """
+    `engine.verify(entry)`: raises loading.BadCheckpoint, or CommandError for a type safe loading
+    refuses. A "type" that imports as nothing is a torn pickle's bytes (a truncated file), not a type: bad.
+    """
+    try:
+        engine.verify(entry)
+    except UnsafeCheckpointError as e:
+        raise _refused(e, entry, engine) from e
+
+
+def _refused(error: Exception, entry: stores.Entry, engine: Engine) -> Exception:
+    """Safe loading refused a type: one line, with the option that allows it (or BadCheckpoint, for no real type)."""
+    types = _refused_names(error)
+    phantom = [t for t in types if _phantom(t)]
+    if phantom:
+        return loading.BadCheckpoint(f"{entry.name} names a type that does not exist ({', '.join(phantom)}): "
+                                     "a corrupt or truncated file")
+    named = ", ".join(types) or " ".join(str(error).split())
+    return CommandError(f"cannot load {entry.name} in {engine.directory}: it holds types that safe loading refuses "
+                        f"({named}); nothing in it was run. If you trust it, run again with "
+                        f"--safe-globals {','.join(types) or 'module.Name'}.")
+
+
 def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str = "trainer_ckpt",
-             storage_options: Options = None) -> List[Tuple[str, Engine]]:
+             storage_options: Options = None, safe_globals: Sequence[Any] = ()) -> List[Tuple[str, Engine]]:
     """
     An engine per store: read-only, or with `write` = (what, how to do without) holding the
-    writer's lock, which is refused while a run holds it.
+    writer's lock, which is refused while a run holds it. Each loads the peer's own types for its
+    layout (`peer_types`) and `safe_globals`.
     """
     engines: List[Tuple[str, Engine]] = []
     if write is not None and is_url(directory):
@@ -91,12 +211,30 @@ def _engines(directory: str, write: Optional[Tuple[str, str]] = None, where: str
                            "Run it on the run's local directory: what it deletes there goes from the bucket too.")
     for kind, store in stores_in(directory, storage_options):
         try:
-            engines.append((kind, Engine(store, read_only=write is None, where=where, safe_globals=loading.numpy_types())))
+            engine = Engine(store, read_only=write is None, where=where, safe_globals=list(safe_globals))
         except Exception as e:  # the lock: a live writer
             for _, engine in engines:
                 engine.close()
             raise CommandError(f"cannot {write[0]} {directory}: {str(e).split('. ')[0]}. {write[1]}") from e
+        if is_url(directory):
+            names, pointer = [e.name for e in engine.entries()], None
+        else:
+            names, pointer = os.listdir(store.directory), _pointer_text(store.directory)
+        engine.safe_globals += peer_types(names, pointer)
+        engines.append((kind, engine))
     return engines
+
+
+def _reason(entry: stores.Entry, error: Exception) -> str:
+    """Why `entry` is bad: an empty file says so (a bare `EOFError: ` does not)."""
+    for path in entry.paths.values():
+        try:
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                return f"{os.path.basename(path)}: 0 bytes: an empty file (an interrupted write?)"
+        except OSError:
+            pass
+    text = " ".join(str(error).split()).split(" This is an internal miniz error.")[0]  # torch's advice follows
+    return text + " (the file ends early: a truncated write?)" if text.endswith(("EOFError:", "EOFError: ")) else text
 
 
 # ---- ls, and what keeps each checkpoint -------------------------------------------------------
@@ -187,7 +325,7 @@ def _judged(engine: Engine, policy: Any, only_ours: bool, now: float, newest_goo
     judged = {e.key: r for e, r in zip(entries, reasons)}
     for entry in reversed(engine.entries() if newest_good else []):  # the newest that verifies is kept, whatever the policy says
         try:
-            engine.verify(entry)
+            _check(engine, entry)
         except loading.BadCheckpoint:
             continue
         if entry.key in judged and "newest complete checkpoint (always kept)" not in judged[entry.key]:
@@ -232,24 +370,29 @@ def ls(directory: str, as_json: bool = False, policy_text: Optional[str] = None,
 
 # ---- verify, prune -----------------------------------------------------------------------------
 
-def verify(directory: str, quarantine: bool = False, storage_options: Options = None) -> int:
-    """Checks every checkpoint; `quarantine` moves the bad ones into corrupt/ (needs the writer's lock)."""
-    bad, checked, start = 0, 0, time.monotonic()
+def verify(directory: str, quarantine: bool = False, storage_options: Options = None, safe_globals: Sequence[Any] = ()) -> int:
+    """
+    Checks every checkpoint; `quarantine` moves the bad ones into corrupt/ (needs the writer's
+    lock). Warns (stderr) when fvcore's or mmengine's `last_checkpoint` would not resume.
+    """
+    bad, checked, start, good = 0, 0, time.monotonic(), []
     refused = ("quarantine in", "Run verify without --quarantine, or when training has stopped.")
     engines = _engines(directory, write=refused if quarantine else None, where="trainer_ckpt verify",
-                       storage_options=storage_options)
+                       storage_options=storage_options, safe_globals=safe_globals)
     try:
         for _, engine in engines:
             entries = engine.entries()
             total, width = sum(e.info.size_bytes for e in entries), max([24] + [len(e.name) for e in entries])
             for entry in entries:
                 try:
-                    engine.verify(entry)
+                    _check(engine, entry)
                     status = "ok"
+                    good.append(entry)
                 except loading.BadCheckpoint as e:
                     bad += 1
+                    reason = _reason(entry, e)
                     moved = engine.store.quarantine(entry.key) if quarantine else []
-                    status = f"BAD: {e}" + (f" (moved {', '.join(moved)} into corrupt/)" if moved else "")
+                    status = f"BAD: {reason}" + (f" (moved {', '.join(moved)} into corrupt/)" if moved else "")
                 checked += entry.info.size_bytes
                 print(f"{entry.name:{width}s}  {status}")
                 _progress(checked, total, start)
@@ -257,10 +400,47 @@ def verify(directory: str, quarantine: bool = False, storage_options: Options = 
         for _, engine in engines:
             engine.close()
     print(f"{bad} bad checkpoint(s) in {directory}" if bad else f"all checkpoints in {directory} are good")
+    warning = None if is_url(directory) else pointer_problem(directory, good)
+    if warning:
+        print(f"trainer_ckpt: warning: {warning}", file=sys.stderr)
     return 1 if bad else 0
 
 
-def prune(directory: str, policy_text: str, dry_run: bool = False, storage_options: Options = None) -> int:
+def pointer_problem(directory: str, good: Sequence[stores.Entry]) -> Optional[str]:
+    """
+    Why the `last_checkpoint` of an fvcore or mmengine directory will not resume (empty, or naming
+    a file that is not there), and how to fix it; None when it is fine or there is none. `good`:
+    the checkpoints that verified, oldest first.
+    """
+    pointer = _pointer_text(directory)
+    if pointer is None:
+        return None
+    framework = framework_of(os.listdir(directory), pointer)
+    if pointer:
+        if os.path.isabs(pointer):
+            found = os.path.exists(pointer)
+        else:  # fvcore joins it to its save_dir; mmengine reads a relative work_dir's path from its working directory
+            found = os.path.exists(os.path.join(directory, pointer)) or (framework != "fvcore" and os.path.exists(pointer))
+        if found:
+            return None
+        problem = f"names {pointer}, which does not exist"
+    else:
+        problem = "is empty"
+    path = os.path.join(directory, POINTER)
+    whose = {"fvcore": "fvcore's resume (resume_or_load)", "mmengine": "mmengine's resume (resume=True)"}.get(
+        framework or "", "fvcore's and mmengine's resume")
+    # Best checkpoints are not the newest full state (mmengine's hold no optimizer): the newest other one.
+    candidates = [e for e in good if not e.name.startswith("best")] or list(good)
+    if not candidates:
+        return f"{path} {problem}: {whose} will not find a checkpoint, and none here is good. Delete it to start afresh: rm {shlex.quote(path)}"
+    newest = next(p for p in candidates[-1].paths.values())  # the main file comes first
+    name = os.path.abspath(newest) if framework == "mmengine" else os.path.basename(newest)
+    return (f"{path} {problem}: {whose} will not find a checkpoint. Write the newest good one into it: "
+            f"printf %s {shlex.quote(name)} > {shlex.quote(path)}")
+
+
+def prune(directory: str, policy_text: str, dry_run: bool = False, storage_options: Options = None,
+          safe_globals: Sequence[Any] = ()) -> int:
     """
     Deletes the checkpoints `policy` does not keep. Never the newest good checkpoint, never a file
     that is not part of a checkpoint of a known layout (a one-file checkpoint without our record
@@ -269,7 +449,7 @@ def prune(directory: str, policy_text: str, dry_run: bool = False, storage_optio
     policy = _parse_policy(policy_text)
     refused = ("prune", "Prune when training has stopped, or see what it would delete with --dry-run.")
     engines = _engines(directory, write=None if dry_run else refused, where="trainer_ckpt prune",
-                       storage_options=storage_options)
+                       storage_options=storage_options, safe_globals=safe_globals)
     deleted = 0
     try:
         for _, engine in engines:
@@ -294,9 +474,10 @@ def prune(directory: str, policy_text: str, dry_run: bool = False, storage_optio
 
 # ---- export, diff ------------------------------------------------------------------------------
 
-def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[Engine, stores.Entry]:
+def _pick(directory: str, which: str, storage_options: Options = None, safe_globals: Sequence[Any] = ()) -> Tuple[Engine, stores.Entry]:
     """The checkpoint `which` names in `directory`: a name (`e3_b0`, `model_6.pt`), `best` or `latest` (the newest good)."""
-    found = [(engine, e) for _, engine in _engines(directory, storage_options=storage_options) for e in engine.entries()]
+    found = [(engine, e) for _, engine in _engines(directory, storage_options=storage_options, safe_globals=safe_globals)
+             for e in engine.entries()]
     if not found:
         raise CommandError(f"no checkpoints in {directory}. Give a run directory with checkpoints.")
     if which in ("latest", "best"):
@@ -307,24 +488,29 @@ def _pick(directory: str, which: str, storage_options: Options = None) -> Tuple[
                 raise CommandError(f"no checkpoint in {directory} is marked best. Name one with --checkpoint.")
         for engine, entry in reversed(candidates):
             try:
-                engine.verify(entry)
+                _check(engine, entry)
                 return engine, entry
             except loading.BadCheckpoint as e:
-                logger.warning("Checkpoint %s is not usable (%s); trying an older one", entry.name, e)
+                logger.warning("Checkpoint %s is not usable (%s); trying an older one", entry.name, _reason(entry, e))
         raise CommandError(f"no {which} checkpoint in {directory} verifies. Run verify on it.")
     for engine, entry in found:
         if which == entry.name:
             return engine, entry
-    names = ", ".join(e.name for _, e in found[-8:])
+    shown = sorted(found, key=lambda f: f[1].info.time)[-SHOWN:]
+    names = ", ".join(e.name for _, e in shown)
+    if len(shown) < len(found):
+        names += f" ({len(shown)} of {len(found)} shown, the newest; ls lists them all)"
     raise CommandError(f"no checkpoint named {which!r} in {directory}, got {names}. Use one of those, best or latest.")
 
 
-def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[Engine, stores.Entry]:
+def _resolve(target: str, which: str, storage_options: Options = None, safe_globals: Sequence[Any] = ()) -> Tuple[Engine, stores.Entry]:
     """A run directory (its `which` checkpoint) or one checkpoint's file."""
     if os.path.isdir(target) or is_url(target):
-        return _pick(target, which, storage_options)
+        return _pick(target, which, storage_options, safe_globals)
     directory, base = os.path.split(os.path.abspath(target))
-    for _, engine in _engines(directory):
+    if not os.path.isdir(directory):
+        raise CommandError(f"{target} is not a checkpoint's file or a run directory. Give one of those.")
+    for _, engine in _engines(directory, safe_globals=safe_globals):
         for entry in engine.entries():
             if base in {os.path.basename(p) for p in entry.paths.values()}:
                 return engine, entry
@@ -333,17 +519,12 @@ def _resolve(target: str, which: str, storage_options: Options = None) -> Tuple[
 
 def _load(engine: Engine, entry: stores.Entry) -> Dict[str, Any]:
     try:
-        try:
-            return engine.load(entry, [r for r in entry.paths if r != RNG])
-        except UnsafeCheckpointError as e:
-            if "mmengine" not in str(e):
-                raise
-            from trainer_ckpt.faces._mmengine.hook import mmengine_safe_globals  # mmengine's message hub: its types
-
-            engine.safe_globals += mmengine_safe_globals()
-            return engine.load(entry, [r for r in entry.paths if r != RNG])
-    except (loading.BadCheckpoint, UnsafeCheckpointError, ImportError) as e:
-        raise CommandError(f"cannot load {entry.name} in {engine.directory}: {' '.join(str(e).split())}") from e
+        return engine.load(entry, [r for r in entry.paths if r != RNG])
+    except (UnsafeCheckpointError, loading.BadCheckpoint) as e:
+        error = _refused(e, entry, engine) if isinstance(e, UnsafeCheckpointError) else e
+        if isinstance(error, CommandError):
+            raise error from e
+        raise CommandError(f"cannot load {entry.name} in {engine.directory}: {_reason(entry, error)}") from e
 
 
 def model_weights(loaded: Dict[str, Any], key: Optional[str], name: str) -> Dict[str, Any]:
@@ -367,13 +548,14 @@ def model_weights(loaded: Dict[str, Any], key: Optional[str], name: str) -> Dict
     return obj
 
 
-def export(directory: str, which: str, to: str, fmt: str, key: Optional[str], storage_options: Options = None) -> int:
+def export(directory: str, which: str, to: str, fmt: str, key: Optional[str], storage_options: Options = None,
+           safe_globals: Sequence[Any] = ()) -> int:
     """The model's weights alone into `to` (written atomically), with its SHA-256."""
     import torch
 
     if "://" in to:  # it would become a local folder named "s3:"
         raise CommandError(f"--to must be a local file, got {to!r}. Export to a local file, then copy it to the bucket.")
-    engine, entry = _resolve(directory, which, storage_options)
+    engine, entry = _resolve(directory, which, storage_options, safe_globals)
     weights = model_weights(_load(engine, entry), key, entry.name)
     if fmt == "safetensors":
         try:
@@ -429,13 +611,29 @@ def _flat_any(obj: Any, prefix: str) -> Dict[str, Any]:
     return {prefix: obj}
 
 
-def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Options = None) -> int:
-    """Config keys, versions, world size, and per-tensor max abs difference between two checkpoints."""
+_TIMES = re.compile(r"(?:^|[._])(?:time|eta|data_time|timestamp|datetime)$")  # when, not what: metadata
+
+
+def _counter(x: Any, y: Any) -> bool:
+    """An integer tensor, or one float holding a whole number on both sides (an optimizer's `step`): a count, not a weight."""
+    if not x.is_floating_point():
+        return True
+    return x.numel() == 1 and bool((x == x.round()).all() and (y == y.round()).all())
+
+
+def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Options = None,
+         safe_globals: Sequence[Any] = ()) -> int:
+    """
+    Config keys, tensors and values (the state: differences, exit 1), and versions, world size and
+    times (metadata: reported, exit 0 when the state is the same) between two checkpoints. The
+    largest change is among float tensors; counters (integer tensors, a whole-numbered step)
+    are named apart.
+    """
     import torch
 
     sides = []
     for target in (a, b):
-        engine, entry = _resolve(target, which, storage_options)
+        engine, entry = _resolve(target, which, storage_options, safe_globals)
         loaded = _load(engine, entry)
         # Our resume state (random generators, data order, the config) inside AllenNLP's training
         # state: one line, not a thousand.
@@ -443,16 +641,22 @@ def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Opt
         sides.append((engine, entry, loaded, _flat(loaded, "", {}), _flat(resume, "", {})))
     (ea, na, la, ta, resume_a), (eb, nb, lb, tb, resume_b) = sides
     changes: List[Dict[str, Any]] = []
+    metadata: List[Dict[str, Any]] = []  # not state: versions, world size, times
     ca, cb = _config(ea, la), _config(eb, lb)
     for k in sorted(set(ca) | set(cb)):
         if ca.get(k) != cb.get(k):
             changes.append({"what": "config", "key": k, "a": ca.get(k), "b": cb.get(k)})
-    ra, rb = (_flat_any({"versions": n.record.get("versions"), "world_size": n.record.get("world_size")}, "") for n in (na, nb))
-    for k in sorted(set(ra) | set(rb)):
-        if ra.get(k) != rb.get(k):
-            what, key = ("version", k.split(".", 1)[1]) if k.startswith("versions.") else ("record", k)
-            changes.append({"what": what, "key": key, "a": ra.get(k), "b": rb.get(k)})
-    identical, largest = 0, (0.0, "")
+    unrecorded = [side for side, n in (("a", na), ("b", nb)) if not n.record]
+    for side in unrecorded:
+        metadata.append({"what": "record", "key": side, "a": None, "b": None,
+                         "note": f"{side} has no record (not written by trainer_ckpt): its versions and world size are unknown"})
+    if not unrecorded:
+        ra, rb = (_flat_any({"versions": n.record.get("versions"), "world_size": n.record.get("world_size")}, "") for n in (na, nb))
+        for k in sorted(set(ra) | set(rb)):
+            if ra.get(k) != rb.get(k):
+                what, key = ("version", k.split(".", 1)[1]) if k.startswith("versions.") else ("record", k)
+                metadata.append({"what": what, "key": key, "a": ra.get(k), "b": rb.get(k)})
+    identical, largest, counters = 0, (0.0, ""), (0.0, "")
     for k in sorted(set(ta) | set(tb)):
         if k not in ta or k not in tb:
             changes.append({"what": "tensor" if torch.is_tensor(ta.get(k, tb.get(k))) else "value", "key": k,
@@ -461,7 +665,8 @@ def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Opt
         x, y = ta[k], tb[k]
         if not torch.is_tensor(x) or not torch.is_tensor(y):
             if x != y and not (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)):
-                changes.append({"what": "value", "key": k, "a": x, "b": y})
+                time_like = bool(_TIMES.search(k))
+                (metadata if time_like else changes).append({"what": "time" if time_like else "value", "key": k, "a": x, "b": y})
             else:
                 identical += 1
             continue
@@ -471,27 +676,38 @@ def diff(a: str, b: str, which: str, as_json: bool = False, storage_options: Opt
             identical += 1
         else:
             d = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
-            largest = max(largest, (d, k))
-            changes.append({"what": "tensor", "key": k, "max_abs_diff": d})
+            counter = _counter(x, y)
+            if counter:
+                counters = max(counters, (d, k))
+            else:
+                largest = max(largest, (d, k))
+            changes.append({"what": "tensor", "key": k, "max_abs_diff": d, **({"counter": True} if counter else {})})
     differing = [k for k in set(resume_a) | set(resume_b) if not _same(resume_a.get(k), resume_b.get(k))]
     if differing:
         changes.append({"what": "resume", "key": "trainer_ckpt_resume", "differ": len(differing), "of": len(set(resume_a) | set(resume_b))})
     if as_json:
         print(json.dumps({"a": f"{ea.directory}/{na.name}", "b": f"{eb.directory}/{nb.name}", "identical": identical,
-                          "differences": changes}, indent=1, default=str))
+                          "differences": changes, "metadata": metadata}, indent=1, default=str))
         return 1 if changes else 0
     print(f"a: {na.name} in {ea.directory}")
     print(f"b: {nb.name} in {eb.directory}")
-    for c in changes:
-        if "max_abs_diff" in c:
-            print(f"tensor   {c['key']}: max abs diff {c['max_abs_diff']:.6g}")
+    config = [c for c in changes if c["what"] == "config"]
+    for c in config + metadata + [c for c in changes if c["what"] != "config"]:  # what it ran with, then what it holds
+        if "note" in c:
+            print(f"{c['what']:8s} {c['note']}")
+        elif "max_abs_diff" in c:
+            print(f"tensor   {c['key']}: max abs diff {c['max_abs_diff']:.6g}{' (a counter)' if c.get('counter') else ''}")
         elif c["what"] == "resume":
             print(f"resume   {c['key']} (random state, data order, config): {c['differ']} of {c['of']} values differ")
         else:
             print(f"{c['what']:8s} {c['key']}: {c['a']} -> {c['b']}")
     differ = sum(1 for c in changes if c["what"] in ("tensor", "value"))
     tail = f" (largest max abs diff {largest[0]:.6g} in {largest[1]})" if largest[1] else ""
+    if counters[1]:
+        tail += f" (counters: largest change {counters[0]:.6g} in {counters[1]})"
     print(f"{identical + differ} tensors and values compared: {identical} identical, {differ} differ{tail}")
+    if metadata and not changes:
+        print("the same state: only metadata (versions, world size, times) differs")
     return 1 if changes else 0
 
 
@@ -521,6 +737,8 @@ def _size(n: float) -> str:
 # ---- the command line --------------------------------------------------------------------------
 
 STORAGE_HELP = "for a bucket URL (s3://bucket/run): fsspec's options as JSON, e.g. endpoint and credentials"
+SAFE_GLOBALS_HELP = ("types to allow when loading, besides tensors, containers, numpy data and the peer's own types "
+                     "(mmengine's in its work_dirs): module.Name[,module.Name...], e.g. mymodule.MyMetric")
 POLICY_HELP = 'a retention policy, JSON or jsonnet: \'{"type": "most_recent_by_count", "count": 2}\''
 
 
@@ -538,16 +756,18 @@ def add_commands(subparsers: Any) -> None:
                               "(a file without one: that it loads).", help="check checkpoints")
     p.add_argument("directory")
     p.add_argument("--quarantine", action="store_true", help="move bad checkpoints into corrupt/")
+    p.add_argument("--safe-globals", help=SAFE_GLOBALS_HELP)
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a, options: verify(a.directory, a.quarantine, options))
+    p.set_defaults(command=lambda a, options: verify(a.directory, a.quarantine, options, a.trusted))
     p = subparsers.add_parser("prune", description=prune.__doc__.strip().split("\n\n")[0].replace("\n    ", " ")
                               + " Applies a retention policy to an existing directory.", help="apply a retention policy")
     p.add_argument("directory")
     p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--include-package", action="append", default=[], help="a package with your policies")
+    p.add_argument("--safe-globals", help=SAFE_GLOBALS_HELP)
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a, options: prune(a.directory, a.policy, a.dry_run, options))
+    p.set_defaults(command=lambda a, options: prune(a.directory, a.policy, a.dry_run, options, a.trusted))
     p = subparsers.add_parser("export", description="Write one checkpoint's model weights alone to a file, "
                               "atomically, and print its SHA-256.", help="export model weights")
     p.add_argument("directory", help="a run directory, or one checkpoint's file")
@@ -555,17 +775,20 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--to", required=True, help="the file to write")
     p.add_argument("--format", choices=("torch", "safetensors"), default="torch")
     p.add_argument("--key", help="dotted path to the weights inside the checkpoint, when they cannot be told")
+    p.add_argument("--safe-globals", help=SAFE_GLOBALS_HELP)
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a, options: export(a.directory, a.checkpoint, a.to, a.format, a.key, options))
-    p = subparsers.add_parser("diff", description="Config keys, versions, world size and per-tensor max abs "
-                              "difference between two checkpoints (each a run directory or a checkpoint's file).",
+    p.set_defaults(command=lambda a, options: export(a.directory, a.checkpoint, a.to, a.format, a.key, options, a.trusted))
+    p = subparsers.add_parser("diff", description="Config keys, values and per-tensor max abs difference between "
+                              "two checkpoints (each a run directory or a checkpoint's file); versions, world size and "
+                              "times are reported as metadata. Exit 0: the same state; 1: the states differ.",
                               help="compare two checkpoints")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--checkpoint", default="latest", help="which checkpoint of a run directory (default: latest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--safe-globals", help=SAFE_GLOBALS_HELP)
     p.add_argument("--storage-options", help=STORAGE_HELP)
-    p.set_defaults(command=lambda a, options: diff(a.a, a.b, a.checkpoint, a.json, options))
+    p.set_defaults(command=lambda a, options: diff(a.a, a.b, a.checkpoint, a.json, options, a.trusted))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -581,6 +804,7 @@ def run(args: argparse.Namespace) -> int:
             if not isinstance(options, dict):
                 raise CommandError(f"--storage-options must be a JSON object, got {args.storage_options!r}. "
                                    'Write e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'.')
+        args.trusted = parse_safe_globals(getattr(args, "safe_globals", None))
         return args.command(args, options)
     except CommandError as e:
         print(f"trainer_ckpt: {e}", file=sys.stderr)
@@ -588,6 +812,12 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # anything else: still one line (TRAINER_CKPT_TRACEBACK=1 shows where)
+        if os.environ.get("TRAINER_CKPT_TRACEBACK"):
+            raise
+        print(f"trainer_ckpt: {getattr(args, 'name', None) or getattr(args, 'checkpoints_command', None) or 'the command'} failed: {type(e).__name__}: "
+              f"{' '.join(str(e).split())} (TRAINER_CKPT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
