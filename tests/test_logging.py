@@ -115,6 +115,18 @@ def test_a_framework_logger_without_handlers_gives_level_and_time_on_stderr(tmp_
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} trainer_ckpt\.engine WARNING: " + FALLBACK.pattern, err.strip()), err
 
 
+def test_a_logging_configuration_that_drops_our_handlers_does_not_end_the_routes(tmp_path):
+    corrupt_run(tmp_path)
+    framework = Records()
+    target = logging.getLogger(f"framework-{uuid.uuid4().hex}")
+    target.addHandler(framework)
+    target.propagate = False
+    with restored("trainer_ckpt"):
+        logging.getLogger("trainer_ckpt").handlers.clear()  # as logging.config.dictConfig does to a logger it configures
+        fall_back(tmp_path, logger=target)
+    assert [FALLBACK.fullmatch(m) is not None for m in framework.messages()] == [True]
+
+
 def test_each_engine_and_thread_routes_to_its_own_logger_and_background_saves_too(tmp_path):
     """Two engines in two threads at once, each with its own framework logger: each logger gets
     only its engine's records; a background save's messages, from the worker thread, go to its engine's."""

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -116,14 +117,20 @@ class _Router(logging.Handler):
 
 
 _ROUTER = _Router()
+_ROUTER_LOCK = threading.Lock()
 
 
 def _install_router() -> None:
-    """Puts the router on "trainer_ckpt" (again, when a logging configuration replaced its handlers)."""
+    """Puts the router on "trainer_ckpt" (again, when a logging configuration replaced its handlers;
+    in place of a router of an earlier import of this module)."""
     top = logging.getLogger("trainer_ckpt")
-    if not any(getattr(h, "routes_trainer_ckpt", False) for h in top.handlers):
-        _ROUTER.routes_trainer_ckpt = True  # type: ignore[attr-defined]
-        top.addHandler(_ROUTER)
+    if _ROUTER in top.handlers:
+        return
+    with _ROUTER_LOCK:
+        for handler in [h for h in top.handlers if h is not _ROUTER and (type(h).__module__, type(h).__qualname__) == (__name__, "_Router")]:
+            top.removeHandler(handler)
+        if _ROUTER not in top.handlers:
+            top.addHandler(_ROUTER)
 
 
 _install_router()
@@ -155,6 +162,7 @@ def _routed(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return routed
+
 
 PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see core.rng.restore_rng)
 Retention = Tuple["RetentionPolicy", Callable[[Entry], bool]]  # a policy, and the entries it judges

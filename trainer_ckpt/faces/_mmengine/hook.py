@@ -76,7 +76,13 @@ def _load_local(path: str, safe_globals: Sequence[Any] = ()) -> Any:
     return _read(path, safe_globals)[MAIN]
 
 
-patches.install(lambda path, safe_globals: _load_local(path, safe_globals))
+def _load_for_mmengine(path: str, safe_globals: Sequence[Any]) -> Any:
+    """What mmengine's loader reads of a checkpoint our hook named (when not handed over): its messages go to mmengine's logger."""
+    with logs_to(MMLogger.get_current_instance()):
+        return _load_local(path, safe_globals)
+
+
+patches.install(_load_for_mmengine)
 
 
 def _local(value: Any) -> bool:
