@@ -1,5 +1,5 @@
 """
-Logs where the framework's users look (see "where messages go" in trainer_ckpt/core/engine.py):
+Logs where the framework's users look (see trainer_ckpt/core/logs.py):
 the WARNINGs of a fallback or a quarantine reach the runner's MMLogger (its log file, in
 mmengine's format), an ignite Engine's `engine.logger` and ignite's own logger, fvcore's
 `Checkpointer.logger`, and AllenNLP's root logging; with no framework logger they go where they
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, logs_to
+from trainer_ckpt.core.engine import Engine
+from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import NamedFiles, named
 
 MAIN = named.MAIN

@@ -17,19 +17,16 @@ one is moved into `corrupt/` with a WARNING and the next one is tried. Retention
 which checkpoints to keep, never deletes the newest, and deletes the record first.
 
 Messages go through the loggers under "trainer_ckpt" and, for an engine given a `logger` (a face
-gives its framework's), to that logger's handlers too: see "where messages go" below.
+gives its framework's), to that logger's handlers too: see `core.logs`.
 """
-import contextlib
 import contextvars
 import errno
 import functools
 import logging
 import os
 import shutil
-import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,6 +34,7 @@ from trainer_ckpt.core import distributed
 from trainer_ckpt.core.background import BackgroundWriter, Snapshotter, on_device
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.lock import lock_directory, unlock_directory
+from trainer_ckpt.core.logs import routed
 from trainer_ckpt import stores
 from trainer_ckpt.io import durable, loading
 from trainer_ckpt.stores import RNG, Entry
@@ -45,123 +43,6 @@ if TYPE_CHECKING:  # for annotations only: the engine applies a policy, it never
     from trainer_ckpt.policies.retention import RetentionPolicy
 
 logger = logging.getLogger("trainer_ckpt.engine")  # its 0.1 name, which users may filter on
-
-
-# ---- where messages go ---------------------------------------------------------------------------
-#
-# Each module logs through its own logger under "trainer_ckpt" ("trainer_ckpt.engine",
-# "trainer_ckpt.storage", "trainer_ckpt.remote", a face's): their names, levels and handlers work
-# as always, and decide which records exist. A face adds where its framework's users look, its
-# framework's logger (the runner's MMLogger, ignite's `engine.logger`, fvcore's
-# `Checkpointer.logger`): an Engine given it as `logger` routes to it while it acts (each public
-# method, and the background save it hands to its worker thread), and a face routes its own calls
-# with `logs_to`. Within a route, a record of any trainer_ckpt logger (the engine's, the stores',
-# io's, the face's) also goes to the handlers of that logger (and of the loggers it propagates
-# to), formatted their way, each handler once; it keeps its name ("trainer_ckpt.engine"). The
-# route is a context variable: other threads, engines and faces in the process do not see it. A
-# record no handler takes goes to Python's last resort (bare, on stderr) as before; within a route,
-# to stderr with its level and time (ignite's `setup_logger` format) instead.
-
-_ROUTE: "contextvars.ContextVar[Optional[logging.Logger]]" = contextvars.ContextVar("trainer_ckpt.log_route", default=None)
-
-
-class _Stderr(logging.StreamHandler):
-    """Python's last resort (WARNING and above, to the `sys.stderr` of the moment), with a level and a time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setLevel(logging.WARNING)
-        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-_STDERR = _Stderr()
-
-
-def _handlers(start: logging.Logger) -> List[logging.Handler]:
-    """The handlers a record logged by `start` reaches, as `Logger.callHandlers` walks them."""
-    found: List[logging.Handler] = []
-    current: Optional[logging.Logger] = start
-    while current is not None:
-        found.extend(current.handlers)
-        current = current.parent if current.propagate else None
-    return found
-
-
-class _Router(logging.Handler):
-    """On the "trainer_ckpt" logger, once per process: hands each record that reaches it to the route in effect."""
-
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # no lock: the handlers it calls take theirs
-        own = [h for h in _handlers(logging.getLogger(record.name)) if h is not self]  # they have it, or will
-        route = _ROUTE.get()
-        theirs = [] if route is None else [h for h in _handlers(route) if all(h is not o for o in own)]
-        if theirs and not route.disabled and route.isEnabledFor(record.levelno) and route.filter(record):
-            for handler in theirs:
-                if record.levelno >= handler.level:
-                    handler.handle(record)
-        if not (own or theirs):
-            last = logging.lastResort if route is None else _STDERR
-            if last is not None and record.levelno >= last.level:
-                last.handle(record)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.handle(record)
-
-
-_ROUTER = _Router()
-_ROUTER_LOCK = threading.Lock()
-
-
-def _install_router() -> None:
-    """Puts the router on "trainer_ckpt" (again, when a logging configuration replaced its handlers;
-    in place of a router of an earlier import of this module)."""
-    top = logging.getLogger("trainer_ckpt")
-    if _ROUTER in top.handlers:
-        return
-    with _ROUTER_LOCK:
-        for handler in [h for h in top.handlers if h is not _ROUTER and (type(h).__module__, type(h).__qualname__) == (__name__, "_Router")]:
-            top.removeHandler(handler)
-        if _ROUTER not in top.handlers:
-            top.addHandler(_ROUTER)
-
-
-_install_router()
-
-
-@contextlib.contextmanager
-def logs_to(target: Optional[logging.Logger]) -> Iterator[None]:
-    """
-    Within it (in this thread or task), records of trainer_ckpt's loggers go to `target`'s handlers
-    too (see "where messages go" in trainer_ckpt/core/engine.py); None leaves the route as it is.
-    """
-    if target is None:
-        yield
-        return
-    _install_router()
-    token = _ROUTE.set(target)
-    try:
-        yield
-    finally:
-        _ROUTE.reset(token)
-
-
-def _routed(method: Callable) -> Callable:
-    """An Engine method whose messages go to the engine's `logger` too."""
-
-    @functools.wraps(method)
-    def routed(self: "Engine", *args: Any, **kwargs: Any) -> Any:
-        with logs_to(self.logger):
-            return method(self, *args, **kwargs)
-
-    return routed
 
 
 PER_RANK = "per_rank"  # in a sharded checkpoint, the RNG file holds every rank's state (see core.rng.restore_rng)
@@ -273,7 +154,7 @@ class Engine:
         if self.read_only:
             raise RuntimeError(f"{self.where}: this checkpointer is read-only, got a save request. Build it with read_only=False.")
 
-    @_routed
+    @routed
     def save(
         self,
         key: Any,
@@ -311,7 +192,7 @@ class Engine:
     def uses_snapshots(self) -> bool:
         return uses_snapshots(self.background)
 
-    @_routed
+    @routed
     def prepare(self, states: Dict[str, Any]) -> None:
         """
         Allocates the snapshot buffers for `states` ({role: object}, as a later `save` will get
@@ -455,18 +336,18 @@ class Engine:
             f"lower what retention keeps, or add a disk_quota policy), check the directory is writable{self.save_error_hint}."
         ) from error
 
-    @_routed
+    @routed
     def check(self) -> None:
         """Raises the error of a background save that failed since the last call."""
         self._writer.check()
 
-    @_routed
+    @routed
     def wait(self) -> None:
         """Waits for a background save in flight; raises its error if it failed."""
         self._writer.wait()
         self._writer.check()
 
-    @_routed
+    @routed
     def close(self) -> None:
         """Waits for a save in flight and for deletions, releases the snapshot buffers, then gives up the directory's writer lock."""
         self.wait()
@@ -479,7 +360,7 @@ class Engine:
 
     # ---- listing, retention, clean-up ----------------------------------------------------
 
-    @_routed
+    @routed
     def entries(self, own_only: bool = False) -> List[Entry]:
         """The complete checkpoints, oldest first (`own_only`: by this rank's files alone)."""
         if self._index is not None:
@@ -489,7 +370,7 @@ class Engine:
             self._index = {e.key: e for e in entries}
         return entries
 
-    @_routed
+    @routed
     def judge(self, policy: "RetentionPolicy", select: Callable[[Entry], bool], now: float) -> Tuple[List[Entry], List[List[str]]]:
         """The checkpoints `policy` judges (those `select` picks), oldest first, with the rules that keep each."""
         candidates = [e for e in self.entries(own_only=True) if select(e)]
@@ -510,7 +391,7 @@ class Engine:
                 reason.append("newest complete checkpoint (always kept)")
         return candidates, reasons
 
-    @_routed
+    @routed
     def retain(self, policy: "RetentionPolicy", select: Callable[[Entry], bool] = lambda e: True) -> None:
         """Deletes the checkpoints among `select`'s that `policy` does not keep (never the newest)."""
         for entry, reasons in zip(*self.judge(policy, select, self.clock())):
@@ -523,7 +404,7 @@ class Engine:
                 if self._index is not None:
                     self._index.pop(entry.key, None)
 
-    @_routed
+    @routed
     def clean_up(self, listing: Optional[stores.Listing] = None) -> None:
         """
         Removes what crashes left: temp files of dead writers, records whose state files are all
@@ -558,7 +439,7 @@ class Engine:
 
     # ---- loading -------------------------------------------------------------------------
 
-    @_routed
+    @routed
     def load(
         self, entry: Entry, roles: Optional[Sequence[str]] = None, templates: Optional[Dict[str, Any]] = None,
         collective: bool = False,
@@ -582,7 +463,7 @@ class Engine:
         self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
         return loaded
 
-    @_routed
+    @routed
     def verify(self, entry: Entry) -> None:
         """Checks `entry` against its record (loads it when it has none); raises loading.BadCheckpoint."""
         if (entry.key, entry.info.size_bytes, entry.info.time) in self._verified:
@@ -595,7 +476,7 @@ class Engine:
             loading.verify(path, expected[role])
         self._verified.add((entry.key, entry.info.size_bytes, entry.info.time))
 
-    @_routed
+    @routed
     def lagging_pointer(self, pointer: str, wanted: Optional[str]) -> Optional[Entry]:
         """
         The checkpoint named `wanted` by a face's pointer file (`last_checkpoint`, at `pointer`),
@@ -621,7 +502,7 @@ class Engine:
         newest = max(self._index.values(), key=self.store.order)
         return newest if (newest.key, newest.info.size_bytes, newest.info.time) in self._verified else None
 
-    @_routed
+    @routed
     def newest_good(
         self, load: bool = True, prefer: Any = None, roles: Optional[Sequence[str]] = None,
         templates: Optional[Dict[str, Any]] = None,

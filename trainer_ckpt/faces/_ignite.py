@@ -18,7 +18,8 @@ from ignite.engine import Events
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, logs_to, uses_snapshots
+from trainer_ckpt.core.engine import Engine, uses_snapshots
+from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng

@@ -16,7 +16,8 @@ from mmengine.registry import HOOKS
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, logs_to, uses_snapshots
+from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
+from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import RNG, Layout, NamedFiles, named
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
