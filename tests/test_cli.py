@@ -2,11 +2,13 @@
 `python -m trainer_ckpt ls|verify` and `allennlp checkpoints ...`, run as real subprocesses on real
 run directories: AllenNLP pairs, an ignite directory, a corrupt checkpoint, a live writer's lock.
 """
+import argparse
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 
@@ -277,3 +279,201 @@ def test_diff_names_what_changed_between_two_checkpoints(tmp_path):
     assert files.returncode == 1, files.stderr
     assert json.loads(files.stdout)["differences"] == [
         {"what": "config", "key": "trainer.checkpointer.keep_most_recent_by_count", "a": 2, "b": 3}]
+
+
+# ---- the peers' own directories (mmengine's CheckpointHook, fvcore's PeriodicCheckpointer) -----
+
+def run_main(capsys, *args):
+    """The command in this process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
+    from trainer_ckpt.cli.commands import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def mmengine_work_dirs(tmp_path):
+    """The same tiny Runner twice: with mmengine's own CheckpointHook ("theirs") and with ours."""
+    from tests.test_mmengine_face import train
+
+    train(tmp_path / "theirs", peer=True, max_epochs=2)
+    train(tmp_path / "ours", max_epochs=2)
+    return tmp_path / "theirs", tmp_path / "ours"
+
+
+def test_verify_export_diff_on_a_work_dir_of_mmengines_own_hook(tmp_path, capsys):
+    """mmengine's checkpoints hold its message hub's HistoryBuffers: its work_dir loads them (they were
+    a traceback and exit 1); the same state as ours is exit 0, our record's versions being metadata."""
+    theirs, ours = mmengine_work_dirs(tmp_path)
+    capsys.readouterr()  # the runners' own logs
+    assert not any(n.startswith(".") for n in os.listdir(theirs))  # mmengine's alone: no record of ours
+    result = cli("verify", theirs)  # as a user runs it
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert result.stdout.splitlines() == [f"{'epoch_1.pth':24s}  ok", f"{'epoch_2.pth':24s}  ok",
+                                          f"all checkpoints in {theirs} are good"]
+    out = tmp_path / "w.pt"
+    code, stdout, err = run_main(capsys, "export", theirs, "--to", out)
+    assert (code, err) == (0, ""), err
+    assert stdout.startswith(f"exported epoch_2.pth from {theirs}: 4 tensors")
+    from tests.test_mmengine_face import load
+
+    torch.testing.assert_close(torch.load(out, weights_only=True), load(theirs / "epoch_2.pth")["state_dict"], rtol=0, atol=0)
+    code, stdout, err = run_main(capsys, "diff", theirs, ours)
+    assert (code, err) == (0, ""), err
+    assert stdout.splitlines() == [
+        f"a: epoch_2.pth in {theirs}",
+        f"b: epoch_2.pth in {ours}",
+        "record   a has no record (not written by trainer_ckpt): its versions and world size are unknown",
+        "34 tensors and values compared: 34 identical, 0 differ",
+        "the same state: only metadata (versions, world size, times) differs"]
+    code, stdout, _ = run_main(capsys, "diff", theirs / "epoch_1.pth", ours, "--json")
+    assert code == 1 and {"what": "value", "key": "checkpoint.meta.epoch", "a": 1, "b": 2} in json.loads(stdout)["differences"]
+    # Moved work dir: mmengine's last_checkpoint names a path that is gone; its resume would fail.
+    (theirs / "last_checkpoint").write_text("/gone/work_dir/epoch_2.pth")
+    code, stdout, err = run_main(capsys, "verify", theirs)
+    assert code == 0 and stdout.splitlines()[-1] == f"all checkpoints in {theirs} are good"
+    assert err.splitlines() == [
+        f"trainer_ckpt: warning: {theirs}/last_checkpoint names /gone/work_dir/epoch_2.pth, which does not exist: "
+        f"mmengine's resume (resume=True) will not find a checkpoint. Write the newest good one into it: "
+        f"printf %s {theirs}/epoch_2.pth > {theirs}/last_checkpoint"]
+    (theirs / "last_checkpoint").write_text("")
+    assert run_main(capsys, "verify", theirs)[2].startswith(f"trainer_ckpt: warning: {theirs}/last_checkpoint is empty: mmengine's")
+    (theirs / "last_checkpoint").write_text(str(theirs / "epoch_2.pth"))  # what the warning said to write
+    assert run_main(capsys, "verify", theirs)[2] == ""
+
+
+def test_safe_globals_allows_a_type_by_name_and_refusals_are_one_line(tmp_path, capsys):
+    """An mmengine checkpoint copied out of its work_dir is not its layout: its HistoryBuffer is refused
+    in one line naming the option that allows it; --safe-globals allows it; a bad name is one line too."""
+    from tests.test_mmengine_face import train
+
+    train(tmp_path / "work", peer=True, max_epochs=1)
+    capsys.readouterr()  # the runner's own logs
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "final.pth").write_bytes((tmp_path / "work" / "epoch_1.pth").read_bytes())
+    history_buffer = "mmengine.logging.history_buffer.HistoryBuffer"
+    code, stdout, err = run_main(capsys, "export", tmp_path / "copied", "--to", tmp_path / "w.pt")
+    assert (code, stdout) == (2, "") and not (tmp_path / "w.pt").exists()
+    assert err.splitlines() == [
+        f"trainer_ckpt: cannot load final.pth in {tmp_path / 'copied'}: it holds types that safe loading refuses "
+        f"({history_buffer}); nothing in it was run. If you trust it, run again with --safe-globals {history_buffer}."]
+    code, stdout, err = run_main(capsys, "export", tmp_path / "copied", "--to", tmp_path / "w.pt", "--safe-globals", history_buffer)
+    assert (code, err) == (0, ""), err
+    code, stdout, err = run_main(capsys, "verify", tmp_path / "copied", "--safe-globals", f"{history_buffer},mmengine.logging.NoSuch")
+    assert (code, stdout) == (2, "")
+    assert err.splitlines() == [
+        "trainer_ckpt: --safe-globals: cannot import 'mmengine.logging.NoSuch': mmengine.logging has no 'NoSuch'. "
+        "Give each type by its dotted name, e.g. mmengine.logging.HistoryBuffer."]
+    # A type of the user's own (argparse's Namespace: the `args` many scripts save), as a subprocess would see it.
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "copied" / "model.pt")
+    refused = cli("verify", tmp_path / "copied", "--safe-globals", history_buffer)
+    assert (refused.returncode, refused.stderr) == (2, (
+        f"trainer_ckpt: cannot load model.pt in {tmp_path / 'copied'}: it holds types that safe loading refuses "
+        "(argparse.Namespace); nothing in it was run. If you trust it, run again with --safe-globals argparse.Namespace.\n"))
+    code, stdout, err = run_main(capsys, "verify", tmp_path / "copied", "--safe-globals", f"{history_buffer}, argparse.Namespace")
+    assert (code, err) == (0, "") and stdout.splitlines()[-1] == f"all checkpoints in {tmp_path / 'copied'} are good"
+    code, _, err = run_main(capsys, "ls", tmp_path / "copied", "--include-package", "no_such_package_xyz")
+    assert code == 2 and err.splitlines() == [
+        "trainer_ckpt: --include-package no_such_package_xyz: cannot import it, got ModuleNotFoundError: "
+        "No module named 'no_such_package_xyz'. Give a package installed here (or on PYTHONPATH)."]
+
+
+def fvcore_run(directory, iterations=6, period=2, optimizer=torch.optim.SGD, model=None):
+    """fvcore's own Checkpointer and PeriodicCheckpointer, as detectron2's train_net.py drives them."""
+    from fvcore.common.checkpoint import Checkpointer as FvcoreCheckpointer, PeriodicCheckpointer
+
+    os.makedirs(directory, exist_ok=True)
+    model = model or torch.nn.Linear(2, 2)
+    opt = optimizer(model.parameters(), lr=0.1)
+    periodic = PeriodicCheckpointer(FvcoreCheckpointer(model, str(directory), optimizer=opt), period, max_iter=iterations)
+    for iteration in range(iterations):
+        loss = model(torch.randn(4, 2)).pow(2).mean()
+        opt.zero_grad(), loss.backward(), opt.step()
+        periodic.step(iteration)
+    return model
+
+
+def test_verify_warns_when_fvcores_last_checkpoint_cannot_resume(tmp_path, capsys):
+    from fvcore.common.checkpoint import Checkpointer as FvcoreCheckpointer
+
+    fvcore_run(tmp_path)
+    pointer = tmp_path / "last_checkpoint"
+    assert pointer.read_text() == "model_final.pth"
+    pointer.write_text("")  # a pointer write cut short
+    with pytest.raises(AssertionError, match="not found"):  # fvcore itself cannot resume it
+        FvcoreCheckpointer(torch.nn.Linear(2, 2), str(tmp_path)).resume_or_load("", resume=True)
+    result = cli("verify", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"all checkpoints in {tmp_path} are good"
+    assert result.stderr.splitlines() == [
+        f"trainer_ckpt: warning: {pointer} is empty: fvcore's resume (resume_or_load) will not find a checkpoint. "
+        f"Write the newest good one into it: printf %s model_final.pth > {pointer}"]
+    # The newest is gone too: the warning names the newest that is left and good.
+    (tmp_path / "model_final.pth").unlink()
+    pointer.write_text("model_final.pth")
+    code, _, err = run_main(capsys, "verify", tmp_path)
+    assert code == 0 and err.splitlines() == [
+        f"trainer_ckpt: warning: {pointer} names model_final.pth, which does not exist: fvcore's resume (resume_or_load) "
+        f"will not find a checkpoint. Write the newest good one into it: printf %s model_0000005.pth > {pointer}"]
+    pointer.write_text("model_0000005.pth")  # as the warning says: fvcore resumes, verify is quiet
+    assert FvcoreCheckpointer(torch.nn.Linear(2, 2), str(tmp_path)).resume_or_load("", resume=True)["iteration"] == 5
+    assert run_main(capsys, "verify", tmp_path)[0::2] == (0, "")
+
+
+def test_verify_names_an_empty_file_and_a_torn_pickle(tmp_path, capsys):
+    fvcore_run(tmp_path)
+    (tmp_path / "model_0000003.pth").write_bytes(b"")  # an interrupted write
+    torch.save({"w": torch.ones(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "legacy.pt").read_bytes()
+    cut = data.index(b"_rebuild_tensor") + len(b"_rebuild_tens") + 1  # the name is read up to its (missing) newline
+    (tmp_path / "legacy.pt").write_bytes(data[:cut])  # cut inside a global's name
+    code, stdout, err = run_main(capsys, "verify", tmp_path)
+    assert (code, err) == (1, "")
+    bad = sorted(line for line in stdout.splitlines() if "BAD" in line)
+    assert bad == [
+        f"{'legacy.pt':24s}  BAD: legacy.pt names a type that does not exist (torch._utils._rebuild_tens): a corrupt or truncated file",
+        f"{'model_0000003.pth':24s}  BAD: model_0000003.pth: 0 bytes: an empty file (an interrupted write?)"]
+    assert stdout.splitlines()[-1] == f"2 bad checkpoint(s) in {tmp_path}"
+    code, _, err = run_main(capsys, "export", tmp_path / "model_0000003.pth", "--to", tmp_path / "w.pt")
+    assert code == 2 and err.splitlines() == [
+        f"trainer_ckpt: cannot load model_0000003.pth in {tmp_path}: model_0000003.pth: 0 bytes: an empty file (an interrupted write?)"]
+
+
+def test_diff_counts_metadata_apart_and_names_the_largest_float_change(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    allennlp_pairs(a), allennlp_pairs(b)
+    record = b / "checkpoint_e3_b0.json"
+    record.write_text(record.read_text().replace('"python": "', '"python": "3.10.0-was-'))
+    code, stdout, err = run_main(capsys, "diff", a, b)
+    assert (code, err) == (0, ""), stdout
+    lines = stdout.splitlines()
+    assert lines[2].startswith("version  python: 3.") and " -> 3.10.0-was-3." in lines[2]
+    assert lines[-1] == "the same state: only metadata (versions, world size, times) differs"
+    # Adam's `step` (a whole-numbered float) and BatchNorm's num_batches_tracked change by 1: counters,
+    # not the largest change, which is among the weights and moments.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    fvcore_run(tmp_path / "c", iterations=4, optimizer=torch.optim.Adam, model=model)
+    code, stdout, err = run_main(capsys, "diff", tmp_path / "c" / "model_0000001.pth", tmp_path / "c" / "model_0000003.pth")
+    assert (code, err) == (1, "")
+    tensors = [line.split(": max abs diff ") for line in stdout.splitlines() if line.startswith("tensor ")]
+    counters = sorted(k.split()[1] for k, v in tensors if v.endswith(" (a counter)"))
+    assert counters == ["checkpoint.model.1.num_batches_tracked"] + [f"checkpoint.optimizer.state.{i}.step" for i in range(4)]
+    floats = {k.split()[1]: float(v) for k, v in tensors if not v.endswith(" (a counter)")}
+    largest = max(floats, key=floats.get)
+    assert 0 < floats[largest] < 1 and largest.startswith(("checkpoint.model.", "checkpoint.optimizer.state."))
+    assert stdout.splitlines()[-1].endswith(
+        f" differ (largest max abs diff {floats[largest]:.6g} in {largest}) (counters: largest change 2 in checkpoint.optimizer.state.3.step)")
+
+
+def test_export_of_an_unknown_name_says_how_many_it_shows(tmp_path, capsys):
+    from trainer_ckpt.fvcore import Checkpointer as OurCheckpointer
+
+    checkpointer = OurCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    for i in range(11):
+        checkpointer.save(f"model_{i:07d}", iteration=i)
+    code, _, err = run_main(capsys, "export", tmp_path, "--checkpoint", "model_9.pth", "--to", tmp_path / "w.pt")
+    newest = ", ".join(f"model_{i:07d}.pth" for i in range(3, 11))
+    assert code == 2 and err.splitlines() == [
+        f"trainer_ckpt: no checkpoint named 'model_9.pth' in {tmp_path}, got {newest} (8 of 11 shown, the newest; "
+        "ls lists them all). Use one of those, best or latest."]

@@ -794,7 +794,11 @@ def add_commands(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         for package in getattr(args, "include_package", None) or []:
-            importlib.import_module(package)
+            try:
+                importlib.import_module(package)
+            except ImportError as e:
+                raise CommandError(f"--include-package {package}: cannot import it, got {type(e).__name__}: {e}. "
+                                   "Give a package installed here (or on PYTHONPATH).") from e
         options = None  # this call's own: nothing carries over to the next call in the process
         if getattr(args, "storage_options", None):
             try:
