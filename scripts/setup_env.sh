@@ -2,7 +2,7 @@
 # Installs the whole stack into .venv/ at the repository root: Python 3.11, torch 2.13 (CPU),
 # AllenNLP 2.10.1 with the substitutions that make it run on Python 3.11 + torch 2.x
 # (see README, "Installing AllenNLP 2.10.1 on Python 3.11"), the peers the faces are tested
-# against (fvcore, pytorch-ignite, mmengine, pinned), the docs tools, trainer_ckpt in editable mode,
+# against (fvcore, pytorch-ignite, mmengine, lightning, pinned), the docs tools, trainer_ckpt in editable mode,
 # and torch alone in .venv/torch-only, which the wheel's clean-install test builds on.
 # Idempotent: when .venv/ already holds a complete install of this exact recipe, it returns at once.
 # Quiet: one line per step; pip's whole output goes to .venv/install.log and is shown only when a
@@ -70,8 +70,9 @@ step "AllenNLP's runtime dependencies and pytest" \
 # The peers whose APIs the faces reproduce, for the interop tests (trainer_ckpt itself imports
 # none of them unless a face is used), safetensors for `export --format safetensors`, and s3fs with
 # moto's standalone S3 server for the object-storage tests (a real server on 127.0.0.1).
-step "peers for the tests: fvcore, pytorch-ignite, mmengine (pinned); safetensors, s3fs, moto" \
+step "peers for the tests: fvcore, pytorch-ignite, mmengine, lightning (pinned); safetensors, s3fs, moto" \
   "${pip[@]}" "torch==2.13.0" "termcolor==1.1.0" "fvcore==0.1.5.post20221221" "pytorch-ignite==0.5.5" "mmengine==0.10.7" \
+  "lightning==2.6.6" \
   safetensors "s3fs==2026.9.0" "moto[server]==5.2.5"
 # The docs site (mkdocs-material, mkdocstrings for the API pages; built --strict by the tests) and
 # `build`, which makes the sdist and wheel that the clean-install test installs.
@@ -85,6 +86,6 @@ step "trainer_ckpt (editable), with isal" "${pip[@]}" --no-deps --no-build-isola
 step "torch alone, for the clean-install test (.venv/torch-only)" \
   "${pip[@]}" --upgrade --target "$venv/torch-only" "torch==2.13.0"
 step "checking the imports" env PYTHONWARNINGS=ignore "$venv/bin/python" -c \
-  'import allennlp.training, torch, trainer_ckpt, fvcore.common.checkpoint, ignite.handlers, mmengine.runner; print("ok", torch.__version__)'
+  'import allennlp.training, torch, trainer_ckpt, fvcore.common.checkpoint, ignite.handlers, mmengine.runner, lightning.pytorch; print("ok", torch.__version__)'
 echo "$want" > "$stamp"
 echo "setup_env.sh: done" >&2

@@ -15,7 +15,7 @@ import zipfile
 from tests.conftest import ROOT
 
 TORCH_ONLY = os.path.join(ROOT, ".venv", "torch-only")  # torch and its dependencies alone: scripts/setup_env.sh
-EXTRAS = {"fvcore", "ignite", "mmengine", "s3", "safetensors", "fast", "data", "all"}
+EXTRAS = {"fvcore", "ignite", "mmengine", "lightning", "s3", "safetensors", "fast", "data", "all"}
 
 
 def run(command, **kwargs):

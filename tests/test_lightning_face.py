@@ -1,0 +1,103 @@
+"""
+The Lightning face in a real `lightning.pytorch.Trainer` (Lightning 2.6.6, BoringModel on the CPU):
+the same files as Lightning's own `ModelCheckpoint`, each with a record; `fit(ckpt_path="last")`
+falling back past a truncated `last.ckpt` and resuming at the step of the checkpoint it chose;
+interop both ways with Lightning's own callback.
+"""
+import logging
+import os
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from trainer_ckpt.io import durable
+from trainer_ckpt.lightning import ModelCheckpoint
+
+
+class StepModel(BoringModel):
+    """BoringModel that notes the global step of its first training batch (where a resumed run starts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_step = None
+
+    def training_step(self, batch, batch_idx):
+        if self.first_step is None:
+            self.first_step = self.trainer.global_step
+        return super().training_step(batch, batch_idx)
+
+
+def fit(callback, max_epochs, ckpt_path=None, root=None):
+    torch.manual_seed(0)
+    model = StepModel()
+    trainer = Trainer(max_epochs=max_epochs, callbacks=[callback], default_root_dir=root, limit_train_batches=4,
+                      limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0)
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def visible(directory):
+    return sorted(f for f in os.listdir(directory) if not f.startswith(".") and f != "corrupt")
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(save_top_k=2, monitor="step", mode="max", save_last=True),
+    dict(save_top_k=-1, every_n_epochs=2),
+    dict(every_n_train_steps=3, save_top_k=1),
+    dict(save_top_k=1, filename="model", save_last=True),
+])
+def test_the_same_files_as_lightnings_own_each_with_a_record(tmp_path, kwargs):
+    theirs, _ = fit(LightningModelCheckpoint(dirpath=tmp_path / "theirs", **kwargs), 4)
+    ours, _ = fit(ModelCheckpoint(dirpath=tmp_path / "ours", **kwargs), 4)
+    assert visible(tmp_path / "ours") == visible(tmp_path / "theirs")
+    mine, peer = ours.checkpoint_callback, theirs.checkpoint_callback
+    assert os.path.basename(mine.best_model_path) == os.path.basename(peer.best_model_path)
+    assert os.path.basename(mine.last_model_path) == os.path.basename(peer.last_model_path)
+    assert sorted(map(os.path.basename, mine.best_k_models)) == sorted(map(os.path.basename, peer.best_k_models))
+    for name in visible(tmp_path / "ours"):
+        record = durable.read_json(str(tmp_path / "ours" / f".{name}.json"))
+        assert record["files"]["checkpoint"]["size"] == os.path.getsize(tmp_path / "ours" / name)
+        assert os.path.exists(tmp_path / "ours" / f".{name}.rng")
+        loaded = torch.load(tmp_path / "ours" / name, weights_only=True)  # Lightning's own contents, loadable as it loads them
+        assert loaded["global_step"] == record["global_step"] and "pytorch-lightning_version" in loaded
+    assert not [f for f in os.listdir(tmp_path / "ours") if ".tmp-" in f]
+
+
+def test_fit_from_last_falls_back_past_a_truncated_last_ckpt_and_resumes_at_its_step(tmp_path, caplog):
+    directory = tmp_path / "ckpt"
+    fit(ModelCheckpoint(dirpath=directory, save_top_k=-1, save_last=True), 3)
+    assert visible(directory) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt", "last.ckpt"]
+    last = directory / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a save torn by a crash (in place: a writer that is not atomic)
+
+    # Lightning's own callback picks the torn last.ckpt and fails on it.
+    with pytest.raises(Exception):
+        fit(LightningModelCheckpoint(dirpath=tmp_path / "elsewhere"), 5, ckpt_path=str(last))
+
+    with caplog.at_level(logging.WARNING, logger="trainer_ckpt"):
+        trainer, model = fit(ModelCheckpoint(dirpath=directory, save_top_k=-1, save_last=True), 5, ckpt_path="last")
+    assert os.path.basename(trainer.ckpt_path) == "epoch=2-step=12.ckpt"
+    assert model.first_step == 12  # resumed where that checkpoint was saved, not from scratch
+    assert trainer.global_step == 20
+    assert "last.ckpt" in os.listdir(directory / "corrupt")
+    assert any("last.ckpt" in r.getMessage() and "Falling back" in r.getMessage() for r in caplog.records)
+
+
+def test_a_directory_lightning_wrote_resumes_with_ours_and_ours_with_lightnings(tmp_path):
+    theirs = tmp_path / "theirs"
+    fit(LightningModelCheckpoint(dirpath=theirs, save_last=True), 2)
+    trainer, model = fit(ModelCheckpoint(dirpath=theirs, save_last=True), 3, ckpt_path="last")  # no records: verified by loading
+    assert (os.path.basename(trainer.ckpt_path), model.first_step, trainer.global_step) == ("last.ckpt", 8, 12)
+
+    ours = tmp_path / "ours"
+    fit(ModelCheckpoint(dirpath=ours, save_last=True), 2)
+    trainer, model = fit(LightningModelCheckpoint(dirpath=ours, save_last=True), 3, ckpt_path="last")
+    assert (os.path.basename(trainer.ckpt_path), model.first_step, trainer.global_step) == ("last.ckpt", 8, 12)
+    # Lightning wrote step 12's files (no records of its own): ours resumes from one of them, at step 12.
+    trainer, model = fit(ModelCheckpoint(dirpath=ours, save_last=True), 4, ckpt_path="last")
+    assert os.path.basename(trainer.ckpt_path) in ("last.ckpt", "epoch=2-step=12.ckpt") and model.first_step == 12
+    assert not os.path.exists(ours / "corrupt")

@@ -1,0 +1,128 @@
+"""
+The Lightning face: `ModelCheckpoint`, a subclass of Lightning's that writes every checkpoint the
+callback makes through the engine, and resumes `fit(ckpt_path="last")` from the newest one that
+verifies. Lightning's internals it relies on, all here:
+
+- `_save_checkpoint(trainer, filepath)`, the one funnel of the callback's writes: ours dumps the
+  checkpoint on every rank (`trainer._checkpoint_connector.dump_checkpoint`, collective under
+  some strategies), writes it on rank 0 through the engine, then keeps Lightning's bookkeeping
+  (`_last_global_step_saved`, `_last_checkpoint_saved`, the loggers' `after_save_checkpoint`).
+- `_remove_checkpoint(trainer, filepath)`: the record first, then the files (the engine's store).
+- `_find_last_checkpoints(trainer)`: what `fit(ckpt_path="last")` picks from (the newest by
+  mtime, before the callbacks' `setup`): ours answers with the newest checkpoint that verifies,
+  moving bad ones into `corrupt/` with a WARNING. The directory is resolved as Lightning does,
+  with its private `__resolve_ckpt_dir` (`dirpath` is not set yet at that point).
+Strategies that write sharded state themselves (FSDP's sharded mode, DeepSpeed) keep Lightning's
+own save. Files under another directory than `dirpath` (a `filename` with a folder in it) too.
+"""
+import logging
+import os
+import time
+from typing import Any, Dict, Set
+from weakref import proxy
+
+from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
+from trainer_ckpt.core.rng import capture_rng
+from trainer_ckpt.stores import RNG, NamedFiles, named
+
+__all__ = ["ModelCheckpoint", "LAYOUT"]
+
+logger = logging.getLogger("trainer_ckpt.lightning")
+LAYOUT = named.one_file((".ckpt",))  # epoch=3-step=120.ckpt, last.ckpt, last-v1.ckpt
+MAIN = named.MAIN
+_WHERE = "trainer_ckpt.lightning.ModelCheckpoint"
+
+
+class ModelCheckpoint(_ModelCheckpoint):
+    """
+    Lightning's `ModelCheckpoint` (the same constructor, file names, files kept, `best_model_path`,
+    `best_k_models`, `last_model_path`, `state_dict`), with every file written durably (temp
+    file, fsync, rename) and a hidden record (`.{file}.json`: size, CRC32, step, metrics) and random
+    state (`.{file}.rng`) beside it; `fit(ckpt_path="last")` resumes from the newest checkpoint that
+    verifies, past a truncated or altered one (moved into `corrupt/` with a WARNING). Plus, as keywords:
+
+    safe_globals : `Sequence[type]` (default `()`)
+        Your own types that may be unpickled from checkpoints you trust, when verifying one without a record.
+    """
+
+    def __init__(self, *args: Any, safe_globals: Any = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.safe_globals = list(safe_globals)
+        self._engines: Dict[str, Engine] = {}
+
+    def _engine(self, trainer: Any, directory: str) -> Engine:
+        directory = os.path.abspath(directory)
+        engine = self._engines.get(directory)
+        if engine is None:
+            engine = self._engines[directory] = Engine(
+                NamedFiles(directory, LAYOUT), safe_globals=self.safe_globals, primary=trainer.is_global_zero,
+                where=_WHERE, trust_hint="pass those types in `safe_globals`.",
+            )
+            if engine.may_write:
+                engine.clean_up()
+        return engine
+
+    def _ours(self, trainer: Any, filepath: str) -> bool:
+        """Whether the engine writes `filepath`: a file right in `dirpath`, under a strategy that saves through its CheckpointIO."""
+        strategy = trainer.strategy
+        plain = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and "DeepSpeed" not in type(strategy).__name__
+        return plain and self.dirpath is not None and "://" not in str(filepath) and \
+            os.path.dirname(os.path.abspath(filepath)) == os.path.abspath(self.dirpath)
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        if not self._ours(trainer, filepath):
+            return super()._save_checkpoint(trainer, filepath)
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # every rank
+        if trainer.is_global_zero:
+            engine = self._engine(trainer, self.dirpath)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if getattr(v, "numel", lambda: 1)() == 1}
+            info = CheckpointInfo(trainer.current_epoch, 0, time=time.time(), metrics=metrics,
+                                  total_batches_completed=trainer.global_step)
+            engine.save(os.path.basename(filepath), {MAIN: checkpoint, RNG: capture_rng()}, info,
+                        record={"callback": self.state_key, "epoch": trainer.current_epoch, "global_step": trainer.global_step})
+        trainer.strategy.barrier("trainer_ckpt.lightning.ModelCheckpoint._save_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for lightning_logger in trainer.loggers:
+                lightning_logger.after_save_checkpoint(proxy(self))
+
+    def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
+        if not self._ours(trainer, filepath) or os.path.islink(filepath):
+            return super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            self._engine(trainer, self.dirpath).store.remove(os.path.basename(filepath))
+
+    def _find_last_checkpoints(self, trainer: Any) -> Set[str]:
+        """The newest checkpoint in the callback's directory that verifies (of any name: a `last` one
+        or a top-k one), for `fit(ckpt_path="last")`; bad ones go into `corrupt/`. Lightning's
+        answer (its `last*.ckpt` files) for a directory elsewhere than the local disk."""
+        directory = str(self._ModelCheckpoint__resolve_ckpt_dir(trainer))  # type: ignore[attr-defined]
+        if "://" in directory or not os.path.isdir(directory):
+            return super()._find_last_checkpoints(trainer)
+        engine = self._engine(trainer, directory)
+        try:
+            found = engine.newest_good(load=False)
+        except UnusableCheckpoint as e:
+            logger.warning("%s", e)
+            return set()
+        return set() if found is None else {os.path.normpath(found[0].paths[MAIN])}
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_engines"] = {}  # an engine holds the directory's lock: not carried into a copy
+        return state
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+ModelCheckpoint.__module__ = "trainer_ckpt.lightning"
