@@ -30,7 +30,7 @@ echo "setup_env.sh: installing into $venv (about 2 minutes on a fresh machine; f
 
 n=0
 total=8
-[ -x "$venv/bin/python" ] || total=7
+[ -x "$venv/bin/python" ] || total=$((total + 1))
 step() {  # step "what it does" command...: one line of progress; the log's tail only on failure
   local label="$1" start=$SECONDS
   shift
