@@ -419,8 +419,9 @@ def pointer_problem(directory: str, good: Sequence[stores.Entry]) -> Optional[st
     if pointer:
         if os.path.isabs(pointer):
             found = os.path.exists(pointer)
-        else:  # fvcore joins it to its save_dir; mmengine reads a relative work_dir's path from its working directory
-            found = os.path.exists(os.path.join(directory, pointer)) or (framework != "fvcore" and os.path.exists(pointer))
+        else:  # fvcore joins it to its save_dir; mmengine reads a relative work_dir's path from the run's working directory
+            found = os.path.exists(os.path.join(directory, pointer)) or (framework != "fvcore" and (
+                os.path.exists(pointer) or os.path.exists(os.path.join(directory, os.path.basename(pointer)))))
         if found:
             return None
         problem = f"names {pointer}, which does not exist"
