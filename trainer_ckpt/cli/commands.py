@@ -28,9 +28,9 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import time
-import shlex
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError
@@ -169,9 +169,20 @@ def _refused_names(error: Exception) -> List[str]:
 
 
 def _phantom(name: str) -> bool:
-    """A refused "type" whose module imports but has no such name: a torn pickle's bytes, not a type."""
-    obj, _, module_found = _import_name(name)
-    return obj is None and module_found
+    """
+    A refused "type" whose module is imported already but has no such name: a torn pickle's bytes,
+    not a type. (Nothing is imported on a file's word.)
+    """
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        obj = sys.modules.get(".".join(parts[:cut]))
+        if obj is not None:
+            for attribute in parts[cut:]:
+                if not hasattr(obj, attribute):
+                    return True
+                obj = getattr(obj, attribute)
+            return False
+    return False
 
 
 def _check(engine: Engine, entry: stores.Entry) -> None:
