@@ -101,3 +101,41 @@ def test_a_directory_lightning_wrote_resumes_with_ours_and_ours_with_lightnings(
     trainer, model = fit(ModelCheckpoint(dirpath=ours, save_last=True), 4, ckpt_path="last")
     assert os.path.basename(trainer.ckpt_path) in ("last.ckpt", "epoch=2-step=12.ckpt") and model.first_step == 12
     assert not os.path.exists(ours / "corrupt")
+
+
+class RandomModel(StepModel):
+    """Dropout in the forward pass and a shuffled loader: every step draws from torch's generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.layer(self.dropout(x))
+
+    def train_dataloader(self):
+        data = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))  # the same data in every process
+        return torch.utils.data.DataLoader(list(data), batch_size=4, shuffle=True)
+
+
+def fit_random(callback, max_epochs, ckpt_path=None):
+    torch.manual_seed(0)
+    model = RandomModel()
+    trainer = Trainer(max_epochs=max_epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.mark.parametrize("face", ["ours", "lightning"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one_with_ours_not_with_lightnings(tmp_path, face):
+    """Stopped at an epoch's end and resumed with fit(ckpt_path=...): ours puts every generator back
+    (Lightning restores none: the resumed run draws another shuffle and other dropout masks)."""
+    cls = ModelCheckpoint if face == "ours" else LightningModelCheckpoint
+    straight = fit_random(cls(dirpath=tmp_path / "straight", save_top_k=-1), 4)
+    fit_random(cls(dirpath=tmp_path / "stopped", save_top_k=-1, save_last=True), 2)
+    resumed = fit_random(cls(dirpath=tmp_path / "stopped", save_top_k=-1, save_last=True), 4,
+                         ckpt_path=str(tmp_path / "stopped" / "epoch=1-step=16.ckpt"))
+    assert resumed.first_step == 16  # it resumed: a restart from scratch would start at 0
+    same = all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    assert same is (face == "ours")

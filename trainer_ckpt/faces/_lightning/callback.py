@@ -26,7 +26,8 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
-from trainer_ckpt.core.rng import capture_rng
+from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.io import loading
 from trainer_ckpt.stores import RNG, NamedFiles, named
 
 __all__ = ["ModelCheckpoint", "LAYOUT"]
@@ -112,6 +113,47 @@ class ModelCheckpoint(_ModelCheckpoint):
             logger.warning("%s", e)
             return set()
         return set() if found is None else {os.path.normpath(found[0].paths[MAIN])}
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._rng_to_restore = self._saved_rng(trainer.ckpt_path)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """
+        Resuming from a checkpoint of ours saved at an epoch's end: every generator back as it was
+        at that save (Lightning restores none), where the uninterrupted run went on from it: the
+        start of the next epoch, before the epoch's data iterator draws its seed and its shuffle.
+        Lightning made the first epoch's iterator earlier, while setting up (after drawing whatever
+        building the data took): it is made again here, as the uninterrupted run makes it.
+        """
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if rng is None:
+            return
+        restore_rng(rng)
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)  # Lightning's, private: the one place we touch it
+        if fetcher is not None:
+            iter(fetcher)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Resuming within an epoch (Lightning calls no `on_train_epoch_start` then): the generators
+        back before the first batch; the data order is Lightning's (see the face's guide)."""
+        if trainer.fit_loop.restarted_mid_epoch:
+            rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+            if rng is not None:
+                restore_rng(rng)
+
+    def _saved_rng(self, path: Any) -> Any:
+        """The random state saved with checkpoint `path`, when it is one of ours that has it; else None."""
+        if not path or "://" in str(path):
+            return None
+        directory, name = os.path.split(os.path.abspath(str(path)))
+        entry = NamedFiles(directory, LAYOUT).entry(name)
+        if RNG not in entry.paths:
+            return None  # Lightning's file, or ours without its random state
+        try:
+            return loading.read({RNG: entry.paths[RNG]}, entry.record.get("files", {}))[RNG]
+        except loading.BadCheckpoint as e:
+            logger.warning("Resuming from %s without its random state (the run goes on, not bit-exact): %s", path, e)
+            return None
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
