@@ -139,3 +139,23 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one_with_ours_not_with_lightnin
     assert resumed.first_step == 16  # it resumed: a restart from scratch would start at 0
     same = all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
     assert same is (face == "ours")
+
+
+def test_a_file_lightning_put_over_ours_is_its_file_and_one_changed_in_place_is_corrupt(tmp_path):
+    directory = tmp_path / "ckpt"
+    fit(ModelCheckpoint(dirpath=directory, save_top_k=0, save_last=True), 2)
+    assert visible(directory) == ["last.ckpt"] and (directory / ".last.ckpt.json").exists()
+    fit(LightningModelCheckpoint(dirpath=directory, save_top_k=0, save_last=True), 3, ckpt_path="last")  # replaces it
+    trainer, model = fit(ModelCheckpoint(dirpath=directory, save_top_k=0, save_last=True), 4, ckpt_path="last")
+    assert (os.path.basename(trainer.ckpt_path), model.first_step) == ("last.ckpt", 12)  # Lightning's step-12 file
+    assert not (directory / "corrupt").exists()
+
+    with open(directory / "last.ckpt", "r+b") as f:  # ours now (step 16): one byte changed in place
+        f.seek(os.path.getsize(directory / "last.ckpt") // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    trainer, model = fit(ModelCheckpoint(dirpath=directory, save_top_k=0, save_last=True), 5, ckpt_path="last")
+    assert trainer.ckpt_path is None and model.first_step == 0  # nothing good left: a new run, not a corrupt resume
+    assert os.listdir(directory / "corrupt") == ["last.ckpt", ".last.ckpt.json", ".last.ckpt.rng"] or \
+        sorted(os.listdir(directory / "corrupt")) == sorted(["last.ckpt", ".last.ckpt.json", ".last.ckpt.rng"])

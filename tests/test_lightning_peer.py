@@ -17,8 +17,7 @@ Adaptations (only where ours differs by design, or for time on two CPU cores):
   newest checkpoint that verifies (an empty touched file is not a checkpoint).
 DDP/GPU (RunIf), jsonargparse, omegaconf and train_time_interval (a mocked clock) tests are left out.
 Two tests join upstream ones to the connector's `fit(ckpt_path="last")` with a FILE_EXTENSION other than
-`.ckpt` (`..._file_extension_resume_last`, `test_find_last_checkpoints_other_extension`): ours fails them
-(strict xfail on ours only, EXTENSION_BUG), which the fix to callback.py flips.
+`.ckpt` (`..._file_extension_resume_last`, `test_find_last_checkpoints_other_extension`).
 """
 import math
 import os
@@ -289,12 +288,7 @@ def test_model_checkpoint_file_extension(checkpoint_cls, tmp_path):
     assert set(expected) == set(visible(tmp_path))
 
 
-EXTENSION_BUG = ("a FILE_EXTENSION other than .ckpt is ignored by the engine's layout (LAYOUT = one_file(('.ckpt',))): "
-                 "_find_last_checkpoints scans *.ckpt, so fit(ckpt_path='last') does not find last.tpkc, and it "
-                 "quarantines the .ckpt files of another callback")
-
-
-@pytest.mark.parametrize("checkpoint_cls", both(ours_xfail=EXTENSION_BUG))
+@pytest.mark.parametrize("checkpoint_cls", both())
 def test_model_checkpoint_file_extension_resume_last(checkpoint_cls, tmp_path):
     """test_model_checkpoint_file_extension, then fit(ckpt_path="last") (the connector asks the callback's
     `_find_last_checkpoints`, which upstream test_find_last_checkpoints covers with FILE_EXTENSION)."""
@@ -1003,7 +997,7 @@ FIND_LAST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("checkpoint_cls", both(ours_xfail=EXTENSION_BUG))
+@pytest.mark.parametrize("checkpoint_cls", both())
 @pytest.mark.parametrize(("name", "extension", "folder_contents", "expected"), FIND_LAST_CASES[-1:])
 def test_find_last_checkpoints_other_extension(checkpoint_cls, name, extension, folder_contents, expected, tmp_path):
     """The last upstream case on its own: a `.pt` callback's answer, and `last-v0.ckpt` (not of its extension) left alone."""

@@ -67,11 +67,29 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
 
 
 def verify(path: str, expected: Dict[str, Any]) -> None:
-    """Checks a file, or a directory of sharded state, against its record; raises BadCheckpoint."""
+    """
+    Checks a file, or a directory of sharded state, against its record; raises BadCheckpoint. A
+    file that another writer has put in its place since (another inode, other bytes: a peer's
+    checkpointer saving under the same name) is no longer the one the record describes: it is a
+    peer's file, and verified as those are, by loading it. A file changed in place fails.
+    """
     if "parts" in expected:
         sharded.verify(path, expected)
-    else:
+        return
+    try:
         verify_file(path, expected)
+    except BadCheckpoint:
+        if not replaced(path, expected):
+            raise
+        load(path)
+
+
+def replaced(path: str, expected: Dict[str, Any]) -> bool:
+    """Whether the file at `path` is another than the one its record was written for (another inode)."""
+    try:
+        return "inode" in expected and os.stat(path).st_ino != expected["inode"]
+    except OSError:
+        return False
 
 
 def numpy_types() -> List[Any]:

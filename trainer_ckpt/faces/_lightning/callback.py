@@ -60,12 +60,16 @@ class ModelCheckpoint(_ModelCheckpoint):
         engine = self._engines.get(directory)
         if engine is None:
             engine = self._engines[directory] = Engine(
-                NamedFiles(directory, LAYOUT), safe_globals=self.safe_globals, primary=trainer.is_global_zero,
+                NamedFiles(directory, self._layout()), safe_globals=self.safe_globals, primary=trainer.is_global_zero,
                 where=_WHERE, trust_hint="pass those types in `safe_globals`.",
             )
             if engine.may_write:
                 engine.clean_up()
         return engine
+
+    def _layout(self) -> Any:
+        """The callback's files: `*{FILE_EXTENSION}` (a subclass or an instance may change it from `.ckpt`)."""
+        return LAYOUT if self.FILE_EXTENSION == ".ckpt" else named.one_file((self.FILE_EXTENSION,))
 
     def _ours(self, trainer: Any, filepath: str) -> bool:
         """Whether the engine writes `filepath`: a file right in `dirpath`, under a strategy that saves through its CheckpointIO."""
@@ -146,7 +150,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         if not path or "://" in str(path):
             return None
         directory, name = os.path.split(os.path.abspath(str(path)))
-        entry = NamedFiles(directory, LAYOUT).entry(name)
+        entry = NamedFiles(directory, self._layout()).entry(name)
         if RNG not in entry.paths:
             return None  # Lightning's file, or ours without its random state
         try:

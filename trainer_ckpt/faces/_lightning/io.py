@@ -65,15 +65,6 @@ class UnsafeCheckpoint(loading.UnsafeCheckpoint, pickle.UnpicklingError):
     `UnpicklingError`, as Lightning's own load raises for it."""
 
 
-class _Store(NamedFiles):
-    """Records also hold the state file's device and inode: a file another writer put in its
-    place later (Lightning's own CheckpointIO, which writes no record) is told from one altered in place."""
-
-    def write_record(self, key: str, record: Dict[str, Any]) -> None:
-        stat = os.stat(self.files(key)[MAIN])  # renamed into place already: the record goes last
-        super().write_record(key, {**record, "inode": [stat.st_dev, stat.st_ino]})
-
-
 class CheckpointIO(_CheckpointIO):
     """
     Lightning's `CheckpointIO` plugin on trainer_ckpt's engine: `Trainer(plugins=[CheckpointIO()])`.
@@ -85,7 +76,7 @@ class CheckpointIO(_CheckpointIO):
     - Loads: a file with a record is checked against it before anything is unpickled; one whose
       bytes differ raises `CorruptCheckpoint` (a `RuntimeError`) naming the file and the mismatch.
       A file without a record (Lightning's own, a peer's), or that another writer replaced since
-      ours was saved (a new inode), loads as Lightning loads it. `weights_only` as Lightning passes
+      ours was saved (a new inode, other bytes), loads as Lightning loads it. `weights_only` as Lightning passes
       it (None: torch's default, True), allowing Lightning's own types (`LIGHTNING_TYPES`) and yours
       (`safe_globals`); refused types raise `UnsafeCheckpoint` (a `pickle.UnpicklingError`). Ours
       writes an `AttributeDict` as a call of its class with a plain dict: torch's `weights_only`
@@ -151,7 +142,7 @@ class CheckpointIO(_CheckpointIO):
         engine = self._engines.get(directory)
         if engine is None:
             try:
-                engine = Engine(_Store(directory, IO_LAYOUT), background=self.background, safe_globals=self.safe_globals,
+                engine = Engine(NamedFiles(directory, IO_LAYOUT), background=self.background, safe_globals=self.safe_globals,
                                 where=_WHERE, trust_hint="pass those types in `CheckpointIO(safe_globals=[...])`.",
                                 save_kwargs={"pickle_module": _PICKLING})
             except ValueError as e:  # the lock file could not be made: an OSError, as Lightning's own save raises
@@ -212,8 +203,7 @@ class CheckpointIO(_CheckpointIO):
 
     @staticmethod
     def _expected(path: str) -> Optional[Dict[str, Any]]:
-        """The size and CRC32 the record of `path` gives it; None for a peer's file (no record, or
-        a record that another writer's new file outdated)."""
+        """The size and CRC32 (and inode) the record of `path` gives it; None for a peer's file (no record)."""
         directory, name = os.path.split(path)
         if IO_LAYOUT.parse(name) is None:
             return None
@@ -221,14 +211,7 @@ class CheckpointIO(_CheckpointIO):
         if not os.path.exists(record_path):
             return None
         record = durable.read_json(record_path)  # {} (with a WARNING) when it does not read
-        expected = record.get("files", {}).get(MAIN)
-        inode = record.get("inode")
-        if expected is not None and inode is not None:
-            stat = os.stat(path)
-            if [stat.st_dev, stat.st_ino] != list(inode):
-                logger.debug("%s was replaced by another writer since %s was written: loaded as a peer's file", path, record_path)
-                return None
-        return expected
+        return record.get("files", {}).get(MAIN)  # a file another writer put in its place since: see loading.verify
 
     # ---- removing, teardown ---------------------------------------------------------------
 
@@ -243,7 +226,7 @@ class CheckpointIO(_CheckpointIO):
                 logger.warning("%s: not removing %s: not a checkpoint file (a directory, or a hidden file)", _WHERE, path)
             return
         engine = self._engines.get(directory)
-        store = engine.store if engine is not None else _Store(directory, IO_LAYOUT)
+        store = engine.store if engine is not None else NamedFiles(directory, IO_LAYOUT)
         store.remove(name)  # the record first: a crash then leaves a file that loads as a peer's
 
     def teardown(self) -> None:
