@@ -477,3 +477,24 @@ def test_export_of_an_unknown_name_says_how_many_it_shows(tmp_path, capsys):
     assert code == 2 and err.splitlines() == [
         f"trainer_ckpt: no checkpoint named 'model_9.pth' in {tmp_path}, got {newest} (8 of 11 shown, the newest; "
         "ls lists them all). Use one of those, best or latest."]
+
+
+WITHOUT_JSONNET = r"""
+import sys
+sys.modules["_jsonnet"] = None  # jsonnet is not installed: --policy takes JSON
+from trainer_ckpt.cli.commands import _parse_policy, CommandError
+print(type(_parse_policy('{"type": "most_recent_by_count", "count": 2}')).__name__)
+print(type(_parse_policy("all")).__name__)
+try:
+    _parse_policy("{type: 'all'}")
+except CommandError as e:
+    print(e)
+"""
+
+
+def test_policy_takes_json_when_jsonnet_is_not_installed():
+    out = subprocess.run([sys.executable, "-c", WITHOUT_JSONNET], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["KeepMostRecentByCount", "KeepAll"]
+    assert lines[2].startswith("--policy is not JSON (jsonnet needs `pip install jsonnet`), got \"{type: 'all'}\": ")

@@ -134,6 +134,7 @@ def test_the_wheel_installs_as_a_user_would_and_each_face_works_without_allennlp
     ], lines
 
     command = str(venv / "bin" / "trainer-ckpt")
+    assert run([command, "--help"], env=env, cwd=str(tmp_path)).startswith("usage: trainer-ckpt ")
     verified = run([command, "verify", str(out / "ignite")], env=env, cwd=str(tmp_path))
     assert "checkpoint_20.pt" in verified, verified
     listed = run([command, "ls", str(out / "fvcore")], env=env, cwd=str(tmp_path))

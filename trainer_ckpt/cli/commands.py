@@ -272,14 +272,17 @@ def _parse_policy(text: str) -> Any:
     from trainer_ckpt.policies.retention import RetentionPolicy
 
     try:
-        import _jsonnet
-
-        value = json.loads(_jsonnet.evaluate_snippet("--policy", text))
-    except RuntimeError as e:
+        import _jsonnet  # jsonnet is optional: JSON alone without it
+    except ImportError:
+        _jsonnet = None
+    try:
+        value = json.loads(_jsonnet.evaluate_snippet("--policy", text) if _jsonnet is not None else text)
+    except (RuntimeError, ValueError) as e:
         if re.fullmatch(r"[A-Za-z_][\w.]*", text.strip()):  # a bare type name
             value = text.strip()
         else:
-            raise CommandError(f"--policy is not JSON or jsonnet, got {text!r}: {str(e).splitlines()[0]}. "
+            kind = "JSON or jsonnet" if _jsonnet is not None else "JSON (jsonnet needs `pip install jsonnet`)"
+            raise CommandError(f"--policy is not {kind}, got {text!r}: {str(e).splitlines()[0]}. "
                                'Write e.g. \'{"type": "most_recent_by_count", "count": 2}\'.') from e
     try:
         return RetentionPolicy.build("--policy", "policy", value)
@@ -837,7 +840,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer_ckpt", description=__doc__.split("\n\n")[0])
+    prog = "trainer-ckpt" if os.path.basename(sys.argv[0] or "") == "trainer-ckpt" else "python -m trainer_ckpt"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add_commands(parser.add_subparsers(dest="name", required=True))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     return run(parser.parse_args(argv))
