@@ -159,3 +159,57 @@ def test_a_file_lightning_put_over_ours_is_its_file_and_one_changed_in_place_is_
     assert trainer.ckpt_path is None and model.first_step == 0  # nothing good left: a new run, not a corrupt resume
     assert os.listdir(directory / "corrupt") == ["last.ckpt", ".last.ckpt.json", ".last.ckpt.rng"] or \
         sorted(os.listdir(directory / "corrupt")) == sorted(["last.ckpt", ".last.ckpt.json", ".last.ckpt.rng"])
+
+
+def test_a_retention_policy_instead_of_save_top_k_judges_only_this_callbacks_top_k_files(tmp_path):
+    from trainer_ckpt import KeepMostRecentByCount
+
+    with pytest.raises(ValueError, match=r"give at most one of `save_top_k` and `retention_policy`, got save_top_k=3"):
+        ModelCheckpoint(dirpath=tmp_path, save_top_k=3, retention_policy=KeepMostRecentByCount(2))
+    with pytest.raises(TypeError, match=r"`retention_policy` must be a RetentionPolicy, got 2\."):
+        ModelCheckpoint(dirpath=tmp_path, retention_policy=2)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "pretrained.ckpt").write_bytes(b"not ours")  # another's file: never judged
+    trainer, _ = fit(ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True,
+                                     retention_policy=KeepMostRecentByCount(2)), 2)
+    assert visible(tmp_path / "ckpt") == ["epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt", "last.ckpt", "pretrained.ckpt"]
+    callback = trainer.checkpoint_callback
+    assert os.path.basename(callback.best_model_path) == "epoch=1-step=8.ckpt"  # no monitor: the newest, as Lightning's
+
+
+def test_background_saves_write_lightnings_files_and_an_exception_waits_for_them(tmp_path):
+    theirs, _ = fit(LightningModelCheckpoint(dirpath=tmp_path / "theirs", save_top_k=2, monitor="step", mode="max",
+                                             every_n_train_steps=1, save_last=True), 2)
+    ours, _ = fit(ModelCheckpoint(dirpath=tmp_path / "ours", save_top_k=2, monitor="step", mode="max",
+                                  every_n_train_steps=1, save_last=True, background=True), 2)
+    assert visible(tmp_path / "ours") == visible(tmp_path / "theirs")
+    for name in visible(tmp_path / "ours"):
+        assert durable.read_json(str(tmp_path / "ours" / f".{name}.json"))["files"]["checkpoint"]["size"] > 0
+
+    class Fails(StepModel):
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == 5:
+                raise RuntimeError("the step fails")
+            return super().training_step(batch, batch_idx)
+
+    callback = ModelCheckpoint(dirpath=tmp_path / "failed", every_n_train_steps=1, save_top_k=-1, background=True)
+    trainer = Trainer(max_epochs=3, callbacks=[callback], limit_train_batches=4, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with pytest.raises(RuntimeError, match="the step fails"):
+        trainer.fit(Fails())
+    # Every save submitted before the exception is committed: its record is there, no temp file is left.
+    assert visible(tmp_path / "failed") == [f"epoch={(s - 1) // 4}-step={s}.ckpt" for s in range(1, 6)]
+    assert all((tmp_path / "failed" / f".{name}.json").exists() for name in visible(tmp_path / "failed"))
+    assert not [f for f in os.listdir(tmp_path / "failed") if ".tmp-" in f]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_what_our_retention_deletes_leaves_lightnings_top_k_too(tmp_path, background):
+    from trainer_ckpt import KeepMostRecentByCount
+
+    trainer, _ = fit(ModelCheckpoint(dirpath=tmp_path, monitor="step", mode="min", every_n_train_steps=2,
+                                     retention_policy=KeepMostRecentByCount(2), background=background), 2)
+    callback = trainer.checkpoint_callback
+    assert visible(tmp_path) == ["epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"]
+    assert sorted(map(os.path.basename, callback.best_k_models)) == visible(tmp_path)
+    assert os.path.basename(callback.best_model_path) == "epoch=1-step=6.ckpt"  # the lowest step left (mode="min")

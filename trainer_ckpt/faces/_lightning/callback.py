@@ -17,8 +17,10 @@ own save. Files under another directory than `dirpath` (a `filename` with a fold
 """
 import logging
 import os
+import re
+import threading
 import time
-from typing import Any, Dict, Set
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set
 from weakref import proxy
 
 from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
@@ -29,6 +31,9 @@ from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
 from trainer_ckpt.stores import RNG, NamedFiles, named
+
+if TYPE_CHECKING:
+    from trainer_ckpt.policies.retention import RetentionPolicy
 
 __all__ = ["ModelCheckpoint", "LAYOUT"]
 
@@ -46,21 +51,46 @@ class ModelCheckpoint(_ModelCheckpoint):
     state (`.{file}.rng`) beside it; `fit(ckpt_path="last")` resumes from the newest checkpoint that
     verifies, past a truncated or altered one (moved into `corrupt/` with a WARNING). Plus, as keywords:
 
+    background : `bool` (default `False`)
+        A save copies the state into reused CPU buffers and returns; a worker thread writes it. The
+        checkpoint it replaces is removed once it is committed; the next save, `teardown` and an
+        exception in `fit` wait for it (a failed write is raised there).
+    retention_policy : `RetentionPolicy` (default `None`)
+        Which of this callback's top-k files to keep, instead of `save_top_k` (give one, not both:
+        `save_top_k` becomes -1 and the policy decides); `last` files and other callbacks' files
+        are never judged, nor the newest deleted.
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust, when verifying one without a record.
     """
 
-    def __init__(self, *args: Any, safe_globals: Any = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, background: bool = False, retention_policy: Optional["RetentionPolicy"] = None,
+                 safe_globals: Any = (), **kwargs: Any) -> None:
+        if not isinstance(background, bool):
+            raise ValueError(f"{_WHERE}: `background` must be True or False, got {background!r}. Pass a bool.")
+        if retention_policy is not None:
+            from trainer_ckpt.policies.retention import RetentionPolicy
+
+            if not isinstance(retention_policy, RetentionPolicy):
+                raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
+                                "Use e.g. KeepMostRecentByCount(3).")
+            top_k = args[5] if len(args) > 5 else kwargs.get("save_top_k", -1)
+            if top_k != -1:
+                raise ValueError(f"{_WHERE}: give at most one of `save_top_k` and `retention_policy`, got save_top_k={top_k!r} "
+                                 f"and {retention_policy!r}. Express the whole rule in the retention policy.")
+            if len(args) <= 5:
+                kwargs["save_top_k"] = -1
         super().__init__(*args, **kwargs)
-        self.safe_globals = list(safe_globals)
+        self.background, self.retention_policy, self.safe_globals = background, retention_policy, list(safe_globals)
         self._engines: Dict[str, Engine] = {}
+        self._pending: Optional[_Pending] = None  # the last save submitted, and the removals that wait for its commit
 
     def _engine(self, trainer: Any, directory: str) -> Engine:
         directory = os.path.abspath(directory)
         engine = self._engines.get(directory)
         if engine is None:
             engine = self._engines[directory] = Engine(
-                NamedFiles(directory, self._layout()), safe_globals=self.safe_globals, primary=trainer.is_global_zero,
+                _Store(directory, self._layout()), background=self.background, safe_globals=self.safe_globals,
+                primary=trainer.is_global_zero,
                 where=_WHERE, trust_hint="pass those types in `safe_globals`.",
             )
             if engine.may_write:
@@ -84,12 +114,20 @@ class ModelCheckpoint(_ModelCheckpoint):
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # every rank
         if trainer.is_global_zero:
             engine = self._engine(trainer, self.dirpath)
+            self._forget_removed(engine.store)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                        if getattr(v, "numel", lambda: 1)() == 1}
             info = CheckpointInfo(trainer.current_epoch, 0, time=time.time(), metrics=metrics,
                                   total_batches_completed=trainer.global_step)
+            retention = None
+            if self.retention_policy is not None:
+                key, last = self.state_key, self.CHECKPOINT_NAME_LAST
+                retention = (self.retention_policy,
+                             lambda e: e.record.get("callback") == key and not re.match(rf"^{re.escape(last)}(-v\d+)?\.", e.name))
+            pending = self._pending = _Pending(engine.store)
             engine.save(os.path.basename(filepath), {MAIN: checkpoint, RNG: capture_rng()}, info,
-                        record={"callback": self.state_key, "epoch": trainer.current_epoch, "global_step": trainer.global_step})
+                        record={"callback": self.state_key, "epoch": trainer.current_epoch, "global_step": trainer.global_step},
+                        after_commit=pending.commit, retention=retention)
         trainer.strategy.barrier("trainer_ckpt.lightning.ModelCheckpoint._save_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -101,7 +139,33 @@ class ModelCheckpoint(_ModelCheckpoint):
         if not self._ours(trainer, filepath) or os.path.islink(filepath):
             return super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
-            self._engine(trainer, self.dirpath).store.remove(os.path.basename(filepath))
+            store = self._engine(trainer, self.dirpath).store
+            if self._pending is None or not self._pending.defer(os.path.basename(filepath)):
+                store.remove(os.path.basename(filepath))
+
+    def _forget_removed(self, store: "_Store") -> None:
+        """Drops from Lightning's top-k what our retention deleted (on the worker thread, in the background)."""
+        gone = {os.path.join(os.path.abspath(self.dirpath), name) for name in store.take_removed()}
+        if not gone:
+            return
+        self.best_k_models = {p: s for p, s in self.best_k_models.items() if os.path.abspath(p) not in gone}
+        if os.path.abspath(self.best_model_path) in gone:
+            best = (max if self.mode == "max" else min)(self.best_k_models, key=self.best_k_models.get, default="")
+            self.best_model_path, self.best_model_score = best, self.best_k_models.get(best)
+
+    def wait(self) -> None:
+        """Waits for a background save in flight; raises its error if it failed."""
+        for engine in self._engines.values():
+            engine.wait()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """`fit` raised (Lightning calls no `teardown` then): its own exception save, then every
+        save in flight committed before the exception goes on; a failed one is logged, not raised over it."""
+        super().on_exception(trainer, pl_module, exception)
+        try:
+            self.wait()
+        except Exception as e:
+            logger.error("%s: a background save failed while fit raised %s: %s", _WHERE, type(exception).__name__, e)
 
     def _find_last_checkpoints(self, trainer: Any) -> Set[str]:
         """The newest checkpoint in the callback's directory that verifies (of any name: a `last` one
@@ -161,14 +225,62 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        state["_engines"] = {}  # an engine holds the directory's lock: not carried into a copy
+        state["_engines"], state["_pending"] = {}, None  # an engine holds the directory's lock: not carried into a copy
         return state
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        try:
+            for engine in self._engines.values():
+                engine.wait()  # a failed background save is raised here
+                if isinstance(engine.store, _Store) and self.dirpath is not None:
+                    self._forget_removed(engine.store)
+        finally:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+
+class _Store(NamedFiles):
+    """Remembers what retention deleted, so that the callback's top-k forgets those files too."""
+
+    def __init__(self, directory: str, layout: Any) -> None:
+        super().__init__(directory, layout)
+        self._removed: Set[str] = set()
+        self._lock = threading.Lock()
+
+    def remove(self, key: str) -> None:
+        super().remove(key)
+        with self._lock:
+            self._removed.add(key)
+
+    def take_removed(self) -> Set[str]:
+        with self._lock:
+            removed, self._removed = self._removed, set()
+        return removed
+
+
+class _Pending:
+    """A save submitted, and the removals of the files it replaces, which wait for its commit (a
+    background save commits on the worker thread; a failed one removes nothing)."""
+
+    def __init__(self, store: NamedFiles) -> None:
+        self.store, self.committed, self.removals = store, False, []
+        self.lock = threading.Lock()
+
+    def commit(self, key: str) -> None:
+        with self.lock:
+            self.committed, removals = True, self.removals
+        for name in removals:
+            if name != key:
+                self.store.remove(name)
+
+    def defer(self, name: str) -> bool:
+        """Whether `name`'s removal waits for the commit (False: committed already, remove it now)."""
+        with self.lock:
+            if not self.committed:
+                self.removals.append(name)
+            return not self.committed
 
 
 ModelCheckpoint.__module__ = "trainer_ckpt.lightning"
