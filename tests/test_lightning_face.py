@@ -213,3 +213,26 @@ def test_what_our_retention_deletes_leaves_lightnings_top_k_too(tmp_path, backgr
     assert visible(tmp_path) == ["epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"]
     assert sorted(map(os.path.basename, callback.best_k_models)) == visible(tmp_path)
     assert os.path.basename(callback.best_model_path) == "epoch=1-step=6.ckpt"  # the lowest step left (mode="min")
+
+
+def test_the_command_line_reads_lightnings_directories_and_ours(tmp_path, capsys):
+    from trainer_ckpt.cli import main
+
+    fit(ModelCheckpoint(dirpath=tmp_path / "ours", save_top_k=2, monitor="step", mode="max", save_last=True), 3)
+    fit(LightningModelCheckpoint(dirpath=tmp_path / "theirs", save_top_k=2, monitor="step", mode="max", save_last=True), 3)
+    capsys.readouterr()
+    for directory, checksum in (("ours", "recorded"), ("theirs", "none")):
+        assert main(["ls", str(tmp_path / directory)]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:4]]
+        assert [(row[0], row[5]) for row in rows] == [(name, checksum) for name in
+                                                      ("epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt", "last.ckpt")]
+        assert main(["verify", str(tmp_path / directory)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"all checkpoints in {tmp_path / directory} are good"
+    assert main(["export", str(tmp_path / "ours"), "--to", str(tmp_path / "w.pt")]) == 0
+    exported = torch.load(tmp_path / "w.pt", weights_only=True)
+    saved = torch.load(tmp_path / "ours" / "last.ckpt", weights_only=True)["state_dict"]
+    assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
+    # The same training in both: only the callbacks' own paths differ, and that is state, said as such.
+    assert main(["diff", str(tmp_path / "ours"), str(tmp_path / "theirs")]) == 1
+    changes = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("tensor ", "value "))]
+    assert len(changes) == 4 and all(".best_k_models." in line for line in changes), changes

@@ -51,7 +51,7 @@ def one_file(extensions: Tuple[str, ...], prefix: str = "", named_with_extension
 FVCORE = one_file((".pth",), named_with_extension=False, pointers=("last_checkpoint",))  # model_0000999 -> model_0000999.pth
 MMENGINE = one_file((".pth",), pointers=("last_checkpoint",))  # epoch_3.pth, iter_2000.pth, best_acc_epoch_3.pth
 IGNITE = one_file((".pt",))  # checkpoint_12.pt, best_model_3_acc=0.9.pt (`ignite_layout` for one prefix)
-ANY_ONE_FILE = one_file((".pth", ".pt"))  # the command line, on any of them
+ANY_ONE_FILE = one_file((".pth", ".pt", ".ckpt"))  # the command line, on any of them (.ckpt: Lightning's)
 
 
 def ignite_layout(filename_prefix: str = "") -> Layout:
