@@ -50,6 +50,8 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         """The rest of the current epoch, from where the loader is; then the next epoch begins."""
+        if self.batches >= len(self):  # all handed out, by a loop that stopped at its length (Lightning's)
+            self.epoch, self.batches = self.epoch + 1, 0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.dataset)  # type: ignore[arg-type]
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
