@@ -231,16 +231,12 @@ class CheckpointIO(_CheckpointIO):
 
     def teardown(self) -> None:
         """Waits for a save in flight and closes the engines (their locks go); raises a failed save's error."""
-        errors = []
-        for engine in list(self._engines.values()):
-            try:
-                engine.wait()
-            except Exception as e:
-                errors.append(e)
-            engine.close()
-        self._engines.clear()
-        if errors:
-            raise errors[0]
+        try:
+            self.wait()
+        finally:
+            for engine in list(self._engines.values()):
+                engine.close()
+            self._engines.clear()
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
