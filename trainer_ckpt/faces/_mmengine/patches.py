@@ -22,7 +22,7 @@ And, within one save of our hook only (context managers, undone on exit):
 import contextlib
 import os
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Sequence
 
 import mmengine.hooks.checkpoint_hook as _hook_module
 import mmengine.runner.runner as _runner_module
@@ -73,21 +73,22 @@ def install(load: Callable[[str, Sequence[Any]], Any]) -> None:
 
 
 @contextlib.contextmanager
-def routing_saves(save: Callable[..., Any]) -> Iterator[None]:
-    previous, ROUTE.save = getattr(ROUTE, "save", None), save
+def _routing(name: str, value: Any) -> Iterator[None]:
+    """This thread's `ROUTE.{name}` is `value` within; what it was after."""
+    previous = getattr(ROUTE, name, None)
+    setattr(ROUTE, name, value)
     try:
         yield
     finally:
-        ROUTE.save = previous
+        setattr(ROUTE, name, previous)
 
 
-@contextlib.contextmanager
-def skipping_pointer_write(pointer: str) -> Iterator[None]:
-    previous, ROUTE.pointer = getattr(ROUTE, "pointer", None), os.path.abspath(pointer)
-    try:
-        yield
-    finally:
-        ROUTE.pointer = previous
+def routing_saves(save: Callable[..., Any]) -> ContextManager[None]:
+    return _routing("save", save)
+
+
+def skipping_pointer_write(pointer: str) -> ContextManager[None]:
+    return _routing("pointer", os.path.abspath(pointer))
 
 
 class _DeferRemoval:
