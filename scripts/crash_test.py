@@ -14,10 +14,22 @@ contents its name promises; anything else counts as torn or unrecoverable.
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer ignite        # the same Engine, ignite's own
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer mmengine_face # a real mmengine Runner
     .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer mmengine      # the same Runner, mmengine's own
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer lightning_face # a real Lightning Trainer, trainer_ckpt.lightning
+    .venv/bin/python scripts/crash_test.py --trials 200 --checkpointer lightning      # the same Trainer, Lightning's own ModelCheckpoint
 
 The ignite runs keep ignite's default `n_saved=1` (`--ignite-n-saved 2` to keep two); a restarted
 ignite run loads the file with the highest step in its name (ignite has no finder), ours
 `trainer_ckpt.ignite.latest_checkpoint`.
+
+The Lightning runs save after every training step (`every_n_train_steps=1, save_top_k=1,
+save_last=True`: a step's file, then `last.ckpt`, the previous step's file deleted) and a restarted
+run does what a user does: a fresh Trainer's `fit(ckpt_path="last")` (Lightning's own picks the
+newest `last*.ckpt` by mtime; ours the newest checkpoint that verifies). Lightning's own commits
+through fsspec (a temp file, then `shutil.move`, i.e. `os.rename`): in the Lightning modes the
+rename kill moments arm `os.rename` as well as `os.replace`. Its temp file goes where `tempfile`
+says (a user's /tmp): here beside the checkpoints (one file system), unless `--lightning-tmpdir
+/dev/shm` (a tmpfs /tmp, as many distributions mount it, or checkpoints on another disk than /tmp):
+then `shutil.move` falls back to copying the file into place.
 
 Children are forked from this process (everything is imported once, so a trial takes well under a
 second); they die of a real SIGKILL, with no clean-up of any kind.
@@ -111,9 +123,9 @@ def _saver(which: str, directory: str, numel: int):
     return save
 
 
-def _arm(mode: str, k: int) -> None:
+def _arm(mode: str, k: int, renames: Tuple[str, ...] = ("replace",)) -> None:
     """Makes this process SIGKILL itself around its k-th rename or deletion."""
-    names, when = {"before_rename": (("replace",), "before"), "after_rename": (("replace",), "after"),
+    names, when = {"before_rename": (renames, "before"), "after_rename": (renames, "after"),
                    "before_delete": (("remove", "unlink"), "before")}[mode]  # pathlib deletes with unlink
     calls = [0]
 
@@ -288,10 +300,99 @@ def _restore_ignite(which: str, directory: str, numel: int) -> Tuple[Optional[in
     return i, ""
 
 
+class _LightningStop(Exception):
+    """Raised by the Lightning model's first step after a resume: the restored state is in place."""
+
+
+def _lightning_trainer(which: str, directory: str, numel: int, resume: bool, log_path: Optional[str] = None):
+    """A real Lightning Trainer (CPU, one process) whose training step i fills the model's weight (and a
+    stand-in of optimizer state) with i, checkpointed after every step by (Lightning's or our)
+    ModelCheckpoint: `every_n_train_steps=1, save_top_k=1, save_last=True` (monitor=None allows no
+    larger top-k), so each step writes `epoch=0-step=i.ckpt`, then `last.ckpt`, and deletes step i-1's."""
+    import lightning.pytorch as pl
+
+    if which.startswith("lightning_face"):
+        from trainer_ckpt.lightning import ModelCheckpoint
+    else:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Filler(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("weight", torch.zeros(numel))
+            self.register_buffer("exp_avg", torch.zeros(numel // 8))
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            if resume:
+                raise _LightningStop()
+            self.weight.fill_(float(self.global_step + 1))  # the checkpoint after this step has global_step + 1
+            self.exp_avg.fill_(float(self.global_step + 1))
+            return (self.p * batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.p], lr=0.0)
+
+    class Log(pl.Callback):
+        # Lightning runs its checkpoint callbacks last: at a step's start, the previous step's saves are done.
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if log_path is not None and trainer.global_step:
+                with open(log_path, "a") as log:
+                    log.write(f"{trainer.global_step}\n")
+
+    checkpoint = ModelCheckpoint(dirpath=directory, every_n_train_steps=1, save_top_k=1, save_last=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=10**6, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=directory,
+                         callbacks=[Log(), checkpoint])
+    data = torch.utils.data.DataLoader(torch.ones(10**5, 1), batch_size=1)
+    return trainer, Filler(), data, checkpoint
+
+
+def _lightning_child(which: str, directory: str, log_path: str, numel: int) -> None:
+    trainer, model, data, _ = _lightning_trainer(which, directory, numel, resume=False, log_path=log_path)
+    trainer.fit(model, data)
+
+
+def _restore_lightning(which: str, directory: str, numel: int) -> Tuple[Optional[int], str]:
+    """What a restarted run does: a fresh Trainer's fit(ckpt_path="last")."""
+    trainer, model, data, checkpoint = _lightning_trainer(which, directory, numel, resume=True)
+    try:
+        trainer.fit(model, data, ckpt_path="last")
+        return None, "training did not start"
+    except _LightningStop:
+        pass
+    except Exception as e:
+        return None, f"resume failed: {type(e).__name__}: {str(e)[:120]}"
+    finally:  # Lightning calls no callback teardown when fit raises: our callback's engines (and locks) stay open
+        for engine in getattr(checkpoint, "_engines", {}).values():
+            engine.close()
+    i = trainer.global_step
+    if i == 0:
+        return None, "no checkpoint found"
+    if not (torch.equal(model.weight, torch.full((numel,), float(i))) and torch.equal(model.exp_avg, torch.full((numel // 8,), float(i)))):
+        return None, f"checkpoint {i} has other contents than its name says"
+    return i, ""
+
+
+LIGHTNING_TMPDIR = [None]  # --lightning-tmpdir: where Lightning's own puts its temp files (None: beside the run)
+
+
+def _lightning_tmp(directory: str) -> str:
+    """The trial's directory for tempfile (Lightning's own writes its temp file there, then moves it into place)."""
+    parent = LIGHTNING_TMPDIR[0] or os.path.dirname(directory)
+    return os.path.join(parent, f"{os.path.basename(os.path.dirname(directory))}-{os.path.basename(directory)}.tmp")
+
+
 def _child(which: str, directory: str, log_path: str, numel: int, mode: str, k: int) -> None:
     torch.set_num_threads(1)
+    if which.startswith("lightning"):
+        # Lightning's own writes its temp files into tempfile's directory: the trial's, so none outlive the test.
+        tempfile.tempdir = _lightning_tmp(directory)
+        os.makedirs(tempfile.tempdir, exist_ok=True)
     if mode != "random_time":
-        _arm(mode, k)
+        _arm(mode, k, ("replace", "rename") if which.startswith("lightning") else ("replace",))
+    if which.startswith("lightning"):
+        return _lightning_child(which, directory, log_path, numel)
     if which.startswith("ignite"):
         return _ignite_child(which, directory, log_path, numel)
     if which.startswith("mmengine"):
@@ -320,6 +421,8 @@ def _restore(which: str, directory: str, numel: int) -> Tuple[Optional[int], str
         return _restore_ignite(which, directory, numel)
     if which.startswith("mmengine"):
         return _restore_mmengine(which, directory, numel)
+    if which.startswith("lightning"):
+        return _restore_lightning(which, directory, numel)
     checkpointer = _make("ours" if which.startswith("ours") else which, directory)
     try:
         checkpoint = checkpointer.load_checkpoint()
@@ -392,6 +495,7 @@ def run_trials(trials: int, size_mb: float, which: str = "ours", seed: int = 0, 
             if verbose or why:
                 print(f"trial {trial:3d} {mode:13s} committed={committed} restored={restored} {why}", flush=True)
             shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(_lightning_tmp(str(directory)), ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"trials": trials, "bad": sum(bad.values()), "bad_by_mode": dict(bad), "modes": dict(per_mode)}
@@ -404,17 +508,30 @@ def main() -> int:
     parser.add_argument("--checkpointer", default="ours",
                         choices=["ours", "ours_background", "allennlp", "fvcore_face", "fvcore_face_background", "fvcore",
                                  "ignite_face", "ignite_face_background", "ignite",
-                                 "mmengine_face", "mmengine_face_background", "mmengine"],
+                                 "mmengine_face", "mmengine_face_background", "mmengine", "lightning_face", "lightning"],
                         help="ours*: trainer_ckpt's AllenNLP face (background: true); allennlp: AllenNLP's own; "
                              "fvcore_face*: a plain loop with trainer_ckpt.fvcore; fvcore: the same loop with fvcore's own; "
                              "ignite_face*: an ignite Engine with trainer_ckpt.ignite; ignite: the same with ignite's own; "
-                             "mmengine_face*: an mmengine Runner with trainer_ckpt.mmengine; mmengine: its own hook")
+                             "mmengine_face*: an mmengine Runner with trainer_ckpt.mmengine; mmengine: its own hook; "
+                             "lightning_face: a Lightning Trainer with trainer_ckpt.lightning.ModelCheckpoint; lightning: its own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ignite-n-saved", type=int, default=1, help="n_saved of the ignite runs (ignite's default: 1)")
+    parser.add_argument("--lightning-tmpdir", default=None,
+                        help="the Lightning runs: where tempfile (so Lightning's own temp files) goes; default beside the "
+                             "checkpoints (one file system); e.g. /dev/shm: a tmpfs /tmp, where its move into place copies")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
+    if args.checkpointer.startswith("lightning"):
+        import warnings
+
+        import lightning.pytorch  # noqa: F401  imported once, here: the children are forked with it
+
+        warnings.filterwarnings("ignore")  # Lightning's advice (num_workers, ...) on every trial
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.ERROR)
     IGNITE_N_SAVED[0] = args.ignite_n_saved
+    LIGHTNING_TMPDIR[0] = args.lightning_tmpdir
     result = run_trials(args.trials, args.size_mb, args.checkpointer, args.seed, args.verbose)
     print(f"checkpointer={args.checkpointer} size_mb={args.size_mb} kill moments={result['modes']}")
     print(f"torn_or_unrecoverable={result['bad']}/{result['trials']}" +
