@@ -201,6 +201,15 @@ def test_background_saves_write_lightnings_files_and_an_exception_waits_for_them
     assert visible(tmp_path / "failed") == [f"epoch={(s - 1) // 4}-step={s}.ckpt" for s in range(1, 6)]
     assert all((tmp_path / "failed" / f".{name}.json").exists() for name in visible(tmp_path / "failed"))
     assert not [f for f in os.listdir(tmp_path / "failed") if ".tmp-" in f]
+    # The directory's writer lock went with the exception (this process lives on, as a notebook's
+    # does): another process may take it and resume.
+    import subprocess
+    import sys
+
+    from trainer_ckpt.core.lock import LOCK_FILE
+
+    take = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    assert subprocess.run([sys.executable, "-c", take, str(tmp_path / "failed" / LOCK_FILE)]).returncode == 0
 
 
 @pytest.mark.parametrize("background", [False, True])

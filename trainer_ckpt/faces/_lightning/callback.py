@@ -160,12 +160,17 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """`fit` raised (Lightning calls no `teardown` then): its own exception save, then every
-        save in flight committed before the exception goes on; a failed one is logged, not raised over it."""
+        save in flight committed before the exception goes on (a failed one is logged, not raised
+        over it), and the engines closed."""
         super().on_exception(trainer, pl_module, exception)
         try:
             self.wait()
         except Exception as e:
             logger.error("%s: a background save failed while fit raised %s: %s", _WHERE, type(exception).__name__, e)
+        finally:  # and the directory's lock goes, as at teardown: the process may live on (a notebook)
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
 
     def _find_last_checkpoints(self, trainer: Any) -> Set[str]:
         """The newest checkpoint in the callback's directory that verifies (of any name: a `last` one
