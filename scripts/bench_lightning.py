@@ -45,6 +45,7 @@ warnings.filterwarnings("ignore")
 
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO  # noqa: E402
 
+from trainer_ckpt.io import durable  # noqa: E402
 from trainer_ckpt.lightning import CheckpointIO  # noqa: E402
 
 MIB = 1 << 20
@@ -72,14 +73,6 @@ def tensors(checkpoint: Dict) -> List[torch.Tensor]:
     for s in checkpoint["optimizer_states"][0]["state"].values():
         out += list(s.values())
     return out
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Rows:
@@ -169,8 +162,8 @@ def run(size_mib: int, repeats: int, root: Path) -> None:
     def torch_then_fsync() -> None:
         path = new_path("torchsync")
         torch_io.save_checkpoint(checkpoint, path)
-        fsync_path(path)
-        fsync_path(path.parent)
+        durable.fsync_dir(str(path))  # opens read-only and fsyncs: a file as well as a directory
+        durable.fsync_dir(str(path.parent))
 
     measure("sync", "Lightning TorchCheckpointIO + fsync of file and dir", torch_then_fsync, cleanup("torchsync"))
     ours = CheckpointIO()
