@@ -133,10 +133,11 @@ def save_temp(obj: Any, path: str, mtime: Optional[float] = None, **save_kwargs:
         written.append(writer)
 
     tmp = write_temp(path, write, mtime, direct=direct_io(os.path.dirname(path) or "."))
-    # The inode survives the rename: a file found later under this name with another inode and
-    # other bytes was put there by another writer since (see `loading.verify`).
+    # The inode and the mtime survive the rename: a file found later under this name with another
+    # inode, a later mtime and other bytes was put there by another writer since (`loading.replaced`).
+    stat = os.stat(tmp)
     return tmp, {"name": os.path.basename(path), "size": written[0].size, "crc32": written[0].crc32,
-                 "inode": os.stat(tmp).st_ino}
+                 "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns}
 
 
 def move_into_corrupt(directory: str, names: Iterable[str]) -> List[str]:

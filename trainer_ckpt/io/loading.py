@@ -69,9 +69,10 @@ def load(path: str, expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]
 def verify(path: str, expected: Dict[str, Any]) -> None:
     """
     Checks a file, or a directory of sharded state, against its record; raises BadCheckpoint. A
-    file that another writer has put in its place since (another inode, other bytes: a peer's
-    checkpointer saving under the same name) is no longer the one the record describes: it is a
-    peer's file, and verified as those are, by loading it. A file changed in place fails.
+    file that another writer has put in its place since (another inode, written later, other
+    bytes: a peer's checkpointer saving under the same name) is no longer the one the record
+    describes: it is a peer's file, and verified as those are, by loading it. A file changed in
+    place fails, and so does a copy whose bytes differ from its record.
     """
     if "parts" in expected:
         sharded.verify(path, expected)
@@ -85,11 +86,17 @@ def verify(path: str, expected: Dict[str, Any]) -> None:
 
 
 def replaced(path: str, expected: Dict[str, Any]) -> bool:
-    """Whether the file at `path` is another than the one its record was written for (another inode)."""
+    """
+    Whether the file at `path` was put there by another writer after the one its record describes:
+    another inode, written later. A copy keeps its record's claim (a download from a bucket is
+    given the recorded mtime; `cp -p`, `rsync -a` keep it): its bytes are checked against it.
+    """
     try:
-        return "inode" in expected and os.stat(path).st_ino != expected["inode"]
+        stat = os.stat(path)
     except OSError:
         return False
+    return ("inode" in expected and "mtime_ns" in expected and stat.st_ino != expected["inode"]
+            and stat.st_mtime_ns > expected["mtime_ns"])
 
 
 def numpy_types() -> List[Any]:

@@ -249,6 +249,7 @@ class Mirrored:
             if not all(f in present for f in files):
                 continue  # its upload was interrupted: not a checkpoint
             parts = {f["name"]: list(f.get("parts", ())) for f in record["files"].values()}
+            mtimes = {f["name"]: f["mtime_ns"] for f in record["files"].values() if isinstance(f.get("mtime_ns"), int)}
             for f in files + [name]:  # the record last, as a save writes them
                 target = os.path.join(self.directory, f)
                 tmp = os.path.join(self.directory, f".{f}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -259,6 +260,8 @@ class Mirrored:
                     durable.remove_file(target)
                 else:
                     self.fs.get_file(f"{self.root}/{f}", tmp)
+                    if f in mtimes:  # the copy claims the recorded file's time: its bytes are checked against the record
+                        os.utime(tmp, ns=(mtimes[f], mtimes[f]))
                 os.replace(tmp, target)
             pulled += 1
             logger.info("Downloaded checkpoint %s from %s", name, self.url)
