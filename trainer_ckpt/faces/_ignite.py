@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
+from trainer_ckpt.faces.arguments import require_bools, require_policy
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
@@ -139,8 +140,7 @@ class DiskSaver(_ignite.DiskSaver):
         staging_dir: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(background, bool):
-            raise ValueError(f"trainer_ckpt.ignite.DiskSaver: `background` must be True or False, got {background!r}. Pass a bool.")
+        require_bools("trainer_ckpt.ignite.DiskSaver", background=background)
         dirname, self.url = local_place("trainer_ckpt.ignite.DiskSaver", "dirname", dirname, storage_options, staging_dir)
         self.storage_options = storage_options
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
@@ -261,15 +261,8 @@ class Checkpoint(_ignite.Checkpoint):
         safe_globals: Sequence[Any] = (),
     ) -> None:
         where = "trainer_ckpt.ignite.Checkpoint"
-        if save_policy is not None or retention_policy is not None:
-            from trainer_ckpt.policies.retention import RetentionPolicy
-            from trainer_ckpt.policies.save import SavePolicy
-        if save_policy is not None and not isinstance(save_policy, SavePolicy):
-            raise TypeError(f"{where}: `save_policy` must be a SavePolicy, got {save_policy!r}. Use e.g. SaveEveryNumSeconds(600).")
-        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
-            raise TypeError(
-                f"{where}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. Use e.g. KeepMostRecentByCount(3)."
-            )
+        require_policy(where, "save_policy", save_policy, "SavePolicy")
+        require_policy(where, "retention_policy", retention_policy, "RetentionPolicy")
         if retention_policy is not None and n_saved != 1:
             raise ValueError(
                 f"{where}: give at most one of `n_saved` and `retention_policy`, got n_saved={n_saved!r} and "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import fvcore.common.checkpoint as _fvcore
 
+from trainer_ckpt.faces.arguments import require_bools
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.stores.mirrored import local_place, mirrored
@@ -77,9 +78,7 @@ class Checkpointer(_fvcore.Checkpointer):
         staging_dir: Optional[str] = None,
         **checkpointables: Any,
     ) -> None:
-        for key, value in (("background", background), ("restore_rng", restore_rng)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
+        require_bools(_WHERE, background=background, restore_rng=restore_rng)
         save_dir, self.url = local_place(_WHERE, "save_dir", save_dir, storage_options, staging_dir)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self._store = mirrored(NamedFiles(self.save_dir, LAYOUT), self.url, storage_options, _WHERE)

@@ -26,6 +26,7 @@ from weakref import proxy
 from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
+from trainer_ckpt.faces.arguments import require_bools, require_policy
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -65,14 +66,9 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def __init__(self, *args: Any, background: bool = False, retention_policy: Optional["RetentionPolicy"] = None,
                  safe_globals: Any = (), **kwargs: Any) -> None:
-        if not isinstance(background, bool):
-            raise ValueError(f"{_WHERE}: `background` must be True or False, got {background!r}. Pass a bool.")
+        require_bools(_WHERE, background=background)
+        require_policy(_WHERE, "retention_policy", retention_policy, "RetentionPolicy")
         if retention_policy is not None:
-            from trainer_ckpt.policies.retention import RetentionPolicy
-
-            if not isinstance(retention_policy, RetentionPolicy):
-                raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
-                                "Use e.g. KeepMostRecentByCount(3).")
             top_k = args[5] if len(args) > 5 else kwargs.get("save_top_k", -1)
             if top_k != -1:
                 raise ValueError(f"{_WHERE}: give at most one of `save_top_k` and `retention_policy`, got save_top_k={top_k!r} "

@@ -21,6 +21,7 @@ from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.plugins.io import CheckpointIO as _CheckpointIO
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from trainer_ckpt.faces.arguments import require_bools
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import CheckpointSaveError, Engine
 from trainer_ckpt.io import durable, loading
@@ -103,8 +104,7 @@ class CheckpointIO(_CheckpointIO):
     """
 
     def __init__(self, background: bool = False, safe_globals: Sequence[Any] = ()) -> None:
-        if not isinstance(background, bool):
-            raise ValueError(f"{_WHERE}: `background` must be True or False, got {background!r}. Pass a bool.")
+        require_bools(_WHERE, background=background)
         super().__init__()
         self.background = background
         self.safe_globals = list(safe_globals)

@@ -13,6 +13,7 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
+from trainer_ckpt.faces.arguments import require_bools, require_policy
 from trainer_ckpt.core import distributed
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
@@ -147,14 +148,8 @@ class CheckpointHook(_CheckpointHook):
         staging_dir: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
-        for key, value in (("background", background), ("restore_rng", restore_rng)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{_WHERE}: `{key}` must be True or False, got {value!r}. Pass a bool.")
-        if retention_policy is not None:
-            from trainer_ckpt.policies.retention import RetentionPolicy
-        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
-            raise TypeError(f"{_WHERE}: `retention_policy` must be a RetentionPolicy, got {retention_policy!r}. "
-                            "Use e.g. KeepMostRecentByCount(3).")
+        require_bools(_WHERE, background=background, restore_rng=restore_rng)
+        require_policy(_WHERE, "retention_policy", retention_policy, "RetentionPolicy")
         if retention_policy is not None and max_keep_ckpts > 0:
             raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
                              f"max_keep_ckpts={max_keep_ckpts!r} and {retention_policy!r}. Express the whole rule in the policy.")
