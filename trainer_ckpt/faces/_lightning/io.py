@@ -207,10 +207,7 @@ class CheckpointIO(_CheckpointIO):
         directory, name = os.path.split(path)
         if IO_LAYOUT.parse(name) is None:
             return None
-        record_path = os.path.join(directory, IO_LAYOUT.record(name))
-        if not os.path.exists(record_path):
-            return None
-        record = durable.read_json(record_path)  # {} (with a WARNING) when it does not read
+        record = NamedFiles(directory, IO_LAYOUT).entry(name).record  # {} without one (or unreadable, with a WARNING)
         return record.get("files", {}).get(MAIN)  # a file another writer put in its place since: see loading.verify
 
     # ---- removing, teardown ---------------------------------------------------------------
