@@ -77,6 +77,18 @@ class CheckpointSaveError(OSError, RuntimeError):
     """A save failed (full disk, I/O error, read-only directory); earlier checkpoints are intact."""
 
 
+def snapshot_bytes(state: Any, devices_only: bool = False) -> int:
+    """The bytes a snapshot of nested `state` takes in host memory (`devices_only`: of its device tensors)."""
+    if isinstance(state, torch.Tensor):
+        counted = state.layout == torch.strided and not (devices_only and state.device.type == "cpu")
+        return state.numel() * state.element_size() if counted else 0
+    if isinstance(state, dict):
+        return sum(snapshot_bytes(value, devices_only) for value in state.values())
+    if type(state) in (list, tuple):
+        return sum(snapshot_bytes(value, devices_only) for value in state)
+    return 0
+
+
 def uses_snapshots(background: bool) -> bool:
     """Whether saves copy into snapshot buffers: background saves, and synchronous saves of CUDA state."""
     return background or torch.cuda.is_available()
@@ -110,6 +122,10 @@ class Engine:
     logger : `logging.Logger`, optional
         A framework's logger: while this engine acts, the records of trainer_ckpt's loggers go to
         its handlers too (see `logs_to`). None: they go where the caller routes them, if anywhere.
+    max_host_memory : `int`, optional
+        Bytes of host memory the snapshot buffers may take. A state whose snapshot would take more
+        is saved on the training thread from the live tensors instead (the loop blocks for the
+        write; torch.save copies a device tensor to the host one at a time). None: no bound.
     """
 
     def __init__(
@@ -127,8 +143,13 @@ class Engine:
         save_error_hint: str = "",
         save_kwargs: Optional[Dict[str, Any]] = None,
         logger: Optional[logging.Logger] = None,
+        max_host_memory: Optional[int] = None,
     ) -> None:
         self.logger = logger
+        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int) or max_host_memory < 0):
+            raise ValueError(f"{where}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
+                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+        self.max_host_memory = max_host_memory
         self.store, self.directory, self.where, self.trust_hint = store, store.directory, where, trust_hint
         self.background, self.read_only, self.primary = background, read_only, primary
         self.on_save_error, self.save_error_hint = on_save_error, save_error_hint
@@ -136,12 +157,20 @@ class Engine:
         self.save_kwargs = dict(save_kwargs or {})
         self.clock = clock or time.time
         self._writer, self._snapshot = BackgroundWriter(), Snapshotter()
+        self._over_bound = False  # a save did not fit max_host_memory (said once)
+        self._settle = getattr(store, "settle", None)  # a store with uploads in flight (Mirrored)
         self._verified: set = set()  # (key, size, time) of checkpoints written or checked here
         self._last_size: Optional[int] = None  # bytes of the last checkpoint: the next one's estimate
         # The writer of an unsharded directory (it holds the lock: no one else writes there) lists
         # it once, then keeps this index itself: a save costs no listing however long the history.
         self._index: Optional[Dict[Any, Entry]] = None
         self._lock = lock_directory(self.directory) if self.may_write else None
+        if self._lock is not None and hasattr(store, "acquire"):  # a bucket prefix's lock (Mirrored): one run per prefix
+            try:
+                store.acquire(where)
+            except BaseException:
+                unlock_directory(self._lock)
+                raise
 
     @property
     def may_write(self) -> bool:
@@ -175,18 +204,31 @@ class Engine:
             return {}  # unsharded state: the primary writes it
         self.require_writable()
         self.wait()  # at most one save in flight; the snapshot buffers are free again
-        if self.background and not sharded:
+        if self.background and not sharded and self._fits(states, devices_only=False):
             states = self._snapshot.take(states)  # a consistent copy now: training may go on
             routed = contextvars.copy_context()  # its messages go where this call's go
             self._writer.submit(lambda: routed.run(self._commit_or_warn, key, states, info, record, after_commit, retention))
             return self.store.files(key)
-        if not sharded and self.uses_snapshots and on_device(states):
+        if not sharded and self.uses_snapshots and on_device(states) and self._fits(states, devices_only=True):
             # CUDA state: copied into reused pinned buffers at once (torch.save alone would copy
             # each tensor into new pageable memory, one synchronous copy at a time).
             states = self._snapshot.take(states, devices_only=True)
         if not self._commit_or_warn(key, states, info, record, after_commit, retention):
             return None
         return self.store.files(key)
+
+    def _fits(self, states: Dict[str, Any], devices_only: bool) -> bool:
+        """Whether a snapshot of `states` fits in `max_host_memory`; when it does not, the buffers are let go."""
+        if self.max_host_memory is None:
+            return True
+        size = snapshot_bytes(states, devices_only)
+        if size <= self.max_host_memory:
+            return True
+        if not self._over_bound:
+            logger.info("%s: a snapshot of this state takes %d bytes, over max_host_memory=%d: saving on the training "
+                        "thread from the live tensors instead", self.where, size, self.max_host_memory)
+        self._over_bound, self._snapshot = True, Snapshotter()
+        return False
 
     @property
     def uses_snapshots(self) -> bool:
@@ -203,7 +245,7 @@ class Engine:
         """
         if not self.uses_snapshots or self.read_only or self._writer.busy:  # busy: a save made them
             return
-        if self.background or on_device(states):
+        if (self.background or on_device(states)) and self._fits(states, devices_only=not self.background):
             self.check()
             self._writer.submit(lambda: self._snapshot.prepare(states, devices_only=not self.background))
 
@@ -242,7 +284,7 @@ class Engine:
         if collective and RNG in states and distributed.world_size() > 1:
             # Every rank's random state, in the primary's file: each rank takes its own back.
             ranks: List[Any] = [None] * distributed.world_size()
-            distributed.dist.all_gather_object(ranks, states[RNG])
+            distributed.dist.all_gather_object(ranks, states[RNG], group=distributed.group())
             states = {**states, RNG: {PER_RANK: ranks}}
         failure: Optional[Exception] = None
         writes = self.primary or self.store.sharded  # AllenNLP's per-rank files: each rank its own
@@ -256,7 +298,7 @@ class Engine:
         if collective and distributed.world_size() > 1:
             # The primary's commit is the checkpoint's: every rank returns its outcome.
             outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
-            distributed.dist.broadcast_object_list(outcome, src=0)
+            distributed.dist.broadcast_object_list(outcome, src=0, group=distributed.group())
             if outcome[0] is not None and failure is None:
                 raise CheckpointSaveError(
                     f"{self.where}: could not save checkpoint {self.store.label(key)} in {self.directory}: "
@@ -338,22 +380,34 @@ class Engine:
 
     @routed
     def check(self) -> None:
-        """Raises the error of a background save that failed since the last call."""
+        """Raises the error of a background save (or upload) that failed since the last call."""
         self._writer.check()
+        if self._settle is not None:
+            self._settle(wait=False)
 
     @routed
     def wait(self) -> None:
-        """Waits for a background save in flight; raises its error if it failed."""
+        """Waits for a background save in flight; raises its error (or a failed upload's) if it failed."""
+        self._writer.wait()
+        self.check()
+
+    @routed
+    def drain(self) -> None:
+        """Waits for a save in flight and for the uploads of the saves before (a store's, in the background); raises their errors."""
         self._writer.wait()
         self._writer.check()
+        if self._settle is not None:
+            self._settle(wait=True)
 
     @routed
     def close(self) -> None:
-        """Waits for a save in flight and for deletions, releases the snapshot buffers, then gives up the directory's writer lock."""
-        self.wait()
+        """Waits for a save in flight, its uploads and deletions, releases the snapshot buffers, then gives up the directory's writer lock (and a bucket's)."""
+        self.drain()
         durable.wait_for_discards()
         self._snapshot = Snapshotter()
         if self._lock is not None:
+            if hasattr(self.store, "release"):  # a bucket prefix's lock (Mirrored)
+                self.store.release()
             unlock_directory(self._lock)
             self._lock = None
         self.read_only = True
@@ -551,7 +605,7 @@ class Engine:
                 choice[0] = ("found", found[0].key) if found else ("none", None)
             except UnusableCheckpoint as e:
                 choice[0] = ("unusable", str(e))
-        distributed.dist.broadcast_object_list(choice, src=0)
+        distributed.dist.broadcast_object_list(choice, src=0, group=distributed.group())
         outcome, value = choice[0]
         if outcome == "unusable":
             raise UnusableCheckpoint(value)

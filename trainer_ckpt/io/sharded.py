@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from trainer_ckpt.io import durable
 from trainer_ckpt.io.checks import BadCheckpoint, UnsafeCheckpoint, refused_types, verify_file
+from trainer_ckpt.io.group import group
 
 DCP_METADATA = ".metadata"
 
@@ -52,8 +53,7 @@ def is_sharded(obj: Any) -> bool:
     return walk(obj)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from trainer_ckpt.io.group import distributed as _distributed
 
 
 def _rank() -> int:
@@ -65,7 +65,7 @@ def temp_dir(path: str) -> str:
     directory, name = os.path.split(path)
     choice = [os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")]
     if _distributed():
-        dist.broadcast_object_list(choice, src=0)
+        dist.broadcast_object_list(choice, src=0, group=group())
     return choice[0]
 
 
@@ -155,7 +155,7 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.save(obj, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True),
-                     no_dist=not _distributed())
+                     no_dist=not _distributed(), process_group=group())
     except CheckpointException as e:  # a BaseException, raised on every rank when any failed
         causes = [c for c in getattr(e, "failures", {}).values() if isinstance(c, BaseException)]
         number = next((c.errno for c in causes if isinstance(c, OSError)), errno.EIO)
@@ -166,7 +166,7 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
     parts: List[Dict[str, Any]] = [mine]
     if _distributed():
         parts = [{} for _ in range(dist.get_world_size())]
-        dist.all_gather_object(parts, mine)
+        dist.all_gather_object(parts, mine, group=group())
     merged = {name: entry for part in parts for name, entry in part.items()}
     return tmp, {"name": os.path.basename(path), "size": sum(p["size"] for p in merged.values()), "parts": merged}
 
@@ -256,7 +256,8 @@ def load(path: str, template: Optional[Dict[str, Any]] = None, collective: bool 
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(flat, storage_reader=reader, planner=SafePlanner(flatten_state_dict=False, flatten_sharded_tensors=False),
-                     no_dist=not (collective and _distributed()))
+                     no_dist=not (collective and _distributed()),
+                     process_group=group() if collective else None)
     except BaseException as e:  # CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise

@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from trainer_ckpt.core import distributed
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 
 logger = logging.getLogger("trainer_ckpt.resume")  # its 0.1 name, which users may filter on
@@ -145,7 +146,7 @@ class ResumeTracker:
         ranks: List[Dict[str, Any]] = [mine]
         if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks = [None] * world_size  # type: ignore[list-item]
-            torch.distributed.all_gather_object(ranks, mine)
+            torch.distributed.all_gather_object(ranks, mine, group=distributed.group())
         return {"format": 1, "ranks": ranks}
 
     def resume(self, training_state: Dict[str, Any], progress: tuple, rank: int, trainer: Any) -> None:
