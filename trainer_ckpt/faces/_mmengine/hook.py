@@ -7,14 +7,16 @@ import pickle
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+import torch.distributed as dist
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
-from trainer_ckpt.core import distributed
+from trainer_ckpt.core import distributed, preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
@@ -111,6 +113,17 @@ class CheckpointHook(_CheckpointHook):
     retention_policy : `RetentionPolicy` (default `None`)
         Which periodic checkpoints to keep, instead of `max_keep_ckpts` (give one, not both);
         the newest is never deleted, nor `best_*` or published files.
+    save_on_signals : `Sequence[str | int]` (default `None`)
+        Signals (`["SIGTERM", "SIGUSR1"]`) on which to save `iter_{N}.pth` at the iteration
+        training is in (every rank agrees), as a periodic save would, then exit with status
+        128 + the signal's number once it is committed, so that the scheduler requeues the job.
+        Needs `by_epoch=False` and an iteration-based loop: mmengine resumes an epoch-based
+        loop only at the start of an epoch.
+    exit_on_signal : `bool` (default `True`)
+        False: after that save, training goes on.
+    max_host_memory : `int` (default `None`)
+        Bytes the snapshot buffers of `background` saves may take; a larger state is saved on
+        the training thread from the live tensors instead.
     out_dir may be an fsspec URL (`"s3://bucket/runs"`): checkpoints go into a local staging
     directory first (`staging_dir`, default one per URL under the temp directory), then to
     `{out_dir}/{work_dir's name}/` in the bucket, each file whole and the record last;
@@ -146,9 +159,21 @@ class CheckpointHook(_CheckpointHook):
         clock: Optional[Callable[[], float]] = None,
         storage_options: Optional[Dict[str, Any]] = None,
         staging_dir: Optional[str] = None,
+        save_on_signals: Optional[Sequence[Any]] = None,
+        exit_on_signal: bool = True,
+        max_host_memory: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
-        require_bools(_WHERE, background=background, restore_rng=restore_rng)
+        require_bools(_WHERE, background=background, restore_rng=restore_rng, exit_on_signal=exit_on_signal)
+        self.signals = preemption.parse(_WHERE, "save_on_signals", save_on_signals)
+        if self.signals and by_epoch:
+            raise ValueError(f"{_WHERE}: `save_on_signals` needs by_epoch=False (a save at the iteration training is in), "
+                             f"got by_epoch={by_epoch!r}. Train with an iteration-based loop (train_cfg=dict(by_epoch=False, "
+                             "max_iters=...)) and give this hook by_epoch=False.")
+        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int)
+                                            or max_host_memory < 0):
+            raise ValueError(f"{_WHERE}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
+                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
         require_policy(_WHERE, "retention_policy", retention_policy, "RetentionPolicy")
         if retention_policy is not None and max_keep_ckpts > 0:
             raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
@@ -164,6 +189,9 @@ class CheckpointHook(_CheckpointHook):
                     "as an fsspec URL (s3://bucket/runs) with `storage_options`, or use mmengine's own CheckpointHook."
                 )
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
+        self.exit_on_signal, self.max_host_memory = exit_on_signal, max_host_memory
+        self._preemption: Optional[preemption.Preemption] = None  # listening from before_train to after_train
+        self._saved_step: Optional[int] = None  # the step of the last checkpoint `_save_checkpoint_with_step` wrote
         self._prepared = False  # the background snapshot's buffers
         self.retention_policy, self.clock = retention_policy, clock
         self.url, self.storage_options, self._staging = url, storage_options, str(out_dir) if url else None
@@ -260,6 +288,12 @@ class CheckpointHook(_CheckpointHook):
         if self._rng is not None and self.restore_rng:
             restore_rng(self._rng)  # after Runner.resume, which may have reseeded
         self._rng = None
+        if self.signals:
+            if isinstance(runner.train_loop, EpochBasedTrainLoop):
+                raise ValueError(f"{_WHERE}: `save_on_signals` needs an iteration-based loop (mmengine resumes an "
+                                 f"epoch-based one only at the start of an epoch), got {type(runner.train_loop).__name__}. "
+                                 "Use train_cfg=dict(by_epoch=False, max_iters=...).")
+            self._preemption = preemption.Preemption(self.signals, exit=self.exit_on_signal, where=_WHERE)
 
     # ---- saving --------------------------------------------------------------------------
 
@@ -274,7 +308,7 @@ class CheckpointHook(_CheckpointHook):
                 self._store(directory, LAYOUT), background=self.background,
                 safe_globals=mmengine_safe_globals() + self.safe_globals, primary=is_main_process(),
                 clock=self.clock, where=_WHERE, trust_hint="pass those types in the hook's `safe_globals`.",
-                logger=self._runner_logger,
+                logger=self._runner_logger, max_host_memory=self.max_host_memory,
             )
             self._engine_dir = directory
             self._engine.clean_up()
@@ -305,12 +339,39 @@ class CheckpointHook(_CheckpointHook):
                 state["optimizer"] = optim_wrapper.state_dict()
             if not sharded.is_sharded(state):
                 self.engine.prepare({MAIN: state})
+        signum = self._preemption.requested() if self._preemption is not None else None  # a collective
+        if signum is not None:
+            self._save_on_signal(runner, signum)
+
+    def _save_on_signal(self, runner: Any, signum: int) -> None:
+        """The checkpoint a periodic save at this iteration writes (unless one just did), then, once
+        it is committed on the primary and every rank got there, the exit (unless `exit_on_signal=False`)."""
+        step = runner.iter + 1
+        if self._saved_step != step:
+            runner.logger.info(f"Saving checkpoint at {step} iterations")
+            self._save_checkpoint_with_step(runner, step, meta=dict(iter=step))
+        self._preemption.finish(signum, self._drain)
+
+    def _drain(self) -> None:
+        """Waits for this rank's saves and uploads, then for every rank's: the primary writes, and a rank
+        that exits first may have the launcher kill the others."""
+        if self._engine is not None:
+            self._engine.drain()
+        if distributed.world_size() > 1:
+            dist.barrier(group=distributed.group())
+
+    def _stop_listening(self) -> None:
+        if self._preemption is not None:
+            self._preemption.close()
+            self._preemption = None
 
     def after_train(self, runner: Any) -> None:
+        self._stop_listening()
         self.wait()
         super().after_train(runner)
 
     def after_run(self, runner: Any) -> None:
+        self._stop_listening()
         self.wait()
         super().after_run(runner)
 
@@ -352,6 +413,7 @@ class CheckpointHook(_CheckpointHook):
         with self._saving(runner, pending, pointer if is_main_process() else None), \
                 patches.skipping_pointer_write(os.path.join(runner.work_dir, POINTER)):
             super()._save_checkpoint_with_step(runner, step, meta)
+        self._saved_step = step
 
     def _save_best_checkpoint(self, runner: Any, metrics: Dict[str, Any]) -> None:
         with self._saving(runner, []):
