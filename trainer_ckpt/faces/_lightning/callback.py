@@ -12,6 +12,12 @@ verifies. Lightning's internals it relies on, all here:
   mtime, before the callbacks' `setup`): ours answers with the newest checkpoint that verifies,
   moving bad ones into `corrupt/` with a WARNING. The directory is resolved as Lightning does,
   with its private `__resolve_ckpt_dir` (`dirpath` is not set yet at that point).
+- `save_on_signals`: the check sits in `on_train_batch_end`, after the periodic save (every rank
+  calls it, every step); the signal handlers are ours from `on_train_start` to `on_train_end` (or
+  `on_exception`), on top of Lightning's (installed just before `on_train_start`), to which they
+  chain. A SIGTERM also sets Lightning's own flag: when Lightning stops the run for it before our
+  check (`SIGTERMException`, e.g. a SIGTERM during validation), `on_exception` saves and the exit
+  status becomes 128 + 15 (Lightning's exception, whose status is none, exits with 0).
 Strategies that write sharded state themselves (FSDP's sharded mode, DeepSpeed) keep Lightning's
 own save. Files under another directory than `dirpath` (a `filename` with a folder in it) too.
 """
@@ -20,14 +26,17 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Set
 from weakref import proxy
 
 from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
+from trainer_ckpt.faces._lightning.io import require_host_memory
 from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.core import preemption
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
@@ -56,6 +65,17 @@ class ModelCheckpoint(_ModelCheckpoint):
         A save copies the state into reused CPU buffers and returns; a worker thread writes it. The
         checkpoint it replaces is removed once it is committed; the next save, `teardown` and an
         exception in `fit` wait for it (a failed write is raised there).
+    max_host_memory : `int` (default `None`)
+        Bytes the background save's snapshot buffers may take; a checkpoint larger than that is
+        written on the training thread instead. None: no bound.
+    save_on_signals : `Sequence[str | int]` (default `None`)
+        Signals (`["SIGTERM", "SIGUSR1"]`, or numbers) on which to save: the handler only notes the
+        signal; at the end of the step it came in, every rank agreeing, the callback saves as its
+        periodic saves do (its top-k file and `last`, retention as usual; a file named as its
+        top-k ones when neither would be written), waits until that is committed, then exits with
+        status 128 + the signal's number. Handlers installed before (yours, Lightning's) are still called.
+    exit_on_signal : `bool` (default `True`)
+        False: training goes on after that save (Lightning itself still stops the run on a SIGTERM).
     retention_policy : `RetentionPolicy` (default `None`)
         Which of this callback's top-k files to keep, instead of `save_top_k` (give one, not both:
         `save_top_k` becomes -1 and the policy decides); `last` files and other callbacks' files
@@ -65,9 +85,12 @@ class ModelCheckpoint(_ModelCheckpoint):
     """
 
     def __init__(self, *args: Any, background: bool = False, retention_policy: Optional["RetentionPolicy"] = None,
-                 safe_globals: Any = (), **kwargs: Any) -> None:
-        require_bools(_WHERE, background=background)
+                 safe_globals: Any = (), save_on_signals: Optional[Sequence[Any]] = None, exit_on_signal: bool = True,
+                 max_host_memory: Optional[int] = None, **kwargs: Any) -> None:
+        require_bools(_WHERE, background=background, exit_on_signal=exit_on_signal)
         require_policy(_WHERE, "retention_policy", retention_policy, "RetentionPolicy")
+        self.signals = preemption.parse(_WHERE, "save_on_signals", save_on_signals)
+        require_host_memory(_WHERE, max_host_memory)
         if retention_policy is not None:
             top_k = args[5] if len(args) > 5 else kwargs.get("save_top_k", -1)
             if top_k != -1:
@@ -77,7 +100,9 @@ class ModelCheckpoint(_ModelCheckpoint):
                 kwargs["save_top_k"] = -1
         super().__init__(*args, **kwargs)
         self.background, self.retention_policy, self.safe_globals = background, retention_policy, list(safe_globals)
+        self.exit_on_signal, self.max_host_memory = exit_on_signal, max_host_memory
         self._engines: Dict[str, Engine] = {}
+        self._preemption: Optional[preemption.Preemption] = None  # listening from on_train_start to on_train_end
         self._pending: Optional[_Pending] = None  # the last save submitted, and the removals that wait for its commit
 
     def _engine(self, trainer: Any, directory: str) -> Engine:
@@ -86,7 +111,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         if engine is None:
             engine = self._engines[directory] = Engine(
                 _Store(directory, self._layout()), background=self.background, safe_globals=self.safe_globals,
-                primary=trainer.is_global_zero,
+                primary=trainer.is_global_zero, max_host_memory=self.max_host_memory,
                 where=_WHERE, trust_hint="pass those types in `safe_globals`.",
             )
             if engine.may_write:
@@ -155,18 +180,73 @@ class ModelCheckpoint(_ModelCheckpoint):
             engine.wait()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """`fit` raised (Lightning calls no `teardown` then): its own exception save, then every
-        save in flight committed before the exception goes on (a failed one is logged, not raised
-        over it), and the engines closed."""
+        """`fit` raised (Lightning calls no `teardown` then): its own exception save, the save for a
+        signal Lightning stopped the run for, then every save in flight committed before the
+        exception goes on (a failed one is logged, not raised over it), and the engines closed."""
         super().on_exception(trainer, pl_module, exception)
         try:
+            if isinstance(exception, SIGTERMException):
+                self._save_for_lightnings_stop(trainer, exception)
             self.wait()
         except Exception as e:
-            logger.error("%s: a background save failed while fit raised %s: %s", _WHERE, type(exception).__name__, e)
+            logger.error("%s: a save failed while fit raised %s: %s", _WHERE, type(exception).__name__, e)
         finally:  # and the directory's lock goes, as at teardown: the process may live on (a notebook)
+            self._stop_listening()
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
+
+    # ---- save_on_signals -------------------------------------------------------------------
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Lightning's periodic save, then the step boundary of `save_on_signals` (every rank, every step)."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        signum = self._preemption.requested() if self._preemption is not None else None
+        if signum is not None:
+            self._save_for_signal(trainer)
+            self._preemption.finish(signum, self._drain)  # exits with 128 + signum, unless exit_on_signal=False
+
+    def _save_for_lightnings_stop(self, trainer: Any, exception: SIGTERMException) -> None:
+        """
+        Lightning stopped the run for a SIGTERM that came after this step's check (in validation,
+        at an epoch's end): the save is made here, and Lightning's exception, which it raises on
+        after its own teardown, gets our exit status instead of none (0).
+        """
+        signum = self._preemption.requested() if self._preemption is not None else None
+        if signum is None:
+            return
+        self._save_for_signal(trainer)
+        try:
+            self._preemption.finish(signum, self._drain)
+        except SystemExit as exit:
+            exception.code = exit.code
+
+    def _save_for_signal(self, trainer: Any) -> None:
+        """A checkpoint at this step, as the periodic saves write one (none when one was saved at this very step)."""
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor is None or self.monitor in candidates:
+            self._save_topk_checkpoint(trainer, candidates)
+        if self._last_global_step_saved != trainer.global_step and self.save_last is not True:
+            # not among the top k (or save_top_k=0), and no `last` file of its own: Lightning's save_on_exception file
+            self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+        self._save_last_checkpoint(trainer, candidates)
+
+    def _drain(self) -> None:
+        """Waits until the saves are committed (and uploaded)."""
+        for engine in self._engines.values():
+            engine.drain()
+
+    def _stop_listening(self) -> None:
+        if self._preemption is not None:
+            self._preemption.close()
+            self._preemption = None
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Lightning's `last` save, then the signal handlers go (before Lightning's own teardown puts back what it replaced)."""
+        super().on_train_end(trainer, pl_module)
+        self._stop_listening()
 
     def _find_last_checkpoints(self, trainer: Any) -> Set[str]:
         """The newest checkpoint in the callback's directory that verifies (of any name: a `last` one
@@ -203,8 +283,11 @@ class ModelCheckpoint(_ModelCheckpoint):
             iter(fetcher)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Resuming within an epoch (Lightning calls no `on_train_epoch_start` then): the generators
-        back before the first batch; the data order is Lightning's (see the face's guide)."""
+        """Listens for `save_on_signals`. Resuming within an epoch (Lightning calls no
+        `on_train_epoch_start` then): the generators back before the first batch; the data order
+        is Lightning's (see the face's guide)."""
+        self._stop_listening()
+        self._preemption = preemption.Preemption(self.signals, exit=self.exit_on_signal, where=_WHERE)
         if trainer.fit_loop.restarted_mid_epoch:
             rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
             if rng is not None:
@@ -226,11 +309,13 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        state["_engines"], state["_pending"] = {}, None  # an engine holds the directory's lock: not carried into a copy
+        # an engine holds the directory's lock, a Preemption the process's signal handlers: not carried into a copy
+        state["_engines"], state["_pending"], state["_preemption"] = {}, None, None
         return state
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
+        self._stop_listening()
         try:
             for engine in self._engines.values():
                 engine.wait()  # a failed background save is raised here

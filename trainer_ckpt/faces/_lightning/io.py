@@ -40,6 +40,14 @@ LIGHTNING_TYPES: List[Any] = [AttributeDict]
 _WHERE = "trainer_ckpt.lightning.CheckpointIO"
 
 
+def require_host_memory(where: str, value: Any) -> None:
+    """Raises ValueError when `max_host_memory` is neither None nor a number of bytes (the engine's
+    own check, made at the face's construction rather than at its first save)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{where}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got {value!r}. "
+                         "Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+
+
 class _Pickler(pickle.Pickler):
     """
     pickle's, but an `AttributeDict` is written as a call of the class with a plain dict: torch's
@@ -96,6 +104,10 @@ class CheckpointIO(_CheckpointIO):
         `teardown` and `wait()` wait for it, and raise its error if it failed (once). A save made
         after the trainer's teardown (`trainer.save_checkpoint` after `fit`) is waited for by the
         next of those calls, or at process exit (a failure is logged at ERROR then).
+    max_host_memory : `int` (default `None`)
+        Bytes the background save's snapshot buffers may take; a checkpoint larger than that is
+        written on the training thread instead (the loop blocks for the write, no more memory).
+        None: no bound.
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust (`weights_only` loading).
 
@@ -103,10 +115,11 @@ class CheckpointIO(_CheckpointIO):
     engines (each holds a directory's lock and a worker thread); it opens its own when it saves.
     """
 
-    def __init__(self, background: bool = False, safe_globals: Sequence[Any] = ()) -> None:
+    def __init__(self, background: bool = False, safe_globals: Sequence[Any] = (), max_host_memory: Optional[int] = None) -> None:
         require_bools(_WHERE, background=background)
+        require_host_memory(_WHERE, max_host_memory)
         super().__init__()
-        self.background = background
+        self.background, self.max_host_memory = background, max_host_memory
         self.safe_globals = list(safe_globals)
         self._engines: Dict[str, Engine] = {}
 
@@ -143,6 +156,7 @@ class CheckpointIO(_CheckpointIO):
         if engine is None:
             try:
                 engine = Engine(NamedFiles(directory, IO_LAYOUT), background=self.background, safe_globals=self.safe_globals,
+                                max_host_memory=self.max_host_memory,
                                 where=_WHERE, trust_hint="pass those types in `CheckpointIO(safe_globals=[...])`.",
                                 save_kwargs={"pickle_module": _PICKLING})
             except ValueError as e:  # the lock file could not be made: an OSError, as Lightning's own save raises
