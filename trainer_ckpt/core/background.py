@@ -47,6 +47,11 @@ class Snapshotter:
             for i, value in enumerate(state):
                 self.prepare(value, devices_only, path + (i,))
 
+    @property
+    def nbytes(self) -> int:
+        """The host memory its buffers hold."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self._buffers.values())
+
     def take(self, state: Any, devices_only: bool = False) -> Any:
         """
         A copy of `state` in the CPU buffers (`devices_only`: CPU tensors are passed through, not

@@ -231,6 +231,11 @@ class Engine:
         return False
 
     @property
+    def host_memory(self) -> int:
+        """Bytes of host memory the snapshot buffers hold now (kept from one save to the next)."""
+        return self._snapshot.nbytes
+
+    @property
     def uses_snapshots(self) -> bool:
         return uses_snapshots(self.background)
 
