@@ -16,7 +16,7 @@ from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
-from trainer_ckpt.core import distributed
+from trainer_ckpt.core import distributed, preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, uses_snapshots
@@ -116,6 +116,9 @@ class DiskSaver(_ignite.DiskSaver):
     background : `bool` (default `False`)
         A save copies the state into reused CPU buffers and returns; a worker thread writes it.
         `wait()` waits for it (so do `remove`, `latest_checkpoint` and process exit).
+    max_host_memory : `int` (default `None`)
+        Bytes of host memory the snapshot buffers of background saves may take; a state whose
+        snapshot would take more is saved on the training thread instead. None: no bound.
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust.
     dirname may be an fsspec URL (`"s3://bucket/run"`): checkpoints are written into a local
@@ -138,15 +141,20 @@ class DiskSaver(_ignite.DiskSaver):
         clock: Optional[Callable[[], float]] = None,
         storage_options: Optional[Dict[str, Any]] = None,
         staging_dir: Optional[str] = None,
+        max_host_memory: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
         require_bools("trainer_ckpt.ignite.DiskSaver", background=background)
+        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int) or max_host_memory < 0):
+            raise ValueError("trainer_ckpt.ignite.DiskSaver: `max_host_memory` must be a number of bytes (an int >= 0) or None, "
+                             f"got {max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
         dirname, self.url = local_place("trainer_ckpt.ignite.DiskSaver", "dirname", dirname, storage_options, staging_dir)
         self.storage_options = storage_options
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)
         self._local = _Store(str(self.dirname))
         self._store = mirrored(self._local, self.url, self.storage_options, "trainer_ckpt.ignite.DiskSaver")
         self.background, self.safe_globals, self.clock = background, list(safe_globals), clock
+        self.max_host_memory = max_host_memory
         self._engine: Optional[Engine] = None
         self._calls = threading.local()  # .current: the _Call our Checkpoint is making on this thread (`serving`)
 
@@ -158,7 +166,7 @@ class DiskSaver(_ignite.DiskSaver):
                 self._store, background=self.background, safe_globals=self.safe_globals,
                 primary=idist.get_rank() == self.save_on_rank, clock=self.clock,
                 where="trainer_ckpt.ignite.DiskSaver", trust_hint="pass those types in `safe_globals`.",
-                save_kwargs=self.kwargs,
+                save_kwargs=self.kwargs, max_host_memory=self.max_host_memory,
             )
             self._engine.clean_up()
         return self._engine
@@ -219,6 +227,11 @@ class DiskSaver(_ignite.DiskSaver):
         if self._engine is not None:
             self._engine.wait()
 
+    def drain(self) -> None:
+        """Waits for a save in flight and for its uploads (to a bucket); raises their errors."""
+        if self._engine is not None:
+            self._engine.drain()
+
 
 class Checkpoint(_ignite.Checkpoint):
     """
@@ -234,7 +247,18 @@ class Checkpoint(_ignite.Checkpoint):
     retention_policy : `RetentionPolicy` (default `None`)
         Which of this handler's checkpoints to keep, instead of `n_saved` (give one, not both);
         the newest is never deleted, nor any file this handler did not write.
-    background, safe_globals
+    save_on_signals : `Sequence[str | int]` (default `None`)
+        Signals to save on (`["SIGTERM", "SIGUSR1"]`: what SLURM or a spot VM sends before it
+        kills the job). The handler only records the signal; at the next step boundary of the
+        trainer (after an iteration's handlers, or the epoch's at its last iteration) this handler
+        saves its checkpoint (named as your configuration names it at that iteration, kept by
+        `n_saved` / `retention_policy` as any other), waits until it is committed, then exits with
+        status 128 + the signal's number. Handlers installed before are still called. The trainer
+        is the `Engine` in `to_save`, or the one given to `attach`. Not with a score: a save at a
+        step has no score to rank it by.
+    exit_on_signal : `bool` (default `True`)
+        False: after that save, training goes on.
+    background, safe_globals, max_host_memory
         For the `DiskSaver` made from a path (see `DiskSaver`).
     Messages (a checkpoint moved into `corrupt/`, incomplete ones removed) go to the handlers of
     the Engine's `engine.logger` (e.g. `trainer.logger = setup_logger("trainer")`) besides
@@ -259,10 +283,21 @@ class Checkpoint(_ignite.Checkpoint):
         retention_policy: Optional["RetentionPolicy"] = None,
         background: bool = False,
         safe_globals: Sequence[Any] = (),
+        save_on_signals: Optional[Sequence[Union[str, int]]] = None,
+        exit_on_signal: bool = True,
+        max_host_memory: Optional[int] = None,
     ) -> None:
         where = "trainer_ckpt.ignite.Checkpoint"
         require_policy(where, "save_policy", save_policy, "SavePolicy")
         require_policy(where, "retention_policy", retention_policy, "RetentionPolicy")
+        require_bools(where, exit_on_signal=exit_on_signal)
+        signals = preemption.parse(where, "save_on_signals", save_on_signals)
+        if signals and (score_function is not None or score_name is not None):
+            raise ValueError(
+                f"{where}: `save_on_signals` saves at a step, which has no score to rank the checkpoint by, got "
+                f"score_function={score_function!r}, score_name={score_name!r}. Give save_on_signals to a Checkpoint "
+                "without a score (the one that saves the training state)."
+            )
         if retention_policy is not None and n_saved != 1:
             raise ValueError(
                 f"{where}: give at most one of `n_saved` and `retention_policy`, got n_saved={n_saved!r} and "
@@ -270,11 +305,11 @@ class Checkpoint(_ignite.Checkpoint):
             )
         if isinstance(save_handler, (str, Path)):
             save_handler = DiskSaver(save_handler, create_dir=True, save_on_rank=save_on_rank,
-                                     background=background, safe_globals=safe_globals)
-        elif background or safe_globals:
+                                     background=background, safe_globals=safe_globals, max_host_memory=max_host_memory)
+        elif background or safe_globals or max_host_memory is not None:
             raise ValueError(
-                f"{where}: `background` and `safe_globals` are for a DiskSaver this handler makes from a path, got "
-                f"save_handler={save_handler!r}. Pass them to trainer_ckpt.ignite.DiskSaver instead."
+                f"{where}: `background` and `safe_globals` are for a DiskSaver this handler makes from a path, as is "
+                f"`max_host_memory`, got save_handler={save_handler!r}. Pass them to trainer_ckpt.ignite.DiskSaver instead."
             )
         if retention_policy is not None and not isinstance(save_handler, DiskSaver):
             raise ValueError(
@@ -289,6 +324,14 @@ class Checkpoint(_ignite.Checkpoint):
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
         self._pending: Optional[_Call] = None  # a background save in flight
+        self._saved_at: Optional[Tuple[IgniteEngine, int]] = None  # the engine and iteration of this handler's last save
+        self._signals, self._exit_on_signal = signals, exit_on_signal
+        self._preemption = preemption.Preemption(signals, exit_on_signal, where) if signals else None
+        self._trainer: Optional[IgniteEngine] = None
+        if signals:
+            trainer = next((obj for obj in to_save.values() if isinstance(obj, IgniteEngine)), None)
+            if trainer is not None:
+                self.attach(trainer)
         if isinstance(save_handler, DiskSaver) and uses_snapshots(save_handler.background):
             # After the first iteration (the optimizer's state exists then), the snapshot buffers
             # are allocated on the worker thread, so that the first save only copies.
@@ -305,7 +348,66 @@ class Checkpoint(_ignite.Checkpoint):
                 with logs_to(engine.logger):
                     saver.engine.prepare({MAIN: checkpoint})
 
+    def attach(self, trainer: IgniteEngine) -> None:
+        """
+        Checks for `save_on_signals` at every step boundary of `trainer`. Done at construction for
+        the Engine in `to_save`; call it before `trainer.run()` when `to_save` holds none.
+        """
+        if not self._signals:
+            raise ValueError(f"trainer_ckpt.ignite.Checkpoint.attach: this handler has no `save_on_signals`, got "
+                             f"attach({trainer!r}). Give save_on_signals=[...] when you build the Checkpoint.")
+        self._trainer = trainer
+        trainer.add_event_handler(Events.STARTED, self._listen)
+        trainer.add_event_handler(Events.COMPLETED, self._stop_listening)
+        self._add_checks(trainer)
+
+    def _add_checks(self, trainer: IgniteEngine) -> None:
+        """Puts the checks last among the handlers of their events: the iteration's (or epoch's) own
+        handlers (a periodic save, a scheduler's step) run before the state is saved."""
+        for event, check in ((Events.ITERATION_COMPLETED, self._check_iteration), (Events.EPOCH_COMPLETED, self._check)):
+            if trainer.has_event_handler(check, event):
+                trainer.remove_event_handler(check, event)
+            trainer.add_event_handler(event, check)
+
+    def _listen(self, trainer: IgniteEngine) -> None:
+        """At each run's start: listens again after an earlier run's end, checks after the handlers added since."""
+        if self._preemption is None:
+            self._preemption = preemption.Preemption(self._signals, self._exit_on_signal, "trainer_ckpt.ignite.Checkpoint")
+        self._saved_at = None
+        self._add_checks(trainer)
+
+    def _stop_listening(self, trainer: IgniteEngine) -> None:
+        if self._preemption is not None:
+            self._preemption.close()
+            self._preemption = None
+
+    def _check_iteration(self, trainer: IgniteEngine) -> None:
+        length = trainer.state.epoch_length
+        if not (length and trainer.state.iteration % length == 0):  # an epoch's last: after EPOCH_COMPLETED's handlers
+            self._check(trainer)
+
+    def _check(self, trainer: IgniteEngine) -> None:
+        """A step boundary (a collective in a distributed run): on a signal, saves here, waits for it, exits."""
+        signum = self._preemption.requested()
+        if signum is None:
+            return
+        saver = self.save_handler
+        with logs_to(trainer.logger):
+            if self._saved_at != (trainer, trainer.state.iteration):  # else a periodic save just wrote this step
+                moment = _moment(trainer, saver.engine.clock if isinstance(saver, DiskSaver) else None)
+                if self.save_policy is not None:
+                    self._previous.append(moment)
+                self._write(trainer, moment)
+            self._preemption.finish(signum, saver.drain if isinstance(saver, DiskSaver) else lambda: None)
+
     def __call__(self, engine: IgniteEngine, *args: Any, **kwargs: Any) -> None:
+        if self._signals and self._trainer is None:
+            self._stop_listening(engine)  # it cannot act
+            raise ValueError(
+                f"trainer_ckpt.ignite.Checkpoint: `save_on_signals` needs the trainer whose steps it checks, got no "
+                f"Engine in to_save ({sorted(self.to_save)}). Put the trainer in to_save or call handler.attach(trainer) "
+                "before trainer.run()."
+            )
         with logs_to(getattr(engine, "logger", None)):
             self._checkpoint(engine, *args, **kwargs)
 
@@ -319,6 +421,12 @@ class Checkpoint(_ignite.Checkpoint):
             if not distributed.should_save(self.save_policy, moment, self._previous):
                 return
             self._previous.append(moment)
+        self._write(engine, moment, *args, **kwargs)
+
+    def _write(self, engine: IgniteEngine, moment: CheckpointInfo, *args: Any, **kwargs: Any) -> None:
+        """Saves through ignite's `__call__` (its file name, list and `n_saved`) and our DiskSaver."""
+        self._saved_at = (engine, engine.state.iteration)
+        saver = self.save_handler
         if not isinstance(saver, DiskSaver):
             return super().__call__(engine, *args, **kwargs)
         self._settle()

@@ -1,0 +1,195 @@
+"""
+trainer_ckpt.ignite's `Checkpoint(..., save_on_signals=[...])` (issue 27): a real ignite `Engine`
+run in a process of its own gets a real signal mid-epoch (os.kill from this test while the run
+waits after a chosen iteration), saves a normal checkpoint at that iteration, and exits with
+128 + the signal's number; the resumed run starts after that iteration and ends bit-identical to
+an uninterrupted one. Also: `exit_on_signal=False`, chaining to the user's handler, `attach`,
+`max_host_memory`, and the construction errors.
+"""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from scripts.plain_loop import max_difference
+from tests import preempt_ignite_run as run
+from tests._resume import resumed
+from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
+
+SCRIPT = run.__file__
+FINAL_ITERATION = 52
+
+
+def visible(directory):
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    run.train(str(out))  # in this process: no signals
+    return run.final_state(str(out))
+
+
+def preempted(out, signum, wait_at, *options):
+    """Runs the script until it waits after iteration `wait_at`, sends it `signum`; its exit status and output."""
+    child = subprocess.Popen([sys.executable, SCRIPT, str(out), "--signals", "SIGTERM,SIGUSR1", "--wait-at", str(wait_at),
+                              *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = []
+    for line in child.stdout:
+        lines.append(line.strip())
+        if line.strip() == f"waiting at {wait_at}":
+            os.kill(child.pid, signum)
+            break
+    stdout, stderr = child.communicate(timeout=120)
+    return child.returncode, lines + stdout.splitlines(), stderr
+
+
+def saves(out):
+    """The iterations the run printed a save at."""
+    return [int(line.split()[-1]) for line in out if line.startswith("saved at ")]
+
+
+def assert_same_final(got, expected):
+    assert got["iteration"] == expected["iteration"] == FINAL_ITERATION
+    assert max_difference(got, expected) == 0.0
+    for key in expected["model"]:
+        torch.testing.assert_close(got["model"][key], expected["model"][key], rtol=0, atol=0)
+    for param, state in expected["optimizer"]["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(got["optimizer"]["state"][param][name], value, rtol=0, atol=0)
+    assert got["scheduler"] == expected["scheduler"]  # plain numbers: the epochs stepped, the learning rate
+
+
+# 13 iterations an epoch, a checkpoint every 5 (keep 2). 23 is mid-epoch 2, between two periodic
+# saves; at 25 the periodic save is the one (not written twice); 26 is epoch 2's last iteration:
+# the save waits for EPOCH_COMPLETED's handlers (the scheduler's step), so that the resumed run,
+# which starts epoch 3, matches.
+@pytest.mark.parametrize("name, wait_at, background", [
+    ("SIGTERM", 23, False), ("SIGUSR1", 26, False), ("SIGTERM", 25, True),
+], ids=["SIGTERM", "SIGUSR1-epoch-end", "SIGTERM-background-periodic-step"])
+def test_a_signal_saves_at_that_iteration_exits_and_the_resume_is_bit_exact(tmp_path, uninterrupted, name, wait_at, background):
+    signum = getattr(signal, name)
+    status, out, err = preempted(tmp_path, signum, wait_at, *(["--background"] if background else []))
+    assert status == 128 + signum, err
+    previous = (wait_at - 1) // 5 * 5
+    assert visible(tmp_path) == [f"checkpoint_{previous}.pt", f"checkpoint_{wait_at}.pt", "starts.jsonl", "user_handler.txt"]
+    assert (tmp_path / "user_handler.txt").read_text() == f"{signum}\n"  # the handler installed before ours ran too
+    assert saves(out) == sorted({*range(5, wait_at + 1, 5), wait_at})  # one save at the signal's step
+    saved = torch.load(tmp_path / f"checkpoint_{wait_at}.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == wait_at
+    assert json.loads((tmp_path / f".checkpoint_{wait_at}.pt.json").read_text())["iteration"] == wait_at
+    assert latest_checkpoint(tmp_path) == str(tmp_path / f"checkpoint_{wait_at}.pt")
+    assert saved["scheduler"]["last_epoch"] == (2 if wait_at == 26 else 1)  # epoch 2's step is in it at its end
+
+    before = signal.getsignal(signal.SIGTERM)
+    with resumed(tmp_path, at=wait_at):  # the first iteration it trains is wait_at + 1
+        run.train(str(tmp_path), signals=["SIGTERM"])
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's end put the handler back
+    assert_same_final(run.final_state(str(tmp_path)), uninterrupted)
+
+
+def test_exit_on_signal_false_saves_then_trains_on(tmp_path, uninterrupted):
+    status, out, err = preempted(tmp_path, signal.SIGTERM, 23, "--no-exit")
+    assert status == 0, err
+    assert saves(out) == [5, 10, 15, 20, 23, 25, 30, 35, 40, 45, 50]
+    assert (tmp_path / "user_handler.txt").read_text() == f"{signal.SIGTERM}\n"
+    assert_same_final(run.final_state(str(tmp_path)), uninterrupted)  # the extra save changed nothing
+
+
+def make_run(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        model(batch).pow(2).sum().backward()
+        optimizer.step()
+
+    return model, optimizer, Engine(step)
+
+
+DATA = [torch.full((2, 3), float(i)) / 10 for i in range(4)]
+
+
+def test_attach_checks_a_trainer_not_in_to_save(tmp_path):
+    """A handler saving only the model: the trainer is given to `attach`; a signal at iteration 6 saves there."""
+    original = signal.getsignal(signal.SIGUSR1)
+    model, optimizer, trainer = make_run()
+    handler = Checkpoint({"model": model}, str(tmp_path), n_saved=None, save_on_signals=["SIGUSR1"], exit_on_signal=False)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.ignite.Checkpoint: `save_on_signals` needs the trainer .* got no "
+                                         r"Engine in to_save \(\['model'\]\)\. Put the trainer in to_save or call handler.attach"):
+        trainer.run(DATA, max_epochs=1)
+    assert signal.getsignal(signal.SIGUSR1) is original  # a handler that cannot act stops listening
+    model, optimizer, trainer = make_run()
+    handler = Checkpoint({"model": model}, str(tmp_path / "attached"), n_saved=None, save_on_signals=["SIGUSR1"],
+                         exit_on_signal=False)
+    handler.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
+    weights = {}
+
+    def send(engine):
+        assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)  # ours: the signal will not end pytest
+        weights.update({k: v.clone() for k, v in model.state_dict().items()})
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), send)
+    trainer.run(DATA, max_epochs=3)
+    assert visible(tmp_path / "attached") == ["model_12.pt", "model_4.pt", "model_6.pt", "model_8.pt"]
+    saved = torch.load(tmp_path / "attached" / "model_6.pt", weights_only=True)
+    for key, value in weights.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
+    assert signal.getsignal(signal.SIGUSR1) is original
+
+
+def test_max_host_memory_bounds_the_snapshot_buffers(tmp_path, caplog):
+    model, optimizer, trainer = make_run()
+    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
+    handler = Checkpoint(to_save, str(tmp_path), background=True, max_host_memory=16)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), handler)
+    with caplog.at_level(logging.INFO, logger="trainer_ckpt"):
+        trainer.run(DATA, max_epochs=1)
+    saver = handler.save_handler
+    saver.wait()
+    assert saver.engine.max_host_memory == 16
+    assert "over max_host_memory=16: saving on the training thread" in caplog.text
+    assert not saver.engine._snapshot._buffers  # none kept: the state (32 bytes of weights alone) is over the bound
+    saved = torch.load(tmp_path / "checkpoint_4.pt", weights_only=True)
+    torch.testing.assert_close(saved["model"]["weight"], model.weight.detach(), rtol=0, atol=0)
+
+
+def test_bad_keywords_are_refused_at_construction(tmp_path):
+    model, optimizer, trainer = make_run()
+    to_save = {"model": model, "trainer": trainer}
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    where = r"^trainer_ckpt.ignite.Checkpoint: "
+    cases = [
+        (dict(save_on_signals="SIGTERM"), where + r"`save_on_signals` must be a list of signals, got 'SIGTERM'\. Use e\.g\."),
+        (dict(save_on_signals=["SIGTERM", "SIGNOPE"]), where + r"`save_on_signals` holds 'SIGNOPE', which is not a signal\."),
+        (dict(save_on_signals=["SIGKILL"]), where + r"`save_on_signals` holds SIGKILL, which no process can catch\."),
+        (dict(save_on_signals=["SIGTERM"], exit_on_signal="yes"), where + r"`exit_on_signal` must be True or False, got 'yes'"),
+        (dict(save_on_signals=["SIGTERM"], score_name="accuracy"),
+         where + r"`save_on_signals` saves at a step, which has no score .* score_name='accuracy'\. Give save_on_signals to a Checkpoint without a score"),
+        (dict(max_host_memory=-1), r"^trainer_ckpt.ignite.DiskSaver: `max_host_memory` must be a number of bytes \(an int >= 0\) or None, got -1\."),
+        (dict(max_host_memory="1G"), r"^trainer_ckpt.ignite.DiskSaver: `max_host_memory` must be a number of bytes .* got '1G'\."),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Checkpoint(to_save, str(tmp_path), **kwargs)
+    import ignite.handlers as peer
+    with pytest.raises(ValueError, match=where + r"`background` and `safe_globals` are for a DiskSaver this handler makes from a path, as is `max_host_memory`"):
+        Checkpoint(to_save, peer.DiskSaver(tmp_path / "peer"), max_host_memory=2**20)
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.ignite.Checkpoint.attach: this handler has no `save_on_signals`"):
+        Checkpoint(to_save, str(tmp_path)).attach(trainer)
+    assert {s: signal.getsignal(s) for s in before} == before  # no refused handler listens
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.ignite.DiskSaver: `max_host_memory`"):
+        DiskSaver(tmp_path / "other", max_host_memory=1.5)
