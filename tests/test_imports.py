@@ -90,3 +90,21 @@ def test_import_trainer_ckpt_inside_allennlp_registers_its_checkpointers():
     result = subprocess.run([sys.executable, "-c", PLUGIN], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "['trainer_ckpt', 'trainer_ckpt_group']"
+
+
+FIRST_SAVE = """
+import sys, tempfile, torch
+from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.core.engine import Engine
+from trainer_ckpt.stores.named import FVCORE, MAIN, NamedFiles
+engine = Engine(NamedFiles(tempfile.mkdtemp(), FVCORE))
+engine.save("model_0000000", {MAIN: {"w": torch.ones(3)}}, CheckpointInfo(0, 0, time=0.0))
+print("torch.distributed.tensor" in sys.modules)
+"""
+
+
+def test_a_first_save_of_plain_state_does_not_import_torchs_dtensor():
+    # Importing torch.distributed.tensor took 1.7 s (and 50 MiB) of the first save: no DTensor
+    # can exist before it is imported, so the check for sharded state does not import it.
+    result = subprocess.run([sys.executable, "-c", FIRST_SAVE], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]

@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import secrets
+import sys
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -36,9 +37,11 @@ DCP_METADATA = ".metadata"
 
 def is_sharded(obj: Any) -> bool:
     """Whether `obj` (a state dict, nested) holds a DTensor."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
+    # No DTensor exists before its module is imported, and importing it takes seconds (and 50 MiB):
+    # a first save of a plain model would pay for it.
+    module = sys.modules.get("torch.distributed.tensor")
+    DTensor = getattr(module, "DTensor", None)
+    if DTensor is None:
         return False
 
     def walk(value: Any) -> bool:
