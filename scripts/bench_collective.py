@@ -1,6 +1,7 @@
 """
 What a time-based save policy costs per batch under DDP: rank 0 decides and broadcasts one byte
-(trainer_ckpt.core.distributed.primary_decides), measured with 2 real gloo processes on this machine
+(trainer_ckpt.core.distributed.primary_decides), and what `save_on_signals` costs per step (an
+all-reduce of one number: Preemption.requested), both on the checkpoint's own gloo group, measured with 2 real gloo processes on this machine
 (by hand, not in CI). Baselines from the same run: the collective a DDP step cannot avoid (an
 all_reduce of one 25 MiB gradient bucket, DDP's default bucket size), and a 1-element all_reduce
 (the smallest collective). Also the whole `maybe_save_checkpoint` call that does not save, with a
@@ -10,6 +11,7 @@ time-based policy (with the broadcast) and a batch-based one (no collective).
 """
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,6 +43,7 @@ def rank_main(rank: int, store: str, calls: int, out: str) -> None:
 
     from trainer_ckpt import DefaultCheckpointer
     from trainer_ckpt.core.distributed import primary_decides
+    from trainer_ckpt.core.preemption import Preemption
 
     class Trainer:
         def get_checkpoint_state(self):
@@ -49,6 +52,7 @@ def rank_main(rank: int, store: str, calls: int, out: str) -> None:
     trainer, bucket, one = Trainer(), torch.zeros(25 * (1 << 20) // 4), torch.zeros(1)
     rows = {
         "broadcast of the decision (primary_decides)": timed(lambda: primary_decides(False), calls),
+        "preemption agreement (Preemption.requested)": timed(Preemption((signal.SIGUSR2,)).requested, calls),
         "all_reduce of 1 element": timed(lambda: dist.all_reduce(one), calls),
         "all_reduce of a 25 MiB gradient bucket": timed(lambda: dist.all_reduce(bucket), max(calls // 100, 10)),
     }
