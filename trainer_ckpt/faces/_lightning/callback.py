@@ -218,8 +218,8 @@ class ModelCheckpoint(_ModelCheckpoint):
         self._save_for_signal(trainer)
         try:
             self._preemption.finish(signum, self._drain)
-        except SystemExit as exit:
-            exception.code = exit.code
+        except SystemExit as stop:
+            exception.code = stop.code
 
     def _save_for_signal(self, trainer: Any) -> None:
         """A checkpoint at this step, as the periodic saves write one (none when one was saved at this very step)."""
