@@ -3,12 +3,13 @@ import functools
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import fvcore.common.checkpoint as _fvcore
 
 from trainer_ckpt.faces.arguments import require_bools
 from trainer_ckpt.core import distributed
+from trainer_ckpt.core import preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -49,6 +50,9 @@ class Checkpointer(_fvcore.Checkpointer):
     background : `bool` (default `False`)
         `save()` copies the state into reused CPU buffers and returns; a worker thread writes it.
         `wait()` waits for it (finding or loading checkpoints waits too, and so does process exit).
+    max_host_memory : `int` (default `None`)
+        Bytes the background snapshot's buffers may take: a state that needs more is saved on the
+        training thread from the live tensors instead (the loop waits for the write). None: no bound.
     restore_rng : `bool` (default `True`)
         `resume_or_load(..., resume=True)` puts back the random state saved with the checkpoint
         (python, numpy, torch, every CUDA device), for a bit-exact resume.
@@ -76,13 +80,19 @@ class Checkpointer(_fvcore.Checkpointer):
         safe_globals: Sequence[Any] = (),
         storage_options: Optional[Dict[str, Any]] = None,
         staging_dir: Optional[str] = None,
+        max_host_memory: Optional[int] = None,
         **checkpointables: Any,
     ) -> None:
         require_bools(_WHERE, background=background, restore_rng=restore_rng)
+        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int)
+                                            or max_host_memory < 0):
+            raise ValueError(f"{_WHERE}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
+                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
         save_dir, self.url = local_place(_WHERE, "save_dir", save_dir, storage_options, staging_dir)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self._store = mirrored(NamedFiles(self.save_dir, LAYOUT), self.url, storage_options, _WHERE)
         self.background, self.restore_rng, self.safe_globals = background, restore_rng, list(safe_globals)
+        self.max_host_memory = max_host_memory
         self._engine: Optional[Engine] = None
         self._preloaded: Optional[tuple] = None  # (path, checkpoint) handed from resume to fvcore's load
         self._prepared = False  # the background snapshot's buffers
@@ -95,7 +105,7 @@ class Checkpointer(_fvcore.Checkpointer):
             self._engine = Engine(
                 self._store, background=self.background, safe_globals=self.safe_globals,
                 read_only=not self.save_to_disk and distributed.world_size() == 1, primary=self.save_to_disk,
-                where=_WHERE, logger=self.logger,
+                where=_WHERE, logger=self.logger, max_host_memory=self.max_host_memory,
             )
             self._engine.clean_up()
         return self._engine
@@ -272,6 +282,15 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         Which periodic checkpoints to keep, e.g. `KeepAny([KeepMostRecentByCount(3),
         KeepEveryNumBatches(10000)])`. `{file_prefix}_final` and checkpoints saved by name are
         never deleted.
+    save_on_signals : `List[Union[str, int]]` (default `None`)
+        Signals to save on (`["SIGTERM", "SIGUSR1"]`: what SLURM and spot VMs send before a kill).
+        The handler only records the signal; the next `step(iteration)` (on every rank: they agree)
+        saves `{file_prefix}_{iteration:07d}` as a periodic save would (unless one was saved at
+        this iteration), waits until it is written (and uploaded), then exits the process with
+        status 128 + the signal's number. A handler installed before is still called.
+    exit_on_signal : `bool` (default `True`)
+        False: after that save, training goes on.
+    `close()` stops listening for the signals; the step at `max_iter - 1` does so too.
     """
 
     def __init__(
@@ -284,8 +303,17 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         *,
         save_policy: Optional["SavePolicy"] = None,
         retention_policy: Optional["RetentionPolicy"] = None,
+        save_on_signals: Optional[Sequence[Union[str, int]]] = None,
+        exit_on_signal: bool = True,
     ) -> None:
         where = "trainer_ckpt.fvcore.PeriodicCheckpointer"
+        require_bools(where, exit_on_signal=exit_on_signal)
+        signals = preemption.parse(where, "save_on_signals", save_on_signals)
+        if signals and not isinstance(checkpointer, Checkpointer):
+            raise ValueError(
+                f"{where}: `save_on_signals` needs a trainer_ckpt.fvcore.Checkpointer, got {type(checkpointer).__name__}. "
+                "Checkpoint the run with trainer_ckpt.fvcore.Checkpointer (see the guide's detectron2 section)."
+            )
         if (period is None) == (save_policy is None):
             raise ValueError(
                 f"{where}: give exactly one of `period` and `save_policy`, got period={period!r} and "
@@ -309,6 +337,7 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
         periodic = re.compile(rf"^{re.escape(file_prefix)}_\d{{7}}$")
         self._retention = None if retention_policy is None else (retention_policy, lambda e: bool(periodic.match(e.name)))
         self._previous: List[CheckpointInfo] = []
+        self._preemption = preemption.Preemption(signals, exit=exit_on_signal, where=where)
 
     def step(self, iteration: int, **kwargs: Any) -> None:
         if not isinstance(self.checkpointer, Checkpointer):
@@ -328,12 +357,29 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
             if periodic:
                 self._previous.append(current)
         if periodic:
-            name = "{}_{:07d}".format(self.file_prefix, iteration)
-            self.checkpointer._save(name, additional_state, retention=self._retention)
+            self._save_periodic(iteration, additional_state)
         elif not final and not self.checkpointer._prepared:
             self.checkpointer.prepare()
         if final:
             self.checkpointer.save(f"{self.file_prefix}_final", **additional_state)
+        signum = self._preemption.requested()  # every rank, every step: a collective
+        if signum is not None:
+            if not (periodic or final):  # this iteration's state is saved already
+                self._save_periodic(iteration, additional_state)
+                if self.save_policy is not None:  # the policy counts it as it counts a periodic save
+                    self._previous.append(CheckpointInfo(0, iteration + 1, time=self.checkpointer.engine.clock(),
+                                                         total_batches_completed=iteration + 1))
+            self._preemption.finish(signum, self.checkpointer.engine.drain)
+        if final:
+            self.close()
+
+    def _save_periodic(self, iteration: int, additional_state: Dict[str, Any]) -> None:
+        name = "{}_{:07d}".format(self.file_prefix, iteration)
+        self.checkpointer._save(name, additional_state, retention=self._retention)
+
+    def close(self) -> None:
+        """Stops listening for `save_on_signals` (the handlers installed before come back)."""
+        self._preemption.close()
 
 
 for _public in (Checkpointer, PeriodicCheckpointer):
