@@ -5,11 +5,14 @@ checkpoint every 5 iterations, keep 2) plus a `StepLR` stepped at EPOCH_COMPLETE
 trainer_ckpt's `save_on_signals`.
 
     python tests/preempt_ignite_run.py OUT --signals SIGTERM,SIGUSR1 --wait-at 23
+    python tests/preempt_ignite_run.py OUT --signals SIGTERM --rank R --world-size 2 --init-method file:///tmp/x
 
 `--wait-at N`: after iteration N, prints "waiting at N" and waits until a signal arrives; the
 signal handlers this script installs (before the Checkpoint, as a user's) note each signal in
 OUT/user_handler.txt. Every save prints "saved at I". A run that ends writes OUT/final.pth; it
 resumes from OUT's newest checkpoint, and notes where it started in OUT/starts.jsonl (tests/_resume.py).
+With `--world-size 2`, each rank trains the model wrapped in DistributedDataParallel (gloo) on the
+same batches: the averaged gradients are each rank's own, so the run matches a single process's.
 """
 import argparse
 import os
@@ -26,14 +29,16 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.ignite_loop import _note_first_iteration  # noqa: E402
 from scripts.plain_loop import dataset  # noqa: E402
+from tests._resume import note_start  # noqa: E402
 from trainer_ckpt.data import ResumableLoader  # noqa: E402
 
 EPOCHS = 4  # 52 iterations
 
 
-def train(out: str, signals=(), exit_on_signal: bool = True, background: bool = False, wait_at: int = 0) -> None:
+def train(out: str, signals=(), exit_on_signal: bool = True, background: bool = False, wait_at: int = 0,
+          rank: int = 0, world_size: int = 1, init_method: str = "") -> None:
+    import torch.distributed as dist
     from ignite.engine import Engine, Events
     from ignite.handlers.checkpoint import CheckpointEvents
 
@@ -43,6 +48,9 @@ def train(out: str, signals=(), exit_on_signal: bool = True, background: bool = 
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+        model = nn.parallel.DistributedDataParallel(model)
 
     def step(engine, batch):
         x, y = batch
@@ -78,7 +86,14 @@ def train(out: str, signals=(), exit_on_signal: bool = True, background: bool = 
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=wait_at), wait)
     handler = Checkpoint(to_save, DiskSaver(out, require_empty=False, background=background), n_saved=2,
                          save_on_signals=list(signals) or None, exit_on_signal=exit_on_signal)
-    trainer.add_event_handler(Events.ITERATION_STARTED, _note_first_iteration(out))
+    noted = []
+
+    def note_first(engine):  # ignite counts an iteration before ITERATION_STARTED: 23 are done when it is 24
+        if not noted:
+            noted.append(True)
+            note_start(out, engine.state.iteration - 1, rank)
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, note_first)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5), handler)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: scheduler.step())
     trainer.add_event_handler(CheckpointEvents.SAVED_CHECKPOINT, lambda e: print(f"saved at {e.state.iteration}", flush=True))
@@ -86,9 +101,12 @@ def train(out: str, signals=(), exit_on_signal: bool = True, background: bool = 
     if path is not None:
         Checkpoint.load_objects(to_save, path)
     trainer.run(loader, max_epochs=EPOCHS)
-    final = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "iteration": trainer.state.iteration}
-    torch.save(final, os.path.join(out, "final.pth"))
+    if rank == 0:
+        final = {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "iteration": trainer.state.iteration}
+        torch.save(final, os.path.join(out, "final.pth"))
+    if world_size > 1:
+        dist.destroy_process_group()
 
 
 def final_state(out: str) -> dict:
@@ -102,10 +120,14 @@ def main() -> int:
     parser.add_argument("--no-exit", action="store_true", help="exit_on_signal=False")
     parser.add_argument("--background", action="store_true")
     parser.add_argument("--wait-at", type=int, default=0)
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--world-size", type=int, default=1)
+    parser.add_argument("--init-method", default="")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     train(args.out, signals=[s for s in args.signals.split(",") if s], exit_on_signal=not args.no_exit,
-          background=args.background, wait_at=args.wait_at)
+          background=args.background, wait_at=args.wait_at, rank=args.rank, world_size=args.world_size,
+          init_method=args.init_method)
     return 0
 
 

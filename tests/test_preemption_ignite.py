@@ -3,8 +3,8 @@ trainer_ckpt.ignite's `Checkpoint(..., save_on_signals=[...])` (issue 27): a rea
 run in a process of its own gets a real signal mid-epoch (os.kill from this test while the run
 waits after a chosen iteration), saves a normal checkpoint at that iteration, and exits with
 128 + the signal's number; the resumed run starts after that iteration and ends bit-identical to
-an uninterrupted one. Also: `exit_on_signal=False`, chaining to the user's handler, `attach`,
-`max_host_memory`, and the construction errors.
+an uninterrupted one; with 2 gloo ranks, one signalled rank is enough. Also: chaining to the
+user's handler, `exit_on_signal=False`, `attach`, `max_host_memory`, and the construction errors.
 """
 import json
 import logging
@@ -37,11 +37,15 @@ def uninterrupted(tmp_path_factory):
     return run.final_state(str(out))
 
 
+def start(out, *options):
+    return subprocess.Popen([sys.executable, SCRIPT, str(out), "--signals", "SIGTERM,SIGUSR1", *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
 def preempted(out, signum, wait_at, *options):
     """Runs the script until it waits after iteration `wait_at`, sends it `signum`; its exit status and output."""
-    child = subprocess.Popen([sys.executable, SCRIPT, str(out), "--signals", "SIGTERM,SIGUSR1", "--wait-at", str(wait_at),
-                              *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    child = start(out, "--wait-at", str(wait_at), *options)
     lines = []
     for line in child.stdout:
         lines.append(line.strip())
@@ -96,12 +100,25 @@ def test_a_signal_saves_at_that_iteration_exits_and_the_resume_is_bit_exact(tmp_
     assert_same_final(run.final_state(str(tmp_path)), uninterrupted)
 
 
-def test_exit_on_signal_false_saves_then_trains_on(tmp_path, uninterrupted):
-    status, out, err = preempted(tmp_path, signal.SIGTERM, 23, "--no-exit")
-    assert status == 0, err
-    assert saves(out) == [5, 10, 15, 20, 23, 25, 30, 35, 40, 45, 50]
-    assert (tmp_path / "user_handler.txt").read_text() == f"{signal.SIGTERM}\n"
-    assert_same_final(run.final_state(str(tmp_path)), uninterrupted)  # the extra save changed nothing
+def test_two_ranks_save_on_a_signal_only_one_got_and_resume_bit_exact(tmp_path, uninterrupted):
+    """2 gloo ranks (DistributedDataParallel): SIGTERM to rank 1 only; both agree at the step boundary, both exit 143."""
+    init = f"file://{tmp_path / 'init'}"
+    out = tmp_path / "run"
+    ranks = ["--world-size", "2", "--init-method", init]
+    rank0 = start(out, "--rank", "0", *ranks)
+    status1, _, err1 = preempted(out, signal.SIGTERM, 23, "--rank", "1", *ranks)
+    _, err0 = rank0.communicate(timeout=120)
+    assert (rank0.returncode, status1) == (143, 143), err0 + err1
+    assert (out / "user_handler.txt").read_text() == f"{signal.SIGTERM}\n"  # rank 1 alone got it
+    assert visible(out) == ["checkpoint_20.pt", "checkpoint_23.pt", "starts.jsonl", "user_handler.txt"]
+    record = json.loads((out / ".checkpoint_23.pt.json").read_text())
+    assert (record["iteration"], record["world_size"]) == (23, 2)
+    init = f"file://{tmp_path / 'init2'}"
+    with resumed(out, at=23, ranks=2):
+        both = [start(out, "--rank", str(rank), "--world-size", "2", "--init-method", init) for rank in (0, 1)]
+        errors = [child.communicate(timeout=120)[1] for child in both]
+        assert [child.returncode for child in both] == [0, 0], errors
+    assert_same_final(run.final_state(str(out)), uninterrupted)  # DDP on equal batches: a single process's run
 
 
 def make_run(seed=0):
@@ -120,19 +137,22 @@ def make_run(seed=0):
 DATA = [torch.full((2, 3), float(i)) / 10 for i in range(4)]
 
 
-def test_attach_checks_a_trainer_not_in_to_save(tmp_path):
-    """A handler saving only the model: the trainer is given to `attach`; a signal at iteration 6 saves there."""
+def test_without_a_trainer_to_check_the_first_call_says_attach(tmp_path):
     original = signal.getsignal(signal.SIGUSR1)
     model, optimizer, trainer = make_run()
-    handler = Checkpoint({"model": model}, str(tmp_path), n_saved=None, save_on_signals=["SIGUSR1"], exit_on_signal=False)
+    handler = Checkpoint({"model": model}, str(tmp_path), save_on_signals=["SIGUSR1"])
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
     with pytest.raises(ValueError, match=r"^trainer_ckpt.ignite.Checkpoint: `save_on_signals` needs the trainer .* got no "
                                          r"Engine in to_save \(\['model'\]\)\. Put the trainer in to_save or call handler.attach"):
         trainer.run(DATA, max_epochs=1)
     assert signal.getsignal(signal.SIGUSR1) is original  # a handler that cannot act stops listening
+
+
+def test_exit_on_signal_false_saves_at_the_signal_and_trains_on(tmp_path):
+    """A handler saving only the model, given the trainer by `attach`: SIGUSR1 at iteration 6 saves there, the run goes on."""
+    original = signal.getsignal(signal.SIGUSR1)
     model, optimizer, trainer = make_run()
-    handler = Checkpoint({"model": model}, str(tmp_path / "attached"), n_saved=None, save_on_signals=["SIGUSR1"],
-                         exit_on_signal=False)
+    handler = Checkpoint({"model": model}, str(tmp_path), n_saved=None, save_on_signals=["SIGUSR1"], exit_on_signal=False)
     handler.attach(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
     weights = {}
@@ -144,11 +164,16 @@ def test_attach_checks_a_trainer_not_in_to_save(tmp_path):
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), send)
     trainer.run(DATA, max_epochs=3)
-    assert visible(tmp_path / "attached") == ["model_12.pt", "model_4.pt", "model_6.pt", "model_8.pt"]
-    saved = torch.load(tmp_path / "attached" / "model_6.pt", weights_only=True)
+    assert trainer.state.iteration == 12
+    assert visible(tmp_path) == ["model_12.pt", "model_4.pt", "model_6.pt", "model_8.pt"]
+    saved = torch.load(tmp_path / "model_6.pt", weights_only=True)
     for key, value in weights.items():
         torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
-    assert signal.getsignal(signal.SIGUSR1) is original
+    assert signal.getsignal(signal.SIGUSR1) is original  # the run's end put it back
+    plain, _, plain_trainer = make_run()
+    plain_trainer.run(DATA, max_epochs=3)
+    for key, value in plain.state_dict().items():  # the save changed nothing in training
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_max_host_memory_bounds_the_snapshot_buffers(tmp_path, caplog):
