@@ -3,7 +3,8 @@
 CPU (tests/preempt_lightning_loop.py): each run is a process of its own that the test sends a real
 signal with os.kill once the run says it is in the step (or the validation) the test chose. The
 run saves at that step, exits with 128 + the signal's number, and `fit(ckpt_path="last")` in a new
-process resumes at that step and ends bit-identical to a run never interrupted.
+process resumes at that step and ends bit-identical to a run never interrupted. Two DDP ranks on
+gloo agree: a signal to one of them makes both save that step and exit.
 
 Every run is forked from a server process that imported torch and Lightning once (importing them
 takes most of a run's time on a loaded machine); trainer_ckpt is imported in each run itself.
@@ -12,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 
 import pytest
 import torch
@@ -160,3 +162,22 @@ def test_max_host_memory_reaches_the_engines_of_both_classes_and_fit_puts_the_ha
     assert saved_step(tmp_path / "io", "a.ckpt") == 5
     over = [r.getMessage() for r in caplog.records if "over max_host_memory=16" in r.getMessage()]
     assert [m.split(":")[0] for m in over] == ["trainer_ckpt.lightning.ModelCheckpoint", "trainer_ckpt.lightning.CheckpointIO"]
+
+
+def test_two_ddp_ranks_agree_a_signal_to_one_rank_saves_that_step_and_both_exit(tmp_path):
+    """2 gloo ranks: SIGUSR1 reaches rank 1 only; rank 0, which never got it, saves the same step with it (it
+    writes the files) and both exit with 138."""
+    directory = tmp_path / "ckpt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = [start(directory, "ddp", signal_name="SIGUSR1", wait_in="train", world_size=2, rank=rank, port=port)
+             for rank in (0, 1)]
+    (zero, _), (one, reader) = ranks
+    assert reader.poll(TIMEOUT), "rank 1 never reached the step chosen"
+    assert reader.recv() == ("waiting", WAIT_AT)
+    os.kill(one.pid, signal.SIGUSR1)
+    assert [finished(zero), finished(one)] == [138, 138]
+    assert (tmp_path / "ckpt.handler").read_text() == f"{signal.SIGUSR1}\n"  # rank 1's handler alone was called
+    assert saved_step(directory, "epoch=1-step=11.ckpt") == saved_step(directory, "last.ckpt") == 11
+    assert "epoch=1-step=12.ckpt" not in visible(directory)
