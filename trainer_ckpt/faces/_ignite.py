@@ -359,22 +359,21 @@ class Checkpoint(_ignite.Checkpoint):
         self._trainer = trainer
         trainer.add_event_handler(Events.STARTED, self._listen)
         trainer.add_event_handler(Events.COMPLETED, self._stop_listening)
-        self._add_checks(trainer)
+        self._listen(trainer)
 
-    def _add_checks(self, trainer: IgniteEngine) -> None:
-        """Puts the checks last among the handlers of their events: the iteration's (or epoch's) own
-        handlers (a periodic save, a scheduler's step) run before the state is saved."""
+    def _listen(self, trainer: IgniteEngine) -> None:
+        """
+        At each run's start: listens again after an earlier run's end, and puts the checks last
+        among the handlers of their events, so that the iteration's (or epoch's) own handlers (a
+        periodic save, a scheduler's step) run before the state is saved.
+        """
+        if self._preemption is None:
+            self._preemption = preemption.Preemption(self._signals, self._exit_on_signal, "trainer_ckpt.ignite.Checkpoint")
+        self._saved_at = None
         for event, check in ((Events.ITERATION_COMPLETED, self._check_iteration), (Events.EPOCH_COMPLETED, self._check)):
             if trainer.has_event_handler(check, event):
                 trainer.remove_event_handler(check, event)
             trainer.add_event_handler(event, check)
-
-    def _listen(self, trainer: IgniteEngine) -> None:
-        """At each run's start: listens again after an earlier run's end, checks after the handlers added since."""
-        if self._preemption is None:
-            self._preemption = preemption.Preemption(self._signals, self._exit_on_signal, "trainer_ckpt.ignite.Checkpoint")
-        self._saved_at = None
-        self._add_checks(trainer)
 
     def _stop_listening(self, trainer: IgniteEngine) -> None:
         if self._preemption is not None:
