@@ -174,6 +174,11 @@ def test_exit_on_signal_false_saves_at_the_signal_and_trains_on(tmp_path):
     for key, value in plain.state_dict().items():  # the save changed nothing in training
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=14), send)
+    trainer.run(DATA, max_epochs=4)  # a later run listens again
+    assert visible(tmp_path) == ["model_12.pt", "model_14.pt", "model_16.pt", "model_4.pt", "model_6.pt", "model_8.pt"]
+    assert signal.getsignal(signal.SIGUSR1) is original
+
 
 def test_max_host_memory_bounds_the_snapshot_buffers(tmp_path, caplog):
     model, optimizer, trainer = make_run()
