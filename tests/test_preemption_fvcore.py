@@ -41,16 +41,24 @@ def start(out: Path, *options: str, rank: Optional[int] = None, init: str = "") 
 
 def interrupt(process: subprocess.Popen, signum: int, at: int = PAUSE_AT) -> None:
     """Once the loop waits after iteration `at`, sends it `signum`, then lets it go on."""
-    assert process.stdout.readline().strip() == f"paused {at}"
+    line = process.stdout.readline().strip()
+    assert line == f"paused {at}", f"the loop said {line!r}, exit status {process.wait(timeout=TIMEOUT)}"
     os.kill(process.pid, signum)
     process.stdin.write("go\n")
     process.stdin.flush()
 
 
 def finish(processes: List[subprocess.Popen]) -> List[int]:
-    for process in processes:
-        process.stdin.close()
-        process.wait(timeout=TIMEOUT)
+    """The exit statuses; a process still running after TIMEOUT (a rank waiting for the other) is killed."""
+    try:
+        for process in processes:
+            process.stdin.close()
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return [process.returncode for process in processes]
 
 
