@@ -13,7 +13,7 @@ from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
-from mmengine.runner import EpochBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
 from trainer_ckpt.core import distributed, preemption
@@ -286,7 +286,11 @@ class CheckpointHook(_CheckpointHook):
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
         if self._rng is not None and self.restore_rng:
-            restore_rng(self._rng)  # after Runner.resume, which may have reseeded
+            rng = self._rng  # restored after Runner.resume, which may have reseeded
+            if isinstance(runner.train_loop, IterBasedTrainLoop):
+                patches.after_skipping(runner.train_loop, lambda: restore_rng(rng))
+            else:
+                restore_rng(rng)
         self._rng = None
         if self.signals:
             if isinstance(runner.train_loop, EpochBasedTrainLoop):

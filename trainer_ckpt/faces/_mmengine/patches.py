@@ -18,6 +18,9 @@ And, within one save of our hook only (context managers, undone on exit):
   waits in `pending` until the new checkpoint is committed;
 - `on_every_rank(runner)`: `Runner.save_checkpoint` without its `@master_only`, for sharded state,
   which every rank writes.
+
+And, on resume, until the iteration-based loop has skipped the data already trained:
+- `after_skipping(loop, then)`: calls `then` right after the loop's last skipping step.
 """
 import contextlib
 import os
@@ -120,3 +123,36 @@ def on_every_rank(runner: Any) -> Iterator[None]:
         yield
     finally:
         del runner.save_checkpoint
+
+
+class _AfterSkipping:
+    """An `IterBasedTrainLoop`'s data iterator until it has given the `loop._iter` batches the
+    loop skips on resume: then it puts the loop's own back and calls `then`."""
+
+    def __init__(self, loop: Any, then: Callable[[], None]) -> None:
+        self._loop, self._iterator, self._left, self._then = loop, loop.dataloader_iterator, loop._iter, then
+
+    def __iter__(self) -> "_AfterSkipping":
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._iterator)
+        self._left -= 1
+        if self._left == 0:
+            self._loop.dataloader_iterator = self._iterator
+            self._then()
+        return batch
+
+
+def after_skipping(loop: Any, then: Callable[[], None]) -> None:
+    """
+    Calls `then` once a resumed `IterBasedTrainLoop` has skipped the `loop._iter` batches already
+    trained (at once when there are none). Skipping past the end of the data starts a new pass
+    over it, and a new DataLoader iterator draws its base seed from the global random state: the
+    random state a checkpoint saved must go back after those draws, which the uninterrupted run
+    made before it saved.
+    """
+    if loop._iter > 0:
+        loop.dataloader_iterator = _AfterSkipping(loop, then)
+    else:
+        then()

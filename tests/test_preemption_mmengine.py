@@ -1,0 +1,145 @@
+"""
+trainer_ckpt.mmengine's `save_on_signals` in a real iteration-based mmengine `Runner`
+(tests/preempt_mmengine_run.py, 24 iterations, 8 a pass over the data, periodic saves every 10):
+a real signal mid-pass makes it save `iter_N.pth` at the iteration it was in, update
+`last_checkpoint`, and exit with 128 + the signal (mmengine lets the SystemExit through);
+`Runner(resume=True)` goes on at N + 1 and ends bit-identical to an uninterrupted run. The
+user's own handler is still called; `exit_on_signal=False` trains on; bad values are refused
+at construction; `max_host_memory` reaches the engine.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests._resume import assert_starts, resumed
+from tests.preempt_mmengine_run import MAX_ITERS, train
+from trainer_ckpt.mmengine import CheckpointHook, mmengine_safe_globals
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "preempt_mmengine_run.py")
+AT = 13  # mid-way through the second pass over the data; the periodic saves are at 10, 20 and 24
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final state of a run of the same length that no signal interrupted."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    train(str(directory), {})
+    return torch.load(directory / "final.pt", weights_only=True)
+
+
+def interrupt(work_dir, signum, **hook):
+    """Runs the script until iteration AT, sends it `signum` (os.kill from here), lets it go on;
+    returns its exit status and output (stdout and stderr: mmengine's logger prints to stdout)."""
+    command = [sys.executable, SCRIPT, str(work_dir), "--wait-at", str(AT), "--hook", json.dumps(hook)]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        before = []
+        for line in child.stdout:
+            before.append(line)
+            if line.strip() == f"at {AT}":
+                break
+        assert before and before[-1].strip() == f"at {AT}", "".join(before)
+        os.kill(child.pid, signum)
+        after, _ = child.communicate("go\n", timeout=120)
+    finally:
+        child.kill()
+    return child.returncode, "".join(before) + after
+
+
+def load(path):
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return torch.load(path, weights_only=True)
+
+
+def checkpoints(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith(".pth"))
+
+
+def users_handler_calls(directory):
+    path = directory / "user_handler.txt"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize("signum, background", [
+    (signal.SIGTERM, False),
+    (signal.SIGUSR1, False),
+    (signal.SIGTERM, True),
+], ids=["SIGTERM", "SIGUSR1", "SIGTERM-background"])
+def test_signal_saves_the_iteration_it_is_in_exits_and_resumes_bit_identical(tmp_path, uninterrupted, signum, background):
+    hook = dict(save_on_signals=["SIGTERM", "SIGUSR1"], background=background)
+    status, err = interrupt(tmp_path, signum, **hook)
+    assert status == 128 + signum, err
+    assert f"exiting with status {128 + signum} for {signal.Signals(signum).name}" in err
+    assert checkpoints(tmp_path) == ["iter_10.pth", f"iter_{AT}.pth"]
+    assert load(tmp_path / f"iter_{AT}.pth")["meta"]["iter"] == AT
+    assert json.loads((tmp_path / f".iter_{AT}.pth.json").read_text())["iter"] == AT  # the record: committed
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / f"iter_{AT}.pth")
+    assert users_handler_calls(tmp_path) == [signum]  # ours chained to the handler installed before it
+
+    before = signal.getsignal(signum)
+    with resumed(tmp_path, at=AT):  # its first iteration is AT + 1
+        runner = train(str(tmp_path), hook, resume=True)
+    assert runner.iter == MAX_ITERS
+    assert signal.getsignal(signum) is before  # the hook stopped listening when training ended
+    assert_starts(tmp_path, 0, AT)
+    resumed_state = torch.load(tmp_path / "final.pt", weights_only=True)
+    torch.testing.assert_close(resumed_state["model"], uninterrupted["model"], rtol=0, atol=0)
+    torch.testing.assert_close(resumed_state["optimizer"], uninterrupted["optimizer"], rtol=0, atol=0)
+
+
+def test_exit_on_signal_false_saves_and_trains_on(tmp_path, uninterrupted):
+    status, err = interrupt(tmp_path, signal.SIGTERM, save_on_signals=["SIGTERM"], exit_on_signal=False)
+    assert status == 0, err
+    assert checkpoints(tmp_path) == ["iter_10.pth", f"iter_{AT}.pth", "iter_20.pth", "iter_24.pth"]
+    assert load(tmp_path / f"iter_{AT}.pth")["meta"]["iter"] == AT
+    assert users_handler_calls(tmp_path) == [signal.SIGTERM]
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert final["iter"] == MAX_ITERS
+    torch.testing.assert_close(final["model"], uninterrupted["model"], rtol=0, atol=0)  # the extra save changed nothing
+    torch.testing.assert_close(final["optimizer"], uninterrupted["optimizer"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(save_on_signals="SIGTERM"), r"`save_on_signals` must be a list of signals, got 'SIGTERM'. Use e.g."),
+    (dict(save_on_signals=["SIGKILL"]), r"`save_on_signals` holds SIGKILL, which no process can catch"),
+    (dict(save_on_signals=["SIGNOPE"]), r"`save_on_signals` holds 'SIGNOPE', which is not a signal"),
+    (dict(save_on_signals=["SIGTERM"], by_epoch=True), r"`save_on_signals` needs by_epoch=False .*, got by_epoch=True. "),
+    (dict(exit_on_signal="yes"), r"`exit_on_signal` must be True or False, got 'yes'. Pass a bool."),
+    (dict(max_host_memory=-1), r"`max_host_memory` must be a number of bytes \(an int >= 0\) or None, got -1. "),
+    (dict(max_host_memory=1.5), r"`max_host_memory` must be a number of bytes \(an int >= 0\) or None, got 1.5. "),
+])
+def test_bad_values_are_refused_at_construction(keywords, message):
+    keywords.setdefault("by_epoch", False)
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.mmengine.CheckpointHook: " + message):
+        CheckpointHook(interval=1, **keywords)
+
+
+def test_an_epoch_based_loop_is_refused_before_training(tmp_path):
+    from scripts.mmengine_run import build_runner
+
+    before = signal.getsignal(signal.SIGTERM)
+    runner = build_runner(str(tmp_path), dict(type=CheckpointHook, by_epoch=False, interval=1, save_on_signals=["SIGTERM"]),
+                          max_epochs=1, val=False)
+    with pytest.raises(ValueError, match=r"`save_on_signals` needs an iteration-based loop .*got EpochBasedTrainLoop"):
+        runner.train()
+    assert signal.getsignal(signal.SIGTERM) is before  # nothing installed
+
+
+def test_max_host_memory_bounds_the_background_snapshot(tmp_path):
+    """Over the bound, background saves write from the live tensors: no snapshot buffers are kept."""
+    def snapshot_buffers(directory, **hook):
+        runner = train(str(directory), dict(background=True, **hook))
+        engine = next(h for h in runner.hooks if isinstance(h, CheckpointHook)).engine
+        assert engine.max_host_memory == hook.get("max_host_memory")
+        return len(engine._snapshot._buffers)
+
+    assert snapshot_buffers(tmp_path / "unbounded") > 0
+    assert snapshot_buffers(tmp_path / "bounded", max_host_memory=1024) == 0
+    assert checkpoints(tmp_path / "bounded") == ["iter_10.pth", "iter_20.pth", "iter_24.pth"]
