@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -21,7 +23,7 @@ from allennlp.training.callbacks import TrainerCallback
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt.core import distributed
+from trainer_ckpt.core import distributed, preemption
 from trainer_ckpt.faces.allennlp import trainer as resume
 from trainer_ckpt.io import sharded
 from trainer_ckpt.policies.registry import WHERE as _WHERE
@@ -227,6 +229,18 @@ class DefaultCheckpointer(Checkpointer):
     storage_options : `Dict[str, Any]`, optional (default=`None`)
         Passed to fsspec for `upload_to`, e.g. `{"endpoint_url": "http://127.0.0.1:9000"}` (s3fs
         `client_kwargs`, credentials...).
+    save_on_signals : `List[Union[str, int]]`, optional (default=`None`)
+        Signals to save on, e.g. `["SIGTERM", "SIGUSR1"]` (what SLURM or a spot VM sends before
+        it kills the job). The handler only records the signal; after the batch being trained,
+        every rank saves a normal checkpoint there, waits until it is committed (and uploaded),
+        and the process exits with status 128 + the signal's number, so the scheduler requeues
+        the job and `--recover` goes on from that batch. A handler you installed first is still
+        called; AllenNLP's own SIGTERM handler, which stops training, is replaced while training runs.
+    exit_on_signal : `bool`, optional (default=`True`)
+        `false`: after that save, training goes on.
+    max_host_memory : `int`, optional (default=`None`)
+        Bytes of host memory the snapshot buffers of `background` saves may take; a state whose
+        snapshot would take more is saved on the training thread instead. `null`: no bound.
     clock : `Callable[[], float]`, optional (default=`time.time`)
         For tests and embedding only, not a config key: the clock policies see.
     """
@@ -252,6 +266,9 @@ class DefaultCheckpointer(Checkpointer):
         background: bool = False,
         upload_to: Optional[str] = None,
         storage_options: Optional[Dict[str, Any]] = None,
+        save_on_signals: Any = None,
+        exit_on_signal: _Flag = True,
+        max_host_memory: Any = None,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         if not isinstance(filename_prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", filename_prefix):
@@ -273,6 +290,11 @@ class DefaultCheckpointer(Checkpointer):
                 "It is for code and tests only; remove it from the config."
             )
         self._clock: Callable[[], float] = clock or time.time
+        signals = preemption.parse(_WHERE, "save_on_signals", save_on_signals, ConfigurationError)
+        exit_on_signal = flag(_WHERE, "exit_on_signal", exit_on_signal)
+        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int) or max_host_memory < 0):
+            raise ConfigurationError(f"{_WHERE}: `max_host_memory` must be a number of bytes (an int >= 0) or null, got "
+                                     f"{max_host_memory!r}. Write e.g. 8589934592 (8 GiB), or null for no bound.")
         self._save_policy = save_policy_from(
             save_policy,
             save_completed_epochs,
@@ -298,10 +320,11 @@ class DefaultCheckpointer(Checkpointer):
             where=_WHERE,
             trust_hint='list those types in the checkpointer\'s `safe_globals`, e.g. ["my_pkg.MyState"].',
             save_error_hint=', or set on_save_error: "warn" to train on',
+            max_host_memory=max_host_memory,
         )
         self._prepared = False  # the background snapshot's buffers
         self._listener = _MetricsListener()
-        self._listener.on_training_end = self.wait
+        self._listener.on_training_end = self._training_ended
         self._resume = resume.ResumeTracker(restore=flag(_WHERE, "restore_rng", restore_rng))
         self._config: Optional[Dict[str, Any]] = None
         self._config_sha256: Optional[str] = None
@@ -310,6 +333,7 @@ class DefaultCheckpointer(Checkpointer):
         # When the run started: recorded with every checkpoint and taken back on resume, so time
         # windows count from the first start of the run, however often it is restarted.
         self._run_start = self._previous[0].time
+        self._preemption = _Listener(signals, exit_on_signal)  # last: nothing after it may fail with handlers installed
 
     # Set by the trainer (and AllenNLP's tests) after construction; they live in the store.
     @property  # type: ignore[override]
@@ -343,10 +367,21 @@ class DefaultCheckpointer(Checkpointer):
     def maybe_save_checkpoint(
         self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
     ) -> bool:
-        """Called by the trainer after every batch and epoch; saves when the save policy says so."""
+        """
+        Called by the trainer after every batch and epoch; saves when the save policy says so, or
+        when one of `save_on_signals` came (then exits, see `_stop`).
+        """
+        signum = self._preemption.requested()  # a collective in distributed runs: every rank, every call
+        saved = self._save_point(trainer, num_epochs_completed, num_batches_in_epoch_completed, now=signum is not None)
+        if signum is not None:
+            _stop(self._preemption, signum, num_batches_in_epoch_completed == 0, self.drain, self._resume)
+        return saved
+
+    def _save_point(self, trainer: Trainer, epochs: int, batches: int, now: bool = False) -> bool:
+        """Saves at this point if the save policy says so, or if `now` (once either way)."""
         self._engine.check()  # a background save that failed since the last call
-        current = self._moment(trainer, num_epochs_completed, num_batches_in_epoch_completed)
-        if not distributed.should_save(self._save_policy, current, self._previous):
+        current = self._moment(trainer, epochs, batches)
+        if not (now or distributed.should_save(self._save_policy, current, self._previous)):
             if not self._prepared:
                 self._prepare(trainer)
             return False
@@ -446,6 +481,23 @@ class DefaultCheckpointer(Checkpointer):
     def wait(self) -> None:
         """Waits for a background save in flight, and raises its error, if it failed."""
         self._engine.wait()
+
+    def drain(self) -> None:
+        """Waits for a save in flight and for its upload (with `upload_to`), and raises their errors."""
+        self._engine.drain()
+
+    def _training_ended(self) -> None:
+        """
+        At the end of the trainer's `train()`: a background save in flight finishes (or fails)
+        within it, and signals are no longer listened to. When training ended right after a save
+        for a signal (at the last epoch's end), that save is uploaded too and the run ends normally.
+        """
+        pending, self._resume.before_epoch = self._resume.before_epoch, None
+        if pending is not None:
+            self.drain()
+            logger.warning("%s: training ended at the checkpoint saved for the signal; not exiting early", _WHERE)
+        self.wait()
+        self._preemption.close()
 
     def _config_hash(self) -> Optional[str]:
         self._run_config()
@@ -560,8 +612,9 @@ class DefaultCheckpointer(Checkpointer):
             )
 
     def close(self) -> None:
-        """Waits for a save in flight, then gives up this checkpointer's hold on the directory's
-        writer lock (also released at process exit)."""
+        """Stops listening to `save_on_signals`, waits for a save in flight, then gives up this
+        checkpointer's hold on the directory's writer lock (also released at process exit)."""
+        self._preemption.close()
         self._engine.close()
 
     def restart_at(self, progress: Tuple[int, int], run_start: Optional[float] = None) -> None:
@@ -612,6 +665,51 @@ class _MetricsListener(TrainerCallback):
         validated = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
         if validated:
             self.metrics, self.epochs_validated = validated, epoch + 1
+
+
+class _Listener(preemption.Preemption):
+    """
+    Listens to `save_on_signals`. The `allennlp` command installs a SIGTERM handler that stops
+    training at once (it raises SigTermReceived): saving on SIGTERM replaces it, as it replaces the
+    default action, so it is set aside rather than chained to, and put back when listening stops.
+    """
+
+    def __init__(self, signals: Tuple[int, ...], exit: bool) -> None:
+        from allennlp.common.util import _handle_sigterm
+
+        self._aside = signal.SIGTERM in signals and _main_thread() and signal.getsignal(signal.SIGTERM) is _handle_sigterm
+        if self._aside:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            super().__init__(signals, exit=exit, where=_WHERE)
+        except ValueError as e:  # not the main thread
+            raise ConfigurationError(str(e)) from e
+
+    def close(self) -> None:
+        super().close()
+        if self._aside and _main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            from allennlp.common.util import install_sigterm_handler
+
+            install_sigterm_handler()
+        self._aside = False
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _stop(listener: preemption.Preemption, signum: int, epoch_end: bool, drain: Callable[[], None],
+          tracker: Optional[resume.ResumeTracker]) -> None:
+    """
+    After the save for `signum`: waits until it is committed (and uploaded), then exits with 128 +
+    `signum` (`listener.finish`). At an epoch end the trainer still links best.th and checks
+    patience after the save, so the exit waits until the next epoch asks for its first batch;
+    when training ends there instead, it ends normally.
+    """
+    if epoch_end and listener.exit and tracker is not None and tracker.trainer is not None:
+        tracker.before_epoch = lambda: listener.finish(signum, drain)
+    else:
+        listener.finish(signum, drain)
 
 
 @contextlib.contextmanager

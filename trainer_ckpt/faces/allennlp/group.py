@@ -6,7 +6,10 @@ from allennlp.common.checks import ConfigurationError
 from allennlp.training.checkpointer import Checkpointer as AllenNlpCheckpointer
 from allennlp.training.trainer import Trainer, TrainerCheckpoint
 
-from trainer_ckpt.faces.allennlp.checkpointer import Checkpointer, DefaultCheckpointer
+from trainer_ckpt.core import preemption
+from trainer_ckpt.faces.allennlp.checkpointer import Checkpointer, DefaultCheckpointer, _Listener, _MetricsListener, _stop
+from trainer_ckpt.faces.allennlp.flat_keys import Flag
+from trainer_ckpt.policies.registry import flag
 
 
 @AllenNlpCheckpointer.register("trainer_ckpt_group")
@@ -24,6 +27,12 @@ class CheckpointerGroup(Checkpointer):
         Checkpointer configs (`type` defaults to `"default"`); at least one, prefixes distinct.
     read_only : `bool`, optional (default=`False`)
         Passed to every member.
+    save_on_signals : `List[Union[str, int]]`, optional (default=`None`)
+        As the default checkpointer's, for the whole group: on one of these signals every member
+        saves at the batch being trained (the first one is what `--recover` resumes from), then
+        the process exits with 128 + the signal's number. Give it to the group, not to members.
+    exit_on_signal : `bool`, optional (default=`True`)
+        `false`: after those saves, training goes on.
     """
 
     def __init__(
@@ -31,6 +40,8 @@ class CheckpointerGroup(Checkpointer):
         serialization_dir: Union[str, os.PathLike],
         checkpointers: List[Lazy[Checkpointer]],
         read_only: bool = False,
+        save_on_signals: Any = None,
+        exit_on_signal: Flag = True,
     ) -> None:
         self.members: List[Checkpointer] = []
         super().__init__(serialization_dir)
@@ -48,6 +59,20 @@ class CheckpointerGroup(Checkpointer):
                 f"group: every checkpointer needs its own `filename_prefix`, got {prefixes!r}. "
                 'Give all but one a prefix, e.g. "best_".'
             )
+        signals = preemption.parse("group", "save_on_signals", save_on_signals, ConfigurationError)
+        exit_on_signal = flag("group", "exit_on_signal", exit_on_signal)
+        listening = [i for i, m in enumerate(self.members) if getattr(getattr(m, "_preemption", None), "signals", ())]
+        if listening:
+            for member in self.members:
+                if isinstance(member, DefaultCheckpointer):
+                    member.close()
+            raise ConfigurationError(
+                f"group: `save_on_signals` belongs to the group, got it in checkpointers {listening}. Move it up to "
+                "the group, so that every checkpointer saves before the process exits."
+            )
+        self._preemption = _Listener(signals, exit_on_signal)
+        self._listener = _MetricsListener()  # stops listening to signals when training ends
+        self._listener.on_training_end = self._preemption.close
 
     @property  # type: ignore[override]
     def state_is_sharded(self) -> bool:
@@ -62,8 +87,31 @@ class CheckpointerGroup(Checkpointer):
     def maybe_save_checkpoint(
         self, trainer: Trainer, num_epochs_completed: int, num_batches_in_epoch_completed: int
     ) -> bool:
-        saved = [m.maybe_save_checkpoint(trainer, num_epochs_completed, num_batches_in_epoch_completed) for m in self.members]
+        self._listener.attach(trainer)
+        signum = self._preemption.requested()  # a collective in distributed runs: every rank, every call
+        saved = [
+            m._save_point(trainer, num_epochs_completed, num_batches_in_epoch_completed, now=signum is not None)
+            if isinstance(m, DefaultCheckpointer)
+            else m.maybe_save_checkpoint(trainer, num_epochs_completed, num_batches_in_epoch_completed)
+            for m in self.members
+        ]
+        if signum is not None:
+            _stop(self._preemption, signum, num_batches_in_epoch_completed == 0, self.drain,
+                  getattr(self.members[0], "_resume", None))
         return saved[0]
+
+    def drain(self) -> None:
+        """Waits for every member's save in flight and its upload."""
+        for member in self.members:
+            if isinstance(member, DefaultCheckpointer):
+                member.drain()
+
+    def close(self) -> None:
+        """Stops listening to `save_on_signals` and closes every member that can be closed."""
+        self._preemption.close()
+        for member in self.members:
+            if isinstance(member, DefaultCheckpointer):
+                member.close()
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         for member in self.members:

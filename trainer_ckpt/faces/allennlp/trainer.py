@@ -23,7 +23,7 @@ without one (a custom loop), only the save-point state is restored, at load time
 """
 import inspect
 import logging
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -79,6 +79,9 @@ class ResumingLoader:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[Any]:
+        hook, self._tracker.before_epoch = self._tracker.before_epoch, None
+        if hook is not None:
+            hook()
         epoch = self._trainer._epochs_completed
         plan = self._tracker.plan if self._tracker.plan and self._tracker.plan.epochs == epoch else None
         accumulation = getattr(self._trainer, "_num_gradient_accumulation_steps", 1)
@@ -125,6 +128,9 @@ class ResumeTracker:
         self.plan: Optional[Plan] = None
         self.epoch_start: Optional[tuple] = None  # (epoch, state) of the current epoch
         self.trainer: Optional[Any] = None
+        # Called once when the next epoch asks for its first batch: a preemption's exit, deferred
+        # from an epoch-end save until the trainer has linked best.th (see checkpointer._stop).
+        self.before_epoch: Optional[Callable[[], None]] = None
 
     def attach(self, trainer: Any) -> None:
         """Wraps the trainer's data loader (once)."""
