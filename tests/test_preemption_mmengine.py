@@ -67,11 +67,10 @@ def users_handler_calls(directory):
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-@pytest.mark.parametrize("signum, background", [
+@pytest.mark.parametrize("signum, background", [  # each run costs a process start: SIGUSR1 goes with background saves
     (signal.SIGTERM, False),
-    (signal.SIGUSR1, False),
-    (signal.SIGTERM, True),
-], ids=["SIGTERM", "SIGUSR1", "SIGTERM-background"])
+    (signal.SIGUSR1, True),
+], ids=["SIGTERM", "SIGUSR1-background"])
 def test_signal_saves_the_iteration_it_is_in_exits_and_resumes_bit_identical(tmp_path, uninterrupted, signum, background):
     hook = dict(save_on_signals=["SIGTERM", "SIGUSR1"], background=background)
     status, err = interrupt(tmp_path, signum, **hook)
@@ -132,14 +131,12 @@ def test_an_epoch_based_loop_is_refused_before_training(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # nothing installed
 
 
-def test_max_host_memory_bounds_the_background_snapshot(tmp_path):
-    """Over the bound, background saves write from the live tensors: no snapshot buffers are kept."""
-    def snapshot_buffers(directory, **hook):
-        runner = train(str(directory), dict(background=True, **hook))
-        engine = next(h for h in runner.hooks if isinstance(h, CheckpointHook)).engine
-        assert engine.max_host_memory == hook.get("max_host_memory")
-        return len(engine._snapshot._buffers)
-
-    assert snapshot_buffers(tmp_path / "unbounded") > 0
-    assert snapshot_buffers(tmp_path / "bounded", max_host_memory=1024) == 0
-    assert checkpoints(tmp_path / "bounded") == ["iter_10.pth", "iter_20.pth", "iter_24.pth"]
+def test_max_host_memory_bounds_the_background_snapshot(tmp_path, caplog):
+    """Over the bound, background saves write from the live tensors: no snapshot buffers are kept
+    (tests/test_mmengine_face.py shows them kept without a bound)."""
+    with caplog.at_level("INFO", logger="trainer_ckpt"):
+        runner = train(str(tmp_path), dict(background=True, max_host_memory=1024))
+    engine = next(h for h in runner.hooks if isinstance(h, CheckpointHook)).engine
+    assert "over max_host_memory=1024: saving on the training thread from the live tensors instead" in caplog.text
+    assert len(engine._snapshot._buffers) == 0
+    assert checkpoints(tmp_path) == ["iter_10.pth", "iter_20.pth", "iter_24.pth"]
