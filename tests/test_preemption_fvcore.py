@@ -19,6 +19,7 @@ from torch import nn
 from scripts.plain_loop import final_state
 from tests._resume import resumed
 from tests.conftest import ROOT
+from trainer_ckpt import SaveEveryNumBatches
 from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
 
 LOOP = str(ROOT / "tests" / "preempt_fvcore_loop.py")
@@ -174,18 +175,38 @@ def test_the_last_step_and_close_put_the_previous_handler_back(tmp_path):
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
-def test_exit_on_signal_false_saves_once_at_the_iteration_and_trains_on(tmp_path, caplog):
+def _saves(caplog) -> List[str]:
+    """The files fvcore's messages say were saved, in order."""
+    return [r.getMessage().rsplit("/", 1)[-1] for r in caplog.records if r.getMessage().startswith("Saving checkpoint")]
+
+
+@pytest.fixture
+def usr1_calls():
+    """A SIGUSR1 handler of the user's, installed before the checkpointer (and put back after): the signals it got."""
+    calls: List[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    yield calls
+    signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("policy, signalled, expected", [
+    (None, (7, 9), [4, 7, 9, 14]),  # period=5; the signal at 9 saves nothing more
+    (SaveEveryNumBatches(5), (7,), [4, 7, 12]),  # the policy counts from the signal's save, as a run resumed from it would
+], ids=["period", "save_policy"])
+def test_exit_on_signal_false_saves_once_at_the_iteration_and_trains_on(tmp_path, caplog, usr1_calls, policy, signalled,
+                                                                        expected):
     model = nn.Linear(2, 2)
     checkpointer = Checkpointer(model, str(tmp_path))
-    periodic = PeriodicCheckpointer(checkpointer, period=5, max_iter=15, save_on_signals=["SIGUSR1"], exit_on_signal=False)
+    periodic = PeriodicCheckpointer(checkpointer, period=None if policy else 5, save_policy=policy, max_iter=15,
+                                    save_on_signals=["SIGUSR1"], exit_on_signal=False)
     caplog.set_level("INFO", logger="fvcore.common.checkpoint")
     for iteration in range(15):
         with torch.no_grad():
             model.bias.fill_(iteration)
-        if iteration in (7, 9):  # between periodic saves; at one (saved once)
+        if iteration in signalled:
             os.kill(os.getpid(), signal.SIGUSR1)
         periodic.step(iteration)
-    saves = [r.getMessage().rsplit("/", 1)[-1] for r in caplog.records if r.getMessage().startswith("Saving checkpoint")]
-    assert saves == ["model_0000004.pth", "model_0000007.pth", "model_0000009.pth", "model_0000014.pth", "model_final.pth"]
+    assert _saves(caplog) == [f"model_{i:07d}.pth" for i in expected] + ["model_final.pth"]
     saved = torch.load(tmp_path / "model_0000007.pth", weights_only=True)
     assert saved["iteration"] == 7 and torch.equal(saved["model"]["bias"], torch.full((2,), 7.0))
+    assert usr1_calls == [signal.SIGUSR1] * len(signalled)  # chained
