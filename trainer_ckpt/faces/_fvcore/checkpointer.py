@@ -364,7 +364,7 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
             self.checkpointer.save(f"{self.file_prefix}_final", **additional_state)
         signum = self._preemption.requested()  # every rank, every step: a collective
         if signum is not None:
-            if not (periodic or final):  # this iteration's state is saved already
+            if not (periodic or final):  # else this iteration's state is saved already
                 self._save_periodic(iteration, additional_state)
                 if self.save_policy is not None:  # the policy counts it as it counts a periodic save
                     self._previous.append(CheckpointInfo(0, iteration + 1, time=self.checkpointer.engine.clock(),
