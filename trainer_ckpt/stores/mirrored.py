@@ -22,6 +22,8 @@ kill at any moment leaves the bucket with a complete checkpoint, the newest uplo
 upload is retried (`attempts`, with doubling `backoff` seconds between), then raised on the
 training thread as an `UploadError` (the engine's `check`, `wait`, `drain`, `close` call `settle`);
 the deletions queued after it do not run until an upload succeeds again (more is kept, never less).
+At most two uploads wait or run: a third save waits for the
+oldest (saves faster than the link would fill the local disk with checkpoints to upload).
 A checkpoint saved again under the same key before its upload ran is uploaded once, by the later
 save's upload. `close()` (the engine's) waits for the queue, as does the process's exit. A listing
 leaves out the checkpoints whose deletion is queued (the engine lists on every save of sharded
@@ -65,6 +67,7 @@ from trainer_ckpt.io import durable
 
 logger = logging.getLogger("trainer_ckpt.remote")  # its 0.1 name, which users may filter on
 PENDING = ".pending"  # `.{record}.pending`: the objects an upload or deletion in flight touches
+QUEUED_UPLOADS = 2  # a save waits while this many uploads are queued or running
 LOCK = ".trainer_ckpt.lock"  # the prefix's lock: one run writes under a prefix
 # Stores with uploads queued or a prefix's lock held: settled and released when the process exits.
 _ACTIVE: "weakref.WeakSet[Mirrored]" = weakref.WeakSet()
@@ -146,6 +149,7 @@ class Mirrored:
         self._jobs: Deque[Callable[[], None]] = collections.deque()
         self._changed = threading.Condition()
         self._uploader: Optional[threading.Thread] = None
+        self._uploads = 0  # queued or running
         self._removing: Set[Any] = set()  # keys whose deletion is queued: listings leave them out
         self._failed: Optional[Exception] = None  # raised once, by the next `settle`
         self._intact = True  # the last upload succeeded: queued deletions may run
@@ -207,6 +211,10 @@ class Mirrored:
         """Commits checkpoint `key` locally, and queues its upload."""
         self.local.write_record(key, record)
         stamp, label = self._stamp(key), self.local.label(key)
+        with self._changed:  # saves faster than the link: wait here, rather than fill the disk with checkpoints to upload
+            while self._uploads >= QUEUED_UPLOADS:
+                self._changed.wait()
+            self._uploads += 1
         self._queue(lambda: self._attempt(f"uploading checkpoint {label}", lambda: self._upload(key, stamp), upload=True))
 
     def _stamp(self, key: Any) -> Optional[bytes]:
@@ -268,6 +276,15 @@ class Mirrored:
 
     def _attempt(self, what: str, job: Callable[[], None], upload: bool = False) -> None:
         """Runs `job` up to `attempts` times with backoff; the last failure is kept for `settle` to raise."""
+        try:
+            self._try(what, job, upload)
+        finally:
+            if upload:
+                with self._changed:
+                    self._uploads -= 1
+                    self._changed.notify_all()
+
+    def _try(self, what: str, job: Callable[[], None], upload: bool) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
                 job()
