@@ -1,6 +1,7 @@
 """
 One rank of a 2-process gloo group on the CPU with a real FSDP2 (`fully_shard`) model and Adam:
 `python tests/fsdp_rank.py SCENARIO RANK DIR STORE`. Run by tests/test_sharded.py.
+`FSDP_BACKGROUND=1` builds every face's checkpointer with `background=True`.
 """
 import os
 import sys
@@ -14,6 +15,7 @@ from tests._resume import note_start  # noqa: E402
 
 scenario, rank, directory, store = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+BACKGROUND = os.environ.get("FSDP_BACKGROUND") == "1"
 
 
 def build(width=16):
@@ -71,16 +73,17 @@ def fvcore():
 
     # Interrupted after iteration 3: saves at 1 and 3 (every rank calls save: the state is sharded).
     model, optimizer = build()
-    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer, background=BACKGROUND)
     periodic = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=2)
     for i in range(4):
         step(model, optimizer, i)
         periodic.step(i)
+    checkpointer.wait()  # a background save of iteration 3 is committed before this process reads the directory again
     del model, optimizer, checkpointer
 
     # Resumed: a new model, optimizer and checkpointer load their shards, and train on bit-identically.
     model, optimizer = build()
-    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer, background=BACKGROUND)
     start = checkpointer.resume_or_load("", resume=True)["iteration"] + 1
     assert start == 4, start
     same(full(model), states[3])
@@ -89,6 +92,7 @@ def fvcore():
         step(model, optimizer, i)
         periodic.step(i)
     same(full(model), states[5])
+    checkpointer.wait()
     dist.barrier()
     if rank == 0:
         names = sorted(os.listdir(directory))
@@ -133,7 +137,7 @@ def loop():
     from trainer_ckpt.fvcore import Checkpointer, PeriodicCheckpointer
 
     model, optimizer = build(width=4096)  # 4096 x 32 floats and Adam's moments, sharded: 0.75 MiB per rank
-    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer, background=BACKGROUND)
     i = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
     if i:
         assert all(torch.equal(p.full_tensor(), torch.full_like(p.full_tensor(), float(i - 1))) for p in model.parameters())
@@ -163,10 +167,11 @@ def ignite():
     model, optimizer = build()
     trainer = trainer_of(model, optimizer)
     checkpoint = Checkpoint({"model": model, "optimizer": optimizer, "trainer": trainer},
-                            DiskSaver(directory, require_empty=False), n_saved=2)
+                            DiskSaver(directory, require_empty=False, background=BACKGROUND), n_saved=2)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=1), checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda e: e.terminate())
     trainer.run(range(6), max_epochs=1)
+    checkpoint.save_handler.wait()  # a background save of iteration 4 is committed
     dist.barrier()
     path = latest_checkpoint(directory)
     assert os.path.basename(path) == "checkpoint_4.pt", path
@@ -209,7 +214,7 @@ def allennlp():
         states[i] = full(reference)
     model, optimizer = build()
     trainer = Trainer(model, optimizer)
-    checkpointer = DefaultCheckpointer(directory, save_every_num_batches=2, keep_most_recent_by_count=None)
+    checkpointer = DefaultCheckpointer(directory, save_every_num_batches=2, keep_most_recent_by_count=None, background=BACKGROUND)
     checkpointer.state_is_sharded = True  # what AllenNLP's trainer sets for a sharded model
     trainer._checkpointer = checkpointer
     for i in range(3):
@@ -262,7 +267,7 @@ def mmengine():
             model=model, work_dir=work_dir, train_dataloader=loader,
             optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
             param_scheduler=dict(type="MultiStepLR", milestones=[2], end=3),  # the same schedule in every run
-            train_cfg=dict(by_epoch=True, max_epochs=max_epochs), default_hooks=dict(checkpoint=dict(type=CheckpointHook, interval=1)),
+            train_cfg=dict(by_epoch=True, max_epochs=max_epochs), default_hooks=dict(checkpoint=dict(type=CheckpointHook, interval=1, background=BACKGROUND)),
             randomness=dict(seed=0), resume=resume, default_scope=None, log_level="WARNING",
             experiment_name=f"fsdp-{uuid.uuid4().hex[:12]}", custom_hooks=[dict(type=start_probe())],
         )  # the probe notes where each Runner starts training (tests/_resume.py): the test checks the resume
@@ -281,6 +286,43 @@ def mmengine():
     assert resumed.iter == reference.iter == 12, (resumed.iter, reference.iter)
     same({k: v.full_tensor() for k, v in resumed.model.net.state_dict().items()}, expected)
     print(f"rank {rank}: mmengine ok", flush=True)
+
+
+def failing():
+    """Rank 1's disk fails during a sharded save: the save fails on both ranks; the earlier checkpoint stays the newest."""
+    import errno
+
+    import torch.distributed.checkpoint as dcp
+
+    from trainer_ckpt.core.engine import CheckpointSaveError
+    from trainer_ckpt.fvcore import Checkpointer
+
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer, background=BACKGROUND)
+    step(model, optimizer, 0)
+    checkpointer.save("model_0000000", iteration=0)
+    checkpointer.wait()
+    saved = full(model)
+    if rank == 1:
+        def no_space(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        dcp.FileSystemWriter.write_data = no_space
+    step(model, optimizer, 1)
+    try:
+        checkpointer.save("model_0000001", iteration=1)
+        checkpointer.wait()  # a background save's failure surfaces here
+    except CheckpointSaveError as e:
+        print(f"rank {rank}: the save failed: {e}", flush=True)
+    else:
+        raise AssertionError("the save did not fail")
+    dist.barrier()
+    assert not any(n.startswith(".model_0000001") or n == "model_0000001.pth" for n in os.listdir(directory)), os.listdir(directory)
+    model, optimizer = build()
+    checkpointer = Checkpointer(model, directory, save_to_disk=rank == 0, optimizer=optimizer)
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 0
+    same(full(model), saved)
+    print(f"rank {rank}: failing ok", flush=True)
 
 
 globals()[scenario]()

@@ -222,3 +222,53 @@ def test_the_checkpoint_groups_timeout_is_checked(monkeypatch):
         group.timeout()
     monkeypatch.setenv(group.TIMEOUT_VARIABLE, "90")
     assert group.timeout().total_seconds() == 90
+
+
+def test_a_listener_after_ours_was_put_back_over_installs_again_without_looping():
+    listener = Preemption((signal.SIGUSR2,))
+    ours = signal.getsignal(signal.SIGUSR2)
+    calls = []
+
+    def framework(signum, frame):  # installed over ours, chaining to it, then put back over again
+        calls.append(signum)
+        ours(signum, frame)
+
+    signal.signal(signal.SIGUSR2, framework)
+    listener.close()  # ours is not the installed one: left in place under the framework's
+    try:
+        again = Preemption((signal.SIGUSR2,))
+        assert signal.getsignal(signal.SIGUSR2) is not framework  # listening again: ours on top
+        os.kill(os.getpid(), signal.SIGUSR2)  # ours -> framework's -> ours again: followed once
+        assert (again.received, calls) == (signal.SIGUSR2, [signal.SIGUSR2])
+        again.close()
+        assert signal.getsignal(signal.SIGUSR2) is framework
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+        preemption._INSTALLED.pop(signal.SIGUSR2, None)
+
+
+FORKED_LISTENER = """
+import os, signal, sys, time
+import trainer_ckpt.core.preemption
+from trainer_ckpt.core.preemption import Preemption
+parent = Preemption((signal.SIGTERM,))
+ready, started = os.pipe()
+child = os.fork()
+if child == 0:  # a process forked after the import builds its own checkpointer: it saves on the signal
+    listener = Preemption((signal.SIGTERM,))
+    os.write(started, b"x")
+    for _ in range(3000):  # up to 30 s
+        if listener.received is not None:
+            break
+        time.sleep(0.01)
+    os._exit(7)
+os.read(ready, 1)
+os.kill(child, signal.SIGTERM)
+_, status = os.waitpid(child, 0)
+print(os.WIFEXITED(status) and os.WEXITSTATUS(status))
+"""
+
+
+def test_a_forked_process_that_listens_itself_gets_the_signal():
+    result = run(FORKED_LISTENER)
+    assert result.stdout.strip() == "7", result.stdout + result.stderr

@@ -27,16 +27,17 @@ from trainer_ckpt.io import durable
 RANK = os.path.join(ROOT, "tests", "fsdp_rank.py")
 
 
-def start(scenario, directory, store, *extra):
+def start(scenario, directory, store, *extra, background=False):
+    env = {**os.environ, "FSDP_BACKGROUND": "1" if background else "0"}
     return [subprocess.Popen([sys.executable, RANK, scenario, str(rank), str(directory), str(store), *extra],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
             for rank in range(2)]
 
 
-def run_ranks(scenario, tmp_path, *extra):
+def run_ranks(scenario, tmp_path, *extra, background=False):
     directory = tmp_path / "run"
     directory.mkdir()
-    ranks = start(scenario, directory, tmp_path / "store", *extra)
+    ranks = start(scenario, directory, tmp_path / "store", *extra, background=background)
     outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
     for rank, output in enumerate(outputs):
         assert f"rank {rank}: {scenario} ok" in output, output[-4000:]
@@ -47,8 +48,12 @@ def plain_model(width=16):
     return torch.nn.Sequential(torch.nn.Linear(width, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
 
 
-def test_fvcore_fsdp2_resumes_bit_exact_falls_back_and_reshards_onto_one_process(tmp_path):
-    directory, outputs = run_ranks("fvcore", tmp_path)
+BACKGROUND = pytest.mark.parametrize("background", [False, True], ids=["sync", "background"])
+
+
+@BACKGROUND
+def test_fvcore_fsdp2_resumes_bit_exact_falls_back_and_reshards_onto_one_process(tmp_path, background):
+    directory, outputs = run_ranks("fvcore", tmp_path, background=background)
     assert "Checkpoint model_0000005 in" in outputs[0] and "model_0000005.pth/__1_0.distcp has CRC32" in outputs[0]
     assert "Falling back to an older checkpoint" in outputs[0]
     assert sorted(os.listdir(directory / "corrupt")) == [".model_0000005.pth.json", ".model_0000005.pth.rng", "model_0000005.pth"]
@@ -78,20 +83,23 @@ def test_fvcore_fsdp2_resumes_bit_exact_falls_back_and_reshards_onto_one_process
         assert torch.equal(weights[key], value), key
 
 
-def test_ignite_fsdp2_resumes_bit_exact(tmp_path):
-    directory, _ = run_ranks("ignite", tmp_path)
+@BACKGROUND
+def test_ignite_fsdp2_resumes_bit_exact(tmp_path, background):
+    directory, _ = run_ranks("ignite", tmp_path, background=background)
     assert os.path.isdir(directory / "checkpoint_4.pt")
 
 
-def test_mmengine_fsdp2_resumes_bit_exact_in_a_real_runner(tmp_path):
-    directory, _ = run_ranks("mmengine", tmp_path)
+@BACKGROUND
+def test_mmengine_fsdp2_resumes_bit_exact_in_a_real_runner(tmp_path, background):
+    directory, _ = run_ranks("mmengine", tmp_path, background=background)
     assert os.path.isdir(directory / "run" / "epoch_2.pth")
     # Both ranks' Runners: 2 epochs from the start, then resumed after epoch 2 (4 iterations an epoch per rank).
     assert_starts(directory / "run", 0, 8, ranks=2)
 
 
-def test_allennlp_fsdp2_resumes_bit_exact(tmp_path):
-    directory, _ = run_ranks("allennlp", tmp_path)
+@BACKGROUND
+def test_allennlp_fsdp2_resumes_bit_exact(tmp_path, background):
+    directory, _ = run_ranks("allennlp", tmp_path, background=background)
     record = durable.read_json(str(directory / "checkpoint_e0_b2.json"))
     assert set(record["files"]) == {"model_state", "training_state"}
     assert all("parts" in f for f in record["files"].values())
@@ -121,7 +129,8 @@ def _writing_shards(directory) -> bool:
     return False
 
 
-def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_path):
+@BACKGROUND
+def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_path, background):
     """Back-to-back sharded saves; the job is killed (rank 1, then rank 0) twice at a random moment,
     then as soon as a save is seen writing its shards, so that one kill certainly lands inside a
     save. Each start resumes from the newest checkpoint the kill left."""
@@ -133,7 +142,7 @@ def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_pat
     moments = ["random", "random", "in_save"]
     for round, moment in enumerate(moments):
         store = tmp_path / f"store{round}"
-        ranks = start("loop", directory, store)
+        ranks = start("loop", directory, store, background=background)
         resumed_at.append(newest + 1)
         deadline = time.time() + 120
         while not any(n.endswith(".pth") and n != f"model_{newest:07d}.pth" and int(n[6:13]) > newest
@@ -201,3 +210,11 @@ def test_sharded_state_loads_safely(tmp_path):
         content = data.read_bytes()
         data.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))
         sharded.verify(str(tmp_path / "a.pth"), record)
+
+
+@BACKGROUND
+def test_a_failing_write_on_one_rank_fails_the_save_on_both_and_keeps_the_earlier_checkpoint(tmp_path, background):
+    _, outputs = run_ranks("failing", tmp_path, background=background)
+    for rank, output in enumerate(outputs):
+        assert f"rank {rank}: the save failed:" in output and "model_0000001" in output, output[-3000:]
+    assert "No space left on device" in outputs[1]

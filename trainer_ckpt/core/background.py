@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from trainer_ckpt.io.sharded import SCALARS, scalars_only
+from trainer_ckpt.io.sharded import SCALARS, local_part, scalars_only, with_local
 
 logger = logging.getLogger("trainer_ckpt.background")  # its 0.1 name, which users may filter on
 
@@ -34,6 +34,7 @@ class Snapshotter:
         meanwhile. Run on the worker thread, it takes the allocation off the first save.
         """
         if isinstance(state, torch.Tensor):
+            state = _local(state)  # a DTensor: this rank's shard
             if state.layout == torch.strided and not (devices_only and state.device.type == "cpu"):
                 buffer = self._buffers.get(path)
                 if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
@@ -84,6 +85,9 @@ class Snapshotter:
         return copy.deepcopy(obj)
 
     def _tensor(self, tensor: torch.Tensor, path: Tuple) -> torch.Tensor:
+        local = local_part(tensor)
+        if local is not None:  # sharded state: this rank's shard, in a DTensor of the same spec
+            return with_local(tensor, self._tensor(local, path))
         tensor = tensor.detach()
         if self._devices_only and tensor.device.type == "cpu":
             return tensor
@@ -99,10 +103,15 @@ class Snapshotter:
         return buffer
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    local = local_part(tensor)
+    return tensor if local is None else local
+
+
 def on_device(state: Any) -> bool:
     """Whether nested state holds a tensor on an accelerator (CUDA)."""
     if isinstance(state, torch.Tensor):
-        return state.is_cuda
+        return _local(state).is_cuda
     if isinstance(state, dict):
         return any(on_device(value) for value in state.values())
     if type(state) in (list, tuple) and not scalars_only(state):

@@ -36,7 +36,7 @@ from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.lock import lock_directory, unlock_directory
 from trainer_ckpt.core.logs import routed
 from trainer_ckpt import stores
-from trainer_ckpt.io import durable, loading
+from trainer_ckpt.io import durable, group, loading, sharded
 from trainer_ckpt.stores import RNG, Entry
 
 if TYPE_CHECKING:  # for annotations only: the engine applies a policy, it never imports one
@@ -80,6 +80,8 @@ class CheckpointSaveError(OSError, RuntimeError):
 def snapshot_bytes(state: Any, devices_only: bool = False) -> int:
     """The bytes a snapshot of nested `state` takes in host memory (`devices_only`: of its device tensors)."""
     if isinstance(state, torch.Tensor):
+        local = sharded.local_part(state)  # a DTensor: this rank's shard
+        state = state if local is None else local
         counted = state.layout == torch.strided and not (devices_only and state.device.type == "cpu")
         return state.numel() * state.element_size() if counted else 0
     if isinstance(state, dict):
@@ -199,17 +201,21 @@ class Engine:
         primary). In the background, the objects are copied now and written on the worker thread.
         Returns the state files' paths, or None when the save failed and `on_save_error` is "warn".
         """
-        sharded = bool(self._sharded(states))  # sharded state: every rank writes it now, with DCP
-        if not (self.primary or self.store.sharded or sharded):
+        collective = bool(self._sharded(states))  # sharded state: every rank writes it, with DCP
+        if not (self.primary or self.store.sharded or collective):
             return {}  # unsharded state: the primary writes it
         self.require_writable()
         self.wait()  # at most one save in flight; the snapshot buffers are free again
-        if self.background and not sharded and self._fits(states, devices_only=False):
+        if self.background and self._fits(states, devices_only=False):
+            # Sharded state: every rank copies its shards, and the worker's collectives (DCP, the
+            # commit) run on a group of their own (see io.group).
+            writes = group.group("writes") if collective else None
             states = self._snapshot.take(states)  # a consistent copy now: training may go on
             routed = contextvars.copy_context()  # its messages go where this call's go
+            routed.run(group.use, writes)
             self._writer.submit(lambda: routed.run(self._commit_or_warn, key, states, info, record, after_commit, retention))
             return self.store.files(key)
-        if not sharded and self.uses_snapshots and on_device(states) and self._fits(states, devices_only=True):
+        if not collective and self.uses_snapshots and on_device(states) and self._fits(states, devices_only=True):
             # CUDA state: copied into reused pinned buffers at once (torch.save alone would copy
             # each tensor into new pageable memory, one synchronous copy at a time).
             states = self._snapshot.take(states, devices_only=True)
@@ -267,8 +273,6 @@ class Engine:
     @staticmethod
     def _sharded(states: Dict[str, Any]) -> List[str]:
         """The roles whose state holds DTensors: every rank writes them with DCP, at once."""
-        from trainer_ckpt.io import sharded
-
         return [role for role, state in states.items() if sharded.is_sharded(state)]
 
     def _commit(self, key, states, info, record, after_commit, retention) -> None:
@@ -277,8 +281,6 @@ class Engine:
         temps, files = [], {}
         try:
             if collective:  # every rank; a failure on any rank raises on every rank
-                from trainer_ckpt.io import sharded
-
                 os.makedirs(self.directory, exist_ok=True)
                 for role in collective:
                     tmp, files[role] = sharded.save_temp(states[role], paths[role])

@@ -26,8 +26,9 @@ logger = logging.getLogger("trainer_ckpt.preemption")
 
 UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 _LOCK = threading.Lock()
-_INSTALLED: Dict[int, Tuple[Any, List["Preemption"]]] = {}  # signal -> (the handler it replaced, listeners)
-_PID = os.getpid()  # a forked child keeps it: `_handle` then knows it is not the process that saves
+# signal -> (the handler it replaced, listeners, the process that installed it: a forked child keeps
+# this entry, and then knows it is not the process that saves)
+_INSTALLED: Dict[int, Tuple[Any, List["Preemption"], int]] = {}
 
 
 def parse(where: str, key: str, value: Any, error: type = ValueError) -> Tuple[int, ...]:
@@ -54,9 +55,23 @@ def parse(where: str, key: str, value: Any, error: type = ValueError) -> Tuple[i
     return tuple(dict.fromkeys(numbers))
 
 
+_HANDLING = threading.local()  # the signals being handled on this thread: a handler chained back to ours is not followed twice
+
+
 def _handle(signum: int, frame: Any) -> None:
-    previous, listeners = _INSTALLED.get(signum, (signal.SIG_DFL, []))
-    if os.getpid() != _PID:  # a forked child: the signal's default action, as before we were installed
+    handling = _HANDLING.__dict__.setdefault("signals", set())
+    if signum in handling:
+        return
+    handling.add(signum)
+    try:
+        _dispatch(signum, frame)
+    finally:
+        handling.discard(signum)
+
+
+def _dispatch(signum: int, frame: Any) -> None:
+    previous, listeners, pid = _INSTALLED.get(signum, (signal.SIG_DFL, [], os.getpid()))
+    if os.getpid() != pid:  # a forked child: the signal's default action, as before we were installed
         signal.signal(signum, previous if callable(previous) or previous == signal.SIG_IGN else signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
@@ -90,8 +105,13 @@ class Preemption:
                              f"thread {threading.current_thread().name!r}. Build the checkpointer in the main thread.")
         with _LOCK:
             for signum in self.signals:
-                if signum not in _INSTALLED:
-                    _INSTALLED[signum] = (signal.signal(signum, _handle), [])
+                installed = _INSTALLED.get(signum)
+                # Installed anew too in a forked child (the entry is its parent's), and when ours is
+                # gone and nobody listens (someone put theirs back over it).
+                if installed is None or installed[2] != os.getpid() or (not installed[1] and signal.getsignal(signum) is not _handle):
+                    current = signal.signal(signum, _handle)
+                    previous = installed[0] if installed is not None and current is _handle else current
+                    _INSTALLED[signum] = (previous, [], os.getpid())
                 _INSTALLED[signum][1].append(self)
         self._listening = True
 
@@ -127,7 +147,7 @@ class Preemption:
         self._listening = False
         with _LOCK:
             for signum in self.signals:
-                previous, listeners = _INSTALLED[signum]
+                previous, listeners, _ = _INSTALLED[signum]
                 listeners.remove(self)
                 if not listeners and signal.getsignal(signum) is _handle and threading.current_thread() is threading.main_thread():
                     signal.signal(signum, previous)

@@ -6,7 +6,13 @@ A slow save (a large sharded commit, a slow disk) then waits on this group's clo
 training group's: NCCL's watchdog kills a job whose collective waits past the training group's
 timeout. Nothing of a checkpoint is ever enqueued on the training group's streams either. Used by
 `sharded` (the commit, DCP's planning) and by `core.distributed` (the decisions of every rank).
+
+A background save of sharded state runs its collectives on a worker thread while the training
+thread may be deciding the next save: two threads must never share one group (each rank would
+enqueue the two threads' collectives in its own order), so the worker's run on a second group,
+`group("writes")`, made by the training thread at the save and handed to the worker with `use`.
 """
+import contextvars
 import datetime
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -14,7 +20,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch.distributed as dist
 
 TIMEOUT_VARIABLE = "TRAINER_CKPT_COLLECTIVE_TIMEOUT"
-_GROUPS: Dict[int, Tuple[Any, Any]] = {}  # id(default group) -> (that group, kept so its id is not reused; ours)
+_GROUPS: Dict[Tuple[int, str], Tuple[Any, Any]] = {}  # (id(default group), use) -> (that group, kept so its id is not reused; ours)
+_CURRENT: "contextvars.ContextVar[Optional[Any]]" = contextvars.ContextVar("trainer_ckpt_group", default=None)
 
 
 def distributed() -> bool:
@@ -34,16 +41,25 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def group() -> Optional[Any]:
+def group(purpose: str = "decisions") -> Optional[Any]:
     """
-    The checkpoint collectives' gloo group; None outside a distributed run. Made at the first
-    checkpoint collective, which every rank reaches in the same order (making a group is itself a
-    collective of the default group).
+    The checkpoint collectives' gloo group for `purpose` ("decisions": the training thread's; "writes":
+    a background save's), or the one `use` set; None outside a distributed run. Made at its
+    first use, which every rank reaches in the same order (making a group is itself a collective
+    of the default group).
     """
     if not distributed():
         return None
+    current = _CURRENT.get()
+    if current is not None and purpose == "decisions":
+        return current
     default = dist.group.WORLD
-    made = _GROUPS.get(id(default))
+    made = _GROUPS.get((id(default), purpose))
     if made is None or made[0] is not default:
-        made = _GROUPS[id(default)] = (default, dist.new_group(backend="gloo", timeout=timeout()))
+        made = _GROUPS[(id(default), purpose)] = (default, dist.new_group(backend="gloo", timeout=timeout()))
     return made[1]
+
+
+def use(chosen: Optional[Any]) -> None:
+    """Makes `group()` answer `chosen` in the current context (a copied one, that runs a background save)."""
+    _CURRENT.set(chosen)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from trainer_ckpt.io import durable
 from trainer_ckpt.io.checks import BadCheckpoint, UnsafeCheckpoint, refused_types, verify_file
-from trainer_ckpt.io.group import group
+from trainer_ckpt.io.group import distributed as _distributed, group
 
 DCP_METADATA = ".metadata"
 
@@ -39,8 +39,7 @@ def is_sharded(obj: Any) -> bool:
     """Whether `obj` (a state dict, nested) holds a DTensor."""
     # No DTensor exists before its module is imported, and importing it takes seconds (and 50 MiB):
     # a first save of a plain model would pay for it.
-    module = sys.modules.get("torch.distributed.tensor")
-    DTensor = getattr(module, "DTensor", None)
+    DTensor = _dtensor_type()
     if DTensor is None:
         return False
 
@@ -56,7 +55,20 @@ def is_sharded(obj: Any) -> bool:
     return walk(obj)
 
 
-from trainer_ckpt.io.group import distributed as _distributed
+def _dtensor_type() -> Any:
+    """DTensor's class when its module is imported (no DTensor exists before), else None."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def local_part(value: Any) -> Optional[torch.Tensor]:
+    """A DTensor's local shard (this rank's tensor), or None for anything else."""
+    DTensor = _dtensor_type()
+    return value.to_local() if DTensor is not None and isinstance(value, DTensor) else None
+
+
+def with_local(value: Any, local: torch.Tensor) -> Any:
+    """DTensor `value`'s twin whose local shard is `local` (a snapshot's buffer): same mesh, placements, global shape."""
+    return type(value)(local, value._spec, requires_grad=False)  # as torch's own async_save copies state (_state_dict_utils)
 
 
 def _rank() -> int:
@@ -162,6 +174,7 @@ def save_temp(obj: Any, path: str) -> Tuple[str, Dict[str, Any]]:
     except CheckpointException as e:  # a BaseException, raised on every rank when any failed
         causes = [c for c in getattr(e, "failures", {}).values() if isinstance(c, BaseException)]
         number = next((c.errno for c in causes if isinstance(c, OSError)), errno.EIO)
+        durable.remove_file(tmp)  # every rank's write is over: the parts written go with it
         raise OSError(number, f"a rank's part of the sharded state could not be written: {e}") from e
     rank = _rank()
     mine = {name: _crc(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))
