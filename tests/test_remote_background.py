@@ -332,7 +332,8 @@ def test_a_live_run_renews_its_lease_and_a_stalled_one_learns_it_lost_the_prefix
         lost = stalled.stdout.readline()
         assert lost == (f"trainer_ckpt: lost the lock on {run}, got it held by host {socket.gethostname()}, pid {os.getpid()}, "
                         f"directory {tmp_path / 'second'}: its lease expired while this run could not renew it (network, or "
-                        "a stalled process). Stop one of the two runs: they now write under the same prefix.\n")
+                        "a stalled process), or someone removed it. Stop any other run writing under this prefix, then "
+                        "restart this one.\n")
         assert stalled.stdout.readline() == "closed\n"
         assert stalled.wait(timeout=60) == 0
         assert lock_of(fs, run)["directory"] == str(tmp_path / "second")

@@ -555,9 +555,10 @@ class Mirrored:
         if held is not None and held.get("token") == mine["token"]:
             self._write_lock(mine, etag)
             return True
-        lost = PrefixLocked(f"{self.where}: lost the lock on {self.url}, got it held by {self._holder(held or {})}: "
-                            "its lease expired while this run could not renew it (network, or a stalled process). Stop "
-                            "one of the two runs: they now write under the same prefix.")
+        holder = "deleted (not by this run)" if held is None else f"held by {self._holder(held)}"
+        lost = PrefixLocked(f"{self.where}: lost the lock on {self.url}, got it {holder}: its lease expired while this "
+                            "run could not renew it (network, or a stalled process), or someone removed it. Stop any "
+                            "other run writing under this prefix, then restart this one.")
         with self._changed:
             self._failed = self._failed or lost
         self._held = None
@@ -586,6 +587,10 @@ class Mirrored:
         except Exception as e:  # OSError, or the client's own (no connection)
             logger.warning("%s: could not remove the lock on %s, got %s: %s; its lease expires within %.0f s",
                            self.where, self.url, type(e).__name__, e, self.lease)
+
+
+# A forked child (a data-loader worker) has copies of these without their threads: its exit is not the run's.
+os.register_at_fork(after_in_child=_ACTIVE.clear)
 
 
 @atexit.register
