@@ -230,31 +230,6 @@ def lock_of(fs, run):
     return json.loads(fs.cat_file(f"{run[5:]}/{LOCK}"))
 
 
-def test_a_second_run_on_the_prefix_is_refused_naming_the_first(tmp_path, bucket):
-    url, options, fs = bucket
-    run = f"{url}/run"
-    clock = FakeClock()
-    first = engine_on(tmp_path / "first", run, options, clock=clock)
-    held = lock_of(fs, run)
-    assert {k: held[k] for k in ("host", "pid", "directory", "started", "expires")} == {
-        "host": socket.gethostname(), "pid": os.getpid(), "directory": str(tmp_path / "first"),
-        "started": clock.now, "expires": clock.now + 60}
-    clock.now += 15
-    with pytest.raises(PrefixLocked) as refused:
-        engine_on(tmp_path / "second", run, options, clock=clock)
-    assert str(refused.value) == (
-        f"trainer_ckpt: {run} is in use by another run, got its lock held by host {socket.gethostname()}, pid "
-        f"{os.getpid()}, directory {tmp_path / 'first'}, with 45 s left on its lease (renewed while it runs). Stop that "
-        "run or wait for it to end, give this run another URL, or restart it on that host from that directory (it "
-        "takes the lock over at once); a run that died leaves a lease that expires within 60 s.")
-    assert lock_of(fs, run)["token"] == held["token"]
-    first.close()
-    assert LOCK not in objects(fs, run)
-    second = engine_on(tmp_path / "second", run, options, clock=clock)  # its directory's lock was let go on refusal
-    assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
-    second.close()
-
-
 HOLDER = """
 import json, sys, time
 from trainer_ckpt import stores
@@ -297,46 +272,91 @@ def test_the_same_run_restarted_after_sigkill_takes_its_lock_over(tmp_path, buck
     restarted.close()
 
 
-def test_an_expired_lease_is_taken_over_and_the_old_runs_close_leaves_the_new_lock(tmp_path, bucket):
+def test_a_second_run_on_the_prefix_is_refused_naming_the_first(tmp_path, bucket):
     url, options, fs = bucket
     run = f"{url}/run"
-    clock = FakeClock()
-    first = engine_on(tmp_path / "first", run, options, clock=clock)
-    with pytest.raises(PrefixLocked, match="with 1 s left"):
-        engine_on(tmp_path / "second", run, options, clock=FakeClock(clock.now + 59))
-    second = engine_on(tmp_path / "second", run, options, clock=FakeClock(clock.now + 61))  # expired: taken over
-    assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
-    first.close()  # not its lock any more: left alone
-    assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
-    second.close()
-    assert LOCK not in objects(fs, run)
+    first = holder(tmp_path, run, options, lease=60)
+    try:
+        held = lock_of(fs, run)
+        assert {k: held[k] for k in ("host", "pid", "directory")} == {
+            "host": socket.gethostname(), "pid": first.pid, "directory": str(tmp_path / "run")}
+        assert 0 <= held["started"] - time.time() + 60 <= held["expires"] - time.time() <= 60
+        clock = FakeClock(held["expires"] - 45)
+        with pytest.raises(PrefixLocked) as refused:
+            engine_on(tmp_path / "second", run, options, clock=clock)
+        assert str(refused.value) == (
+            f"trainer_ckpt: {run} is in use by another run, got its lock held by host {socket.gethostname()}, pid "
+            f"{first.pid}, directory {tmp_path / 'run'}, with 45 s left on its lease (renewed while it runs). Stop that "
+            "run or wait for it to end, give this run another URL, or restart it on that host from that directory (it "
+            "takes the lock over at once); a run that died leaves a lease that expires within 60 s.")
+        assert lock_of(fs, run)["token"] == held["token"]
+        first.send_signal(signal.SIGINT)  # its exit (KeyboardInterrupt) releases the prefix
+        first.wait(timeout=60)
+        assert LOCK not in objects(fs, run)
+        second = engine_on(tmp_path / "second", run, options, clock=clock)  # its directory's lock was let go on refusal
+        assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
+        second.close()
+    finally:
+        first.kill()
 
 
-def test_a_live_run_renews_its_lease_and_a_stalled_one_learns_it_lost_the_prefix(tmp_path, bucket):
-    """A run with a 1 s lease renews it every 1/3 s; stopped with SIGSTOP (a stalled process) past
-    its lease, another run takes the prefix over; continued, the first run's next renewal finds the
-    lock another's: its loop gets the error, and its close leaves the new lock alone."""
+def test_a_live_run_renews_its_lease_and_once_expired_it_is_taken_over_and_the_run_learns_it_lost_the_prefix(tmp_path, bucket):
+    """A run with a 3 s lease renews it every second. Stopped (SIGSTOP: a stalled process), its
+    lease has expired by another run's clock (10 s ahead, injected): that run takes the prefix over.
+    Continued, the first run's next renewal finds the lock another's: its loop gets the error, and
+    its close leaves the new lock alone."""
     url, options, fs = bucket
     run = f"{url}/run"
-    stalled = holder(tmp_path, run, options, lease=1.0)
+    first = holder(tmp_path, run, options, lease=3)
     try:
         expires = lock_of(fs, run)["expires"]
         deadline = time.time() + 10
         while lock_of(fs, run)["expires"] == expires and time.time() < deadline:
             time.sleep(0.1)
         assert lock_of(fs, run)["expires"] > expires  # renewed
-        os.kill(stalled.pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        second = engine_on(tmp_path / "second", run, options)
-        os.kill(stalled.pid, signal.SIGCONT)
-        lost = stalled.stdout.readline()
-        assert lost == (f"trainer_ckpt: lost the lock on {run}, got it held by host {socket.gethostname()}, pid {os.getpid()}, "
-                        f"directory {tmp_path / 'second'}: its lease expired while this run could not renew it (network, or "
-                        "a stalled process), or someone removed it. Stop any other run writing under this prefix, then "
-                        "restart this one.\n")
-        assert stalled.stdout.readline() == "closed\n"
-        assert stalled.wait(timeout=60) == 0
+        os.kill(first.pid, signal.SIGSTOP)
+        with pytest.raises(PrefixLocked, match="with [0-9] s left"):
+            engine_on(tmp_path / "second", run, options, clock=FakeClock(lock_of(fs, run)["expires"] - 2))
+        second = engine_on(tmp_path / "second", run, options, clock=FakeClock(time.time() + 10))
+        assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.stdout.readline() == (
+            f"trainer_ckpt: lost the lock on {run}, got it held by host {socket.gethostname()}, pid {os.getpid()}, "
+            f"directory {tmp_path / 'second'}: its lease expired while this run could not renew it (network, or a "
+            "stalled process), or someone removed it. Stop any other run writing under this prefix, then restart this one.\n")
+        assert first.stdout.readline() == "closed\n" and first.wait(timeout=60) == 0
         assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
         second.close()
+        assert LOCK not in objects(fs, run)
     finally:
-        stalled.kill()
+        first.kill()
+
+
+def test_a_second_store_of_the_same_process_takes_the_lock_over_after_the_first_ones_uploads(tmp_path, bucket, held):
+    """A new checkpointer on the URL in the same process (a notebook, a new machine in a test): the
+    first one's queued uploads run first, then its lock is handed over; a download waits too."""
+    url, options, fs = bucket
+    run = f"{url}/run"
+    first = engine_on(tmp_path / "first", run, options)
+    uploads = held(first.store.fs, tmp_path / "first")
+    save(first, 1)
+    threading.Timer(0.5, uploads.go.set).start()
+    second = engine_on(tmp_path / "second", run, options)
+    assert checkpoints(fs, run) == files(1)
+    assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
+    entry, states = second.newest_good()
+    assert entry.key == (0, 1) and torch.equal(states[stores.MODEL]["w"], torch.full((1024,), 1.0))
+    first.close()  # not its lock any more
+    assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
+    second.close()
+
+
+def test_bad_retry_and_lease_settings_are_refused_at_construction(tmp_path, bucket):
+    url, options, _ = bucket
+    local = stores.Pairs(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.stores.Mirrored: `attempts` must be an int >= 1, got 0\. Use e\.g\. attempts=3\.$"):
+        Mirrored(local, f"{url}/run", options, attempts=0)
+    with pytest.raises(ValueError, match=r"^trainer_ckpt.stores.Mirrored: `lease` must be a number of seconds \(> 0 for lease\), got 0\. "):
+        Mirrored(local, f"{url}/run", options, lease=0)
+    with pytest.raises(ValueError, match=r"`backoff` must be a number of seconds .*, got '1'\. Use e\.g\. backoff=1\.0\.$"):
+        Mirrored(local, f"{url}/run", options, backoff="1")

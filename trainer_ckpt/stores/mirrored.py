@@ -36,7 +36,10 @@ read back, which is all other stores get) and a thread renews the lease every `l
 A second run finds a live lease and is refused, with the holder named. An expired lease (its run
 died) is taken over; so is the lease of the same host and local directory at once: this process
 holds that directory's lock, so the process that wrote the lease is gone (a restart after kill -9).
-`release` (the engine's close, or the process's exit) deletes the lock if it is still ours.
+`release` (the engine's close, or the process's exit) deletes the lock if it is still ours. A
+second store of this process on the URL (a new checkpointer in a notebook or a test) takes the lock
+over from the first once the first's queued uploads ran, and a download from the bucket waits for
+this process's uploads to it.
 
 Reading starts from the local directory. When it holds no complete checkpoint (a new machine, a
 lost disk), every checkpoint in the bucket is downloaded first (state files, then the record), and
@@ -215,7 +218,7 @@ class Mirrored:
             while self._uploads >= QUEUED_UPLOADS:
                 self._changed.wait()
             self._uploads += 1
-        self._queue(lambda: self._attempt(f"uploading checkpoint {label}", lambda: self._upload(key, stamp), upload=True))
+        self._queue(lambda: self._attempt(f"uploading checkpoint {label} to {self.url}", lambda: self._upload(key, stamp), upload=True))
 
     def _stamp(self, key: Any) -> Optional[bytes]:
         """The local record's bytes (None without one): a job queued for `key` runs only if they are unchanged."""
@@ -225,12 +228,12 @@ class Mirrored:
         except FileNotFoundError:
             return None
 
-    def _upload(self, key: Any, stamp: Optional[bytes]) -> None:
-        """Uploads checkpoint `key`'s files whole, then its record; on the uploader thread."""
+    def _upload(self, key: Any, stamp: Optional[bytes]) -> bool:
+        """Uploads checkpoint `key`'s files whole, then its record, on the uploader thread; whether it did."""
         if not self._cleaned and not self.local.sharded:  # sharded: another rank may be uploading
             self._clean_up_remote()
         if self._stamp(key) != stamp:
-            return  # saved again (or gone) since: the later save's upload puts it
+            return False  # saved again (or gone) since: the later save's upload puts it
         # A record of an earlier checkpoint of this key goes first: its objects are about to change.
         record_path = self.local.record_path(key)
         paths = [p for p in self.local.files(key).values() if os.path.exists(p)]
@@ -243,9 +246,10 @@ class Mirrored:
             else:
                 self.fs.put_file(path, self._remote(path))
         if self._stamp(key) != stamp:
-            return  # saved again while these went up: the later upload replaces them, record last
+            return False  # saved again while these went up: the later upload replaces them, record last
         self.fs.put_file(record_path, self._remote(record_path))  # commits it in the bucket
         self._rm(marker)
+        return True
 
     # ---- the uploader --------------------------------------------------------------------
 
@@ -274,7 +278,7 @@ class Mirrored:
                     self._jobs.popleft()  # only now: `settle` waits for the job running too
                     self._changed.notify_all()
 
-    def _attempt(self, what: str, job: Callable[[], None], upload: bool = False) -> None:
+    def _attempt(self, what: str, job: Callable[[], Any], upload: bool = False) -> None:
         """Runs `job` up to `attempts` times with backoff; the last failure is kept for `settle` to raise."""
         try:
             self._try(what, job, upload)
@@ -284,21 +288,21 @@ class Mirrored:
                     self._uploads -= 1
                     self._changed.notify_all()
 
-    def _try(self, what: str, job: Callable[[], None], upload: bool) -> None:
+    def _try(self, what: str, job: Callable[[], Any], upload: bool) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
-                job()
+                uploaded = job()
                 break
             except Exception as e:
                 error = e
                 if attempt < self.attempts:
                     delay = self.backoff * 2 ** (attempt - 1)
-                    logger.warning("%s: %s to %s failed (attempt %d of %d), got %s: %s; retrying in %.3g s",
-                                   self.where, what, self.url, attempt, self.attempts, type(e).__name__, e, delay)
+                    logger.warning("%s: %s failed (attempt %d of %d), got %s: %s; retrying in %.3g s",
+                                   self.where, what, attempt, self.attempts, type(e).__name__, e, delay)
                     self.sleep(delay)
         else:
             failed = UploadError(
-                f"{self.where}: {what} to {self.url} failed {self.attempts} times, got {type(error).__name__}: {error}. "
+                f"{self.where}: {what} failed {self.attempts} times, got {type(error).__name__}: {error}. "
                 f"The checkpoints in {self.directory} are intact, and the bucket keeps its earlier ones. Check the "
                 "bucket, the network and storage_options (endpoint, credentials); the next save uploads as usual."
             )
@@ -308,14 +312,14 @@ class Mirrored:
             if upload:
                 self._intact = False
             return
-        if upload:
+        if upload and uploaded:  # a skipped upload (saved again since) leaves the verdict to the later one
             self._intact = True
 
     def settle(self, wait: bool) -> None:
         """With `wait`, blocks until every queued upload and deletion ran; then raises a failure since the last call, once."""
+        if wait:
+            self._wait_idle()
         with self._changed:
-            while wait and self._jobs:
-                self._changed.wait()
             failed, self._failed = self._failed, None
         if failed is not None:
             raise failed
@@ -349,7 +353,7 @@ class Mirrored:
                 logger.warning("%s: keeping checkpoint %s in %s and in %s: the upload of a newer one failed",
                                self.where, label, self.directory, self.url)
             elif self._stamp(key) == stamp:  # else saved again since: not the checkpoint retention judged
-                self._attempt(f"deleting checkpoint {label}", lambda: self._remove_now(key))
+                self._attempt(f"deleting checkpoint {label} from {self.url}", lambda: self._remove_now(key))
         finally:
             with self._changed:
                 self._removing.discard(key)
@@ -429,6 +433,8 @@ class Mirrored:
 
     def _pull(self) -> int:
         """Downloads every checkpoint of the bucket into the empty local directory; how many."""
+        for sibling in self._siblings():  # this process's uploads to the URL first (a new machine in a test, a notebook)
+            sibling._wait_idle()
         records, objects = self._remote_records()
         present, pulled = set(objects), 0
         os.makedirs(self.directory, exist_ok=True)
@@ -457,6 +463,15 @@ class Mirrored:
             durable.fsync_dir(self.directory)
         return pulled
 
+    def _wait_idle(self) -> None:
+        with self._changed:
+            while self._jobs:
+                self._changed.wait()
+
+    def _siblings(self) -> "List[Mirrored]":
+        """This process's other stores on this URL with uploads queued or the lock held."""
+        return [m for m in list(_ACTIVE) if m is not self and m.url == self.url]
+
     # ---- the prefix's lock ---------------------------------------------------------------
 
     def acquire(self, where: str) -> None:
@@ -466,6 +481,11 @@ class Mirrored:
         """
         self.where = where
         held, etag = self._read_lock()
+        if held is not None and (held.get("host"), held.get("pid")) == (socket.gethostname(), os.getpid()):
+            for sibling in self._siblings():  # this process's earlier store on the URL: its uploads, then its lock
+                sibling._wait_idle()
+                sibling.release()
+            held, etag = self._read_lock()
         if held is not None and not self._may_take(held):
             raise PrefixLocked(self._in_use(held))
         mine = {"host": socket.gethostname(), "pid": os.getpid(), "directory": os.path.realpath(self.directory),
@@ -491,6 +511,8 @@ class Mirrored:
     def _may_take(self, held: Dict[str, Any]) -> bool:
         """Whether the lock `held` may be taken over: its lease expired, or it is this host's and directory's (its writer is dead)."""
         expires = held.get("expires")
+        if (held.get("host"), held.get("pid")) == (socket.gethostname(), os.getpid()):
+            return True  # written by a store of this process that is gone
         if not isinstance(expires, (int, float)) or expires <= self.clock():
             logger.info("%s: taking over the lock on %s: its lease expired (%s)", self.where, self.url, self._holder(held))
             return True
