@@ -12,6 +12,9 @@ waits for a line on stdin: the test sends its signal in between. The process ins
 handler for SIGTERM and SIGUSR1 before the Runner is built (a user's: it appends the signal's
 number to `user_handler.txt`), to which ours must chain. The final model and optimizer state go
 to `final.pt`; every Runner notes where it starts in `starts.jsonl` (tests/_resume.py).
+
+`--rank R --world-size 2 --init FILE`: one rank of a 2-process gloo group (file:// init), the
+model in mmengine's DistributedDataParallel on the CPU (rank 0 writes `final.pt`).
 """
 import argparse
 import json
@@ -31,7 +34,7 @@ from scripts.mmengine_run import ToyData, _classes, start_probe  # noqa: E402
 MAX_ITERS, INTERVAL = 24, 10
 
 
-def build_runner(work_dir: str, hook: dict, resume: bool = False, custom_hooks=()):
+def build_runner(work_dir: str, hook: dict, resume: bool = False, custom_hooks=(), **kwargs):
     from mmengine.runner import Runner
 
     from trainer_ckpt.mmengine import CheckpointHook
@@ -46,11 +49,11 @@ def build_runner(work_dir: str, hook: dict, resume: bool = False, custom_hooks=(
         default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=INTERVAL, **hook)),
         randomness=dict(seed=0), resume=resume, default_scope=None, log_level="WARNING",
         experiment_name=f"preempt-{uuid.uuid4().hex[:12]}",  # runners of one process and second would share a message hub
-        custom_hooks=[dict(type=start_probe()), *custom_hooks],
+        custom_hooks=[dict(type=start_probe()), *custom_hooks], **kwargs,
     )
 
 
-def train(work_dir: str, hook: dict, resume: bool = False, wait_at: int = -1):
+def train(work_dir: str, hook: dict, resume: bool = False, wait_at: int = -1, **kwargs):
     """Trains (or resumes) to MAX_ITERS; returns the runner. `final.pt` holds the model, the optimizer and `iter`."""
     from mmengine.hooks import Hook
 
@@ -62,8 +65,10 @@ def train(work_dir: str, hook: dict, resume: bool = False, wait_at: int = -1):
                 print(f"at {wait_at}", flush=True)
                 sys.stdin.readline()
 
-    runner = build_runner(work_dir, hook, resume=resume, custom_hooks=[dict(type=WaitForSignal)])
+    runner = build_runner(work_dir, hook, resume=resume, custom_hooks=[dict(type=WaitForSignal)], **kwargs)
     runner.train()
+    if runner.rank != 0:
+        return runner
     final = {"model": runner.model.state_dict(), "optimizer": runner.optim_wrapper.state_dict(), "iter": runner.iter}
     torch.save(final, os.path.join(work_dir, "final.pt"))
     return runner
@@ -75,7 +80,18 @@ def main() -> int:
     parser.add_argument("--hook", default="{}", help="the CheckpointHook's keywords, as JSON")
     parser.add_argument("--wait-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--world-size", type=int, default=1)
+    parser.add_argument("--init", help="the file of the gloo group's file:// init")
     args = parser.parse_args()
+    distributed = {}
+    if args.world_size > 1:
+        import torch.distributed as dist
+
+        os.environ.update(RANK=str(args.rank), LOCAL_RANK=str(args.rank), WORLD_SIZE=str(args.world_size))
+        dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank, world_size=args.world_size)
+        wrapper = dict(type="MMDistributedDataParallel", device_ids=None)  # a CPU model: no device ids
+        distributed = dict(launcher="pytorch", cfg=dict(model_wrapper_cfg=wrapper))
     os.makedirs(args.work_dir, exist_ok=True)
     marker = os.path.join(args.work_dir, "user_handler.txt")
 
@@ -85,7 +101,7 @@ def main() -> int:
 
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, users_handler)
-    train(args.work_dir, json.loads(args.hook), resume=args.resume, wait_at=args.wait_at)
+    train(args.work_dir, json.loads(args.hook), resume=args.resume, wait_at=args.wait_at, **distributed)
     return 0
 
 

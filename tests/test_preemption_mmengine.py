@@ -33,24 +33,50 @@ def uninterrupted(tmp_path_factory):
     return torch.load(directory / "final.pt", weights_only=True)
 
 
-def interrupt(work_dir, signum, **hook):
-    """Runs the script until iteration AT, sends it `signum` (os.kill from here), lets it go on;
-    returns its exit status and output (stdout and stderr: mmengine's logger prints to stdout)."""
-    command = [sys.executable, SCRIPT, str(work_dir), "--wait-at", str(AT), "--hook", json.dumps(hook)]
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+def launch(work_dir, hook, *args):
+    """The script, to wait at iteration AT (see `waiting`)."""
+    command = [sys.executable, SCRIPT, str(work_dir), "--wait-at", str(AT), "--hook", json.dumps(hook), *args]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def waiting(child):
+    """Reads a launched run's output until it waits at iteration AT; returns the process and that output
+    (stdout and stderr: mmengine's logger prints to stdout)."""
+    output = []
+    for line in child.stdout:
+        output.append(line)
+        if line.strip() == f"at {AT}":
+            return child, output
+    child.kill()
+    raise AssertionError(f"the run ended before iteration {AT}:\n" + "".join(output))
+
+
+def start(work_dir, hook, *args):
+    return waiting(launch(work_dir, hook, *args))
+
+
+def release(child):
+    """Lets a run waiting at iteration AT go on."""
+    child.stdin.write("go\n")
+    child.stdin.flush()
+
+
+def finished(child, output):
+    """A released run's exit status and whole output."""
     try:
-        before = []
-        for line in child.stdout:
-            before.append(line)
-            if line.strip() == f"at {AT}":
-                break
-        assert before and before[-1].strip() == f"at {AT}", "".join(before)
-        os.kill(child.pid, signum)
-        after, _ = child.communicate("go\n", timeout=120)
+        rest, _ = child.communicate(timeout=120)
     finally:
         child.kill()
-    return child.returncode, "".join(before) + after
+    return child.returncode, "".join(output) + rest
+
+
+def interrupt(work_dir, signum, **hook):
+    """Runs the script until iteration AT, sends it `signum` (os.kill from here), lets it go on; returns its exit status and output."""
+    child, output = start(work_dir, hook)
+    os.kill(child.pid, signum)
+    release(child)
+    return finished(child, output)
 
 
 def load(path):
@@ -103,6 +129,28 @@ def test_exit_on_signal_false_saves_and_trains_on(tmp_path, uninterrupted):
     assert final["iter"] == MAX_ITERS
     torch.testing.assert_close(final["model"], uninterrupted["model"], rtol=0, atol=0)  # the extra save changed nothing
     torch.testing.assert_close(final["optimizer"], uninterrupted["optimizer"], rtol=0, atol=0)
+
+
+def test_two_ranks_save_and_exit_together_when_only_one_got_the_signal(tmp_path):
+    """Two gloo ranks (mmengine's DistributedDataParallel on the CPU); SIGTERM to rank 1 only: both
+    agree at the same iteration, rank 0 writes the checkpoint, both exit with 143 after its commit."""
+    work_dir, init = tmp_path / "run", tmp_path / "init"
+    launched = [launch(work_dir, dict(save_on_signals=["SIGTERM"]), "--rank", str(r), "--world-size", "2", "--init", str(init))
+                for r in (0, 1)]
+    try:
+        ranks = [waiting(child) for child in launched]
+        os.kill(ranks[1][0].pid, signal.SIGTERM)
+        for child in launched:
+            release(child)
+        results = [finished(*rank) for rank in ranks]
+    finally:
+        for child in launched:
+            child.kill()
+    assert [status for status, _ in results] == [143, 143], "\n".join(output for _, output in results)
+    assert checkpoints(work_dir) == ["iter_10.pth", f"iter_{AT}.pth"]
+    assert load(work_dir / f"iter_{AT}.pth")["meta"]["iter"] == AT
+    assert (work_dir / "last_checkpoint").read_text() == str(work_dir / f"iter_{AT}.pth")
+    assert users_handler_calls(work_dir) == [signal.SIGTERM]  # rank 0 got no signal
 
 
 @pytest.mark.parametrize("keywords, message", [
