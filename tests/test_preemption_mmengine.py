@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests._resume import assert_starts, resumed
-from tests.preempt_mmengine_run import MAX_ITERS, train
+from tests.preempt_mmengine_run import MAX_ITERS, build_runner, train
 from trainer_ckpt.mmengine import CheckpointHook, mmengine_safe_globals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +153,28 @@ def test_two_ranks_save_and_exit_together_when_only_one_got_the_signal(tmp_path)
     assert users_handler_calls(work_dir) == [signal.SIGTERM]  # rank 0 got no signal
 
 
+def test_a_signal_at_a_periodic_save_saves_once(tmp_path, caplog):
+    """SIGUSR1, sent from inside the loop at iteration 10, where the periodic save writes
+    iter_10.pth: that checkpoint serves, no second save of it (exit_on_signal=False: trains on)."""
+    from mmengine.hooks import Hook
+
+    class SignalAt10(Hook):
+        priority = "NORMAL"  # before the checkpoint hook at the same iteration
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if runner.iter + 1 == 10:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    with caplog.at_level("DEBUG", logger="trainer_ckpt"):
+        runner = build_runner(str(tmp_path), dict(save_on_signals=["SIGUSR1"], exit_on_signal=False),
+                              custom_hooks=[dict(type=SignalAt10)])
+        runner.train()
+    assert "got SIGUSR1; saving a checkpoint at this step" in caplog.text
+    assert caplog.text.count("Saved checkpoint iter_10.pth") == 1
+    assert caplog.text.count("Saved checkpoint iter_20.pth") == 1  # what the count above would be if it saved again: 2
+    assert checkpoints(tmp_path) == ["iter_10.pth", "iter_20.pth", "iter_24.pth"]
+
+
 @pytest.mark.parametrize("keywords, message", [
     (dict(save_on_signals="SIGTERM"), r"`save_on_signals` must be a list of signals, got 'SIGTERM'. Use e.g."),
     (dict(save_on_signals=["SIGKILL"]), r"`save_on_signals` holds SIGKILL, which no process can catch"),
@@ -169,10 +191,10 @@ def test_bad_values_are_refused_at_construction(keywords, message):
 
 
 def test_an_epoch_based_loop_is_refused_before_training(tmp_path):
-    from scripts.mmengine_run import build_runner
+    from scripts.mmengine_run import build_runner as build_epoch_based
 
     before = signal.getsignal(signal.SIGTERM)
-    runner = build_runner(str(tmp_path), dict(type=CheckpointHook, by_epoch=False, interval=1, save_on_signals=["SIGTERM"]),
+    runner = build_epoch_based(str(tmp_path), dict(type=CheckpointHook, by_epoch=False, interval=1, save_on_signals=["SIGTERM"]),
                           max_epochs=1, val=False)
     with pytest.raises(ValueError, match=r"`save_on_signals` needs an iteration-based loop .*got EpochBasedTrainLoop"):
         runner.train()
