@@ -4,8 +4,9 @@ trainer_ckpt.mmengine's `save_on_signals` in a real iteration-based mmengine `Ru
 a real signal mid-pass makes it save `iter_N.pth` at the iteration it was in, update
 `last_checkpoint`, and exit with 128 + the signal (mmengine lets the SystemExit through);
 `Runner(resume=True)` goes on at N + 1 and ends bit-identical to an uninterrupted run. The
-user's own handler is still called; `exit_on_signal=False` trains on; bad values are refused
-at construction; `max_host_memory` reaches the engine.
+user's own handler is still called; `exit_on_signal=False` trains on; two gloo ranks save and
+exit together when one got the signal; a signal at a periodic save's iteration saves once; bad
+values are refused at construction; `max_host_memory` reaches the engine.
 """
 import json
 import os

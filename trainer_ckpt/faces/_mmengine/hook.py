@@ -286,7 +286,7 @@ class CheckpointHook(_CheckpointHook):
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
         if self._rng is not None and self.restore_rng:
-            rng = self._rng  # restored after Runner.resume, which may have reseeded
+            rng = self._rng  # after Runner.resume, which may have reseeded; an iteration-based loop then skips batches
             if isinstance(runner.train_loop, IterBasedTrainLoop):
                 patches.after_skipping(runner.train_loop, lambda: restore_rng(rng))
             else:
