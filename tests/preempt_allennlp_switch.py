@@ -6,7 +6,8 @@ chosen point, as a scheduler would.
 - TRAINER_CKPT_SIGNAL="SIGTERM@E:B": the trainer callback `preempt_switch` sends SIGTERM right
   after batch B of epoch E (0-based epoch index) has been trained, before the checkpointer sees
   that batch; with B = 0 (E >= 1), at the end of epoch E - 1, after validation, before the trainer
-  calls the checkpointer for the epoch end.
+  calls the checkpointer for the epoch end. Only the primary sends it (in a distributed run the
+  other ranks learn of it from the checkpointer's agreement).
 - TRAINER_CKPT_USER_HANDLER="SIGUSR1:/path/file": a handler of the user's own for that signal,
   installed when this module is imported (before the checkpointer is built); it appends the
   signal's number to the file.
@@ -46,10 +47,10 @@ class PreemptSwitch(TrainerCallback):
     def on_batch(self, trainer, batch_inputs, batch_outputs, batch_metrics, epoch, batch_number,
                  is_training, is_primary=True, batch_grad_norm=None, **kwargs) -> None:
         armed = _armed()
-        if armed and is_training and (trainer._epochs_completed, trainer._batches_in_epoch_completed) == armed[1:]:
+        if armed and is_primary and is_training and (trainer._epochs_completed, trainer._batches_in_epoch_completed) == armed[1:]:
             os.kill(os.getpid(), armed[0])
 
     def on_epoch(self, trainer, metrics, epoch, is_primary=True, **kwargs) -> None:
         armed = _armed()
-        if armed and armed[2] == 0 and epoch + 1 == armed[1]:
+        if armed and is_primary and armed[2] == 0 and epoch + 1 == armed[1]:
             os.kill(os.getpid(), armed[0])

@@ -4,7 +4,9 @@ classifier with dropout, shuffled batches, Adam and a learning-rate schedule; 2 
 batches, saved every 5 batches) send themselves a real SIGTERM or SIGUSR1 at a chosen batch
 (tests/preempt_allennlp_switch.py). Each exits with 128 + the signal's number, leaving a
 checkpoint at that batch; `allennlp train --recover` resumes right after it (tests/_resume.py)
-and ends bit-identical to an uninterrupted run.
+and ends bit-identical to an uninterrupted run. With exit_on_signal=false the run saves and
+trains on. Bad values, the group's keys and max_host_memory are checked in-process. Eight
+`allennlp train` processes (about 15 s of start-up each) make this file's runtime.
 """
 import json
 import logging
