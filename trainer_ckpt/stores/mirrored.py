@@ -340,6 +340,15 @@ class Mirrored:
                 return candidate
         return None
 
+    def _wait_idle(self) -> None:
+        with self._changed:
+            while self._jobs:
+                self._changed.wait()
+
+    def _siblings(self) -> "List[Mirrored]":
+        """This process's other stores on this URL with uploads queued or the lock held."""
+        return [m for m in list(_ACTIVE) if m is not self and m.url == self.url]
+
     def remove(self, key: Any) -> None:
         """Queues the deletion of checkpoint `key`, here and in the bucket, behind the uploads queued before."""
         stamp, label = self._stamp(key), self.local.label(key)
@@ -462,15 +471,6 @@ class Mirrored:
         if pulled:
             durable.fsync_dir(self.directory)
         return pulled
-
-    def _wait_idle(self) -> None:
-        with self._changed:
-            while self._jobs:
-                self._changed.wait()
-
-    def _siblings(self) -> "List[Mirrored]":
-        """This process's other stores on this URL with uploads queued or the lock held."""
-        return [m for m in list(_ACTIVE) if m is not self and m.url == self.url]
 
     # ---- the prefix's lock ---------------------------------------------------------------
 
