@@ -10,6 +10,7 @@ trains on. Bad values, the group's keys and max_host_memory are checked in-proce
 """
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any, Dict
@@ -183,3 +184,21 @@ def test_max_host_memory_reaches_the_engine(tmp_path, caplog):
         assert saved(tmp_path) == [(1, 0)]  # committed before the call returned: no wait()
     checkpointer.close()
     assert "over max_host_memory=8: saving on the training thread from the live tensors instead" in caplog.text
+
+
+def test_the_group_saves_every_member_at_the_signal_then_exits(tmp_path):
+    from tests.conftest import saved, trainer_at
+
+    group = AllenNlpCheckpointer.from_params(
+        Params({"type": "trainer_ckpt_group", "save_on_signals": ["SIGUSR1"],
+                "checkpointers": [{"save_every_num_batches": 5}, {"filename_prefix": "best_", "save_completed_epochs": False}]}),
+        serialization_dir=str(tmp_path))
+    try:
+        assert group.maybe_save_checkpoint(trainer_at(1, 3), 1, 3) is False  # neither policy saves at batch 3
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(SystemExit) as exit:
+            group.maybe_save_checkpoint(trainer_at(1, 4), 1, 4)
+        assert exit.value.code == 128 + signal.SIGUSR1
+        assert saved(tmp_path) == [(1, 4)] and saved(tmp_path, "best_") == [(1, 4)]
+    finally:
+        group.close()
