@@ -103,6 +103,13 @@ class Snapshotter:
         return buffer
 
 
+def require_host_memory(where: str, value: Any, error: type = ValueError) -> None:
+    """Raises `error` when `max_host_memory` is neither None nor a number of bytes (checked where a face is built)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise error(f"{where}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got {value!r}. "
+                    "Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     local = local_part(tensor)
     return tensor if local is None else local

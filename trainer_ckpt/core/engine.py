@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import torch
 
 from trainer_ckpt.core import distributed
-from trainer_ckpt.core.background import BackgroundWriter, Snapshotter, on_device
+from trainer_ckpt.core.background import BackgroundWriter, Snapshotter, on_device, require_host_memory
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.lock import lock_directory, unlock_directory
 from trainer_ckpt.core.logs import routed
@@ -148,9 +148,7 @@ class Engine:
         max_host_memory: Optional[int] = None,
     ) -> None:
         self.logger = logger
-        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int) or max_host_memory < 0):
-            raise ValueError(f"{where}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
-                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+        require_host_memory(where, max_host_memory)
         self.max_host_memory = max_host_memory
         self.store, self.directory, self.where, self.trust_hint = store, store.directory, where, trust_hint
         self.background, self.read_only, self.primary = background, read_only, primary

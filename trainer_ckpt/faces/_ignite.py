@@ -23,6 +23,7 @@ from trainer_ckpt.core.engine import Engine, uses_snapshots
 from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import RNG, NamedFiles, named
 from trainer_ckpt.stores.mirrored import local_place, mirrored
+from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
 if TYPE_CHECKING:  # the policies import AllenNLP's Registrable: imported when a policy is given
@@ -145,9 +146,7 @@ class DiskSaver(_ignite.DiskSaver):
         **kwargs: Any,
     ) -> None:
         require_bools("trainer_ckpt.ignite.DiskSaver", background=background)
-        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int) or max_host_memory < 0):
-            raise ValueError("trainer_ckpt.ignite.DiskSaver: `max_host_memory` must be a number of bytes (an int >= 0) or None, "
-                             f"got {max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+        require_host_memory("trainer_ckpt.ignite.DiskSaver", max_host_memory)
         dirname, self.url = local_place("trainer_ckpt.ignite.DiskSaver", "dirname", dirname, storage_options, staging_dir)
         self.storage_options = storage_options
         super().__init__(dirname, atomic, create_dir, require_empty, save_on_rank, **kwargs)

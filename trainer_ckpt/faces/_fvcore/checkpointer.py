@@ -12,6 +12,7 @@ from trainer_ckpt.core import distributed
 from trainer_ckpt.core import preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.stores.mirrored import local_place, mirrored
+from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
@@ -84,10 +85,7 @@ class Checkpointer(_fvcore.Checkpointer):
         **checkpointables: Any,
     ) -> None:
         require_bools(_WHERE, background=background, restore_rng=restore_rng)
-        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int)
-                                            or max_host_memory < 0):
-            raise ValueError(f"{_WHERE}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
-                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+        require_host_memory(_WHERE, max_host_memory)
         save_dir, self.url = local_place(_WHERE, "save_dir", save_dir, storage_options, staging_dir)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self._store = mirrored(NamedFiles(self.save_dir, LAYOUT), self.url, storage_options, _WHERE)

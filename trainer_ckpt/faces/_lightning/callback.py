@@ -34,10 +34,10 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
-from trainer_ckpt.faces._lightning.io import require_host_memory
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core import preemption
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
+from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.io import loading
 from trainer_ckpt.stores import RNG, NamedFiles, named

@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from trainer_ckpt.faces.arguments import require_bools
 from trainer_ckpt.checkpoint_info import CheckpointInfo
+from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.engine import CheckpointSaveError, Engine
 from trainer_ckpt.io import durable, loading
 from trainer_ckpt.stores import NamedFiles, named
@@ -38,14 +39,6 @@ IO_LAYOUT = named.one_file(("",))
 # `AttributeDict` nested as an hparam value (Lightning writes the top level as a plain dict).
 LIGHTNING_TYPES: List[Any] = [AttributeDict]
 _WHERE = "trainer_ckpt.lightning.CheckpointIO"
-
-
-def require_host_memory(where: str, value: Any) -> None:
-    """Raises ValueError when `max_host_memory` is neither None nor a number of bytes (the engine's
-    own check, made at the face's construction rather than at its first save)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"{where}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got {value!r}. "
-                         "Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
 
 
 class _Pickler(pickle.Pickler):

@@ -23,6 +23,7 @@ from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapsho
 from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import RNG, Layout, NamedFiles, named
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
+from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 from trainer_ckpt.faces._mmengine import patches
 from trainer_ckpt.io import loading
@@ -170,10 +171,7 @@ class CheckpointHook(_CheckpointHook):
             raise ValueError(f"{_WHERE}: `save_on_signals` needs by_epoch=False (a save at the iteration training is in), "
                              f"got by_epoch={by_epoch!r}. Train with an iteration-based loop (train_cfg=dict(by_epoch=False, "
                              "max_iters=...)) and give this hook by_epoch=False.")
-        if max_host_memory is not None and (isinstance(max_host_memory, bool) or not isinstance(max_host_memory, int)
-                                            or max_host_memory < 0):
-            raise ValueError(f"{_WHERE}: `max_host_memory` must be a number of bytes (an int >= 0) or None, got "
-                             f"{max_host_memory!r}. Use e.g. max_host_memory=8 * 2**30, or None for no bound.")
+        require_host_memory(_WHERE, max_host_memory)
         require_policy(_WHERE, "retention_policy", retention_policy, "RetentionPolicy")
         if retention_policy is not None and max_keep_ckpts > 0:
             raise ValueError(f"{_WHERE}: give at most one of `max_keep_ckpts` and `retention_policy`, got "
