@@ -28,9 +28,10 @@ class CheckpointerGroup(Checkpointer):
     read_only : `bool`, optional (default=`False`)
         Passed to every member.
     save_on_signals : `List[Union[str, int]]`, optional (default=`None`)
-        As the default checkpointer's, for the whole group: on one of these signals every member
-        saves at the batch being trained (the first one is what `--recover` resumes from), then
-        the process exits with 128 + the signal's number. Give it to the group, not to members.
+        As the default checkpointer's, for the whole group: on one of these signals every default
+        member saves at the batch being trained (a checkpointer of your own registered type only
+        when its policy says so; the first member is what `--recover` resumes from), then the
+        process exits with 128 + the signal's number. Give it to the group, not to members.
     exit_on_signal : `bool`, optional (default=`True`)
         `false`: after those saves, training goes on.
     """
