@@ -385,10 +385,19 @@ class Engine:
 
     @routed
     def check(self) -> None:
-        """Raises the error of a background save (or upload) that failed since the last call."""
+        """Raises the error of a background save (or upload) that failed since the last call (logs an upload's, with on_save_error "warn")."""
         self._writer.check()
-        if self._settle is not None:
-            self._settle(wait=False)
+        self._settle_or_warn(wait=False)
+
+    def _settle_or_warn(self, wait: bool) -> None:
+        if self._settle is None:
+            return
+        try:
+            self._settle(wait=wait)
+        except OSError as e:  # a failed upload: the local checkpoint is committed
+            if self.on_save_error == "raise":
+                raise
+            logger.error("%s", e)
 
     @routed
     def wait(self) -> None:
@@ -401,21 +410,22 @@ class Engine:
         """Waits for a save in flight and for the uploads of the saves before (a store's, in the background); raises their errors."""
         self._writer.wait()
         self._writer.check()
-        if self._settle is not None:
-            self._settle(wait=True)
+        self._settle_or_warn(wait=True)
 
     @routed
     def close(self) -> None:
         """Waits for a save in flight, its uploads and deletions, releases the snapshot buffers, then gives up the directory's writer lock (and a bucket's)."""
-        self.drain()
-        durable.wait_for_discards()
-        self._snapshot = Snapshotter()
-        if self._lock is not None:
-            if hasattr(self.store, "release"):  # a bucket prefix's lock (Mirrored)
-                self.store.release()
-            unlock_directory(self._lock)
-            self._lock = None
-        self.read_only = True
+        try:
+            self.drain()
+            durable.wait_for_discards()
+        finally:  # a failed save or upload still lets the directory (and the bucket) go
+            self._snapshot = Snapshotter()
+            if self._lock is not None:
+                if hasattr(self.store, "release"):  # a bucket prefix's lock (Mirrored)
+                    self.store.release()
+                unlock_directory(self._lock)
+                self._lock = None
+            self.read_only = True
 
     # ---- listing, retention, clean-up ----------------------------------------------------
 

@@ -487,7 +487,7 @@ class Mirrored:
                 sibling.release()
             held, etag = self._read_lock()
         if held is not None and not self._may_take(held):
-            raise PrefixLocked(self._in_use(held))
+            held, etag = self._wait_out(held)
         mine = {"host": socket.gethostname(), "pid": os.getpid(), "directory": os.path.realpath(self.directory),
                 "token": secrets.token_hex(16), "started": self.clock()}
         try:
@@ -507,6 +507,24 @@ class Mirrored:
                                           daemon=True), stop)
         self._renewer[0].start()
         _ACTIVE.add(self)
+
+    def _wait_out(self, held: Dict[str, Any]) -> "tuple[Optional[Dict[str, Any]], Optional[str]]":
+        """
+        Another run's lease is live: a run on a new machine resuming one that was killed (a
+        requeued job) finds it so. Waits, reading the lock every lease / 6 seconds, until the
+        holder renews it (it is alive: PrefixLocked) or its lease expires (it is gone: the lock
+        and its ETag are returned, to be taken over).
+        """
+        logger.warning("%s: %s is locked by another run (%s), with %.0f s left on its lease: waiting for it to renew the "
+                       "lease (that run is alive: this one stops) or to let it expire (that run is gone: this one takes "
+                       "the prefix over)", self.where, self.url, self._holder(held), held["expires"] - self.clock())
+        while True:
+            self.sleep(min(max(held["expires"] - self.clock(), 0.0), self.lease / 6) + 0.01)
+            now, etag = self._read_lock()
+            if now != held and now is not None:
+                raise PrefixLocked(self._in_use(now))  # renewed, or taken by a third run: alive
+            if now is None or self._may_take(now):
+                return now, etag
 
     def _may_take(self, held: Dict[str, Any]) -> bool:
         """Whether the lock `held` may be taken over: its lease expired, or it is this host's and directory's (its writer is dead)."""
@@ -532,7 +550,7 @@ class Mirrored:
         return (f"{self.where}: {self.url} is in use by another run, got its lock held by {self._holder(held)}, with "
                 f"{left} left on its lease (renewed while it runs). Stop that run or wait for it to end, give this "
                 f"run another URL, or restart it on that host from that directory (it takes the lock over at once); "
-                f"a run that died leaves a lease that expires within {self.lease:.0f} s.")
+                f"a run that died leaves a lease that expires within {self.lease:.0f} s, which a new run waits out.")
 
     def _lock_path(self) -> str:
         return f"{self.root}/{LOCK}"

@@ -367,14 +367,19 @@ class CheckpointHook(_CheckpointHook):
             self._preemption.close()
             self._preemption = None
 
+    def drain(self) -> None:
+        """Waits for a background save in flight and for uploads to a bucket; raises their errors."""
+        if self._engine is not None:
+            self._engine.drain()
+
     def after_train(self, runner: Any) -> None:
         self._stop_listening()
-        self.wait()
+        self.drain()  # `runner.train()` returns with every checkpoint committed and uploaded
         super().after_train(runner)
 
     def after_run(self, runner: Any) -> None:
         self._stop_listening()
-        self.wait()
+        self.drain()
         super().after_run(runner)
 
     @contextlib.contextmanager
