@@ -33,8 +33,9 @@ One run per prefix: the writing engine calls `acquire` once it holds the local d
 It writes `.trainer_ckpt.lock` under the prefix (host, pid, local directory, a random token, start
 time, lease expiry; a conditional write on S3: If-None-Match to create, If-Match to replace; then
 read back, which is all other stores get) and a thread renews the lease every `lease / 3` seconds.
-A second run finds a live lease and is refused, with the holder named. An expired lease (its run
-died) is taken over; so is the lease of the same host and local directory at once: this process
+A second run that finds a live lease waits, reading the lock: renewed, its holder is alive and
+this run is refused, with the holder named; expired (its run died: a job requeued on another
+machine after a kill), it is taken over. An expired lease found at once is taken over too; so is the lease of the same host and local directory at once: this process
 holds that directory's lock, so the process that wrote the lease is gone (a restart after kill -9).
 `release` (the engine's close, or the process's exit) deletes the lock if it is still ours. A
 second store of this process on the URL (a new checkpointer in a notebook or a test) takes the lock
