@@ -18,8 +18,14 @@ verifies. Lightning's internals it relies on, all here:
   chain. A SIGTERM also sets Lightning's own flag: when Lightning stops the run for it before our
   check (`SIGTERMException`, e.g. a SIGTERM during validation), `on_exception` saves and the exit
   status becomes 128 + 15 (Lightning's exception, whose status is none, exits with 0).
-Strategies that write sharded state themselves (FSDP's sharded mode, DeepSpeed) keep Lightning's
-own save. Files under another directory than `dirpath` (a `filename` with a folder in it) too.
+- `ModelParallelStrategy` (FSDP2, DTensors) with `save_distributed_checkpoint=True` (its default):
+  every rank calls the engine, which writes the sharded state with DCP (a directory of every rank's
+  part, committed by the primary; `background=True` copies the local shards and writes off the
+  training thread). Lightning reads such a checkpoint with its strategy's `load_checkpoint`, which
+  wants its own layout (a `meta.pt` beside the parts): from `setup` to `teardown` the callback
+  wraps that method of the strategy instance, and loads the checkpoints of ours itself.
+Other strategies that write sharded state themselves (FSDP1's sharded mode, DeepSpeed) keep
+Lightning's own save. Files under another directory than `dirpath` (a `filename` with a folder in it) too.
 """
 import logging
 import os
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Set
 from weakref import proxy
 
 from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
@@ -39,7 +45,7 @@ from trainer_ckpt.core import preemption
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
 from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
-from trainer_ckpt.io import loading
+from trainer_ckpt.io import loading, sharded
 from trainer_ckpt.stores import RNG, NamedFiles, named
 
 if TYPE_CHECKING:
@@ -126,14 +132,14 @@ class ModelCheckpoint(_ModelCheckpoint):
         """Whether the engine writes `filepath`: a file right in `dirpath`, under a strategy that saves through its CheckpointIO."""
         strategy = trainer.strategy
         plain = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and "DeepSpeed" not in type(strategy).__name__
-        return plain and self.dirpath is not None and "://" not in str(filepath) and \
+        return (plain or _dcp_strategy(strategy)) and self.dirpath is not None and "://" not in str(filepath) and \
             os.path.dirname(os.path.abspath(filepath)) == os.path.abspath(self.dirpath)
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         if not self._ours(trainer, filepath):
             return super()._save_checkpoint(trainer, filepath)
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # every rank
-        if trainer.is_global_zero:
+        if trainer.is_global_zero or sharded.is_sharded(checkpoint):  # sharded: every rank writes its part
             engine = self._engine(trainer, self.dirpath)
             self._forget_removed(engine.store)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -192,6 +198,7 @@ class ModelCheckpoint(_ModelCheckpoint):
             logger.error("%s: a save failed while fit raised %s: %s", _WHERE, type(exception).__name__, e)
         finally:  # and the directory's lock goes, as at teardown: the process may live on (a notebook)
             self._stop_listening()
+            vars(trainer.strategy).pop("load_checkpoint", None)
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
@@ -313,9 +320,54 @@ class ModelCheckpoint(_ModelCheckpoint):
         state["_engines"], state["_pending"], state["_preemption"] = {}, None, None
         return state
 
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Under `ModelParallelStrategy`, the strategy's `load_checkpoint` reads our sharded checkpoints too."""
+        super().setup(trainer, pl_module, stage)
+        strategy = trainer.strategy
+        if not _dcp_strategy(strategy) or "load_checkpoint" in vars(strategy):
+            return
+        lightnings = strategy.load_checkpoint
+
+        def load_checkpoint(checkpoint_path: Any, weights_only: Optional[bool] = None) -> Dict[str, Any]:
+            if self._sharded_of_ours(checkpoint_path):
+                return self._load_sharded(trainer, checkpoint_path)
+            return lightnings(checkpoint_path, weights_only=weights_only)
+
+        strategy.load_checkpoint = load_checkpoint
+
+    def _sharded_of_ours(self, path: Any) -> bool:
+        """Whether `path` is a sharded checkpoint of ours: a directory with a record beside it, without Lightning's `meta.pt`."""
+        if not path or "://" in str(path) or not os.path.isdir(path) or os.path.exists(os.path.join(path, "meta.pt")):
+            return False
+        directory, name = os.path.split(os.path.abspath(str(path)))
+        return bool(NamedFiles(directory, self._layout()).entry(name).record)
+
+    def _load_sharded(self, trainer: Any, path: Any) -> Dict[str, Any]:
+        """
+        Every rank: verifies checkpoint `path` and loads its shards into the model and optimizers
+        (set up and sharded by then), as Lightning's strategy does with its own layout; returns the
+        rest of the checkpoint (loops, callbacks, schedulers) for Lightning to restore.
+        """
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+        )
+
+        model = trainer.strategy.model
+        optimizers = [getattr(o, "_optimizer", o) for o in trainer.strategy.optimizers]
+        template = {"state_dict": get_model_state_dict(model),
+                    "optimizer_states": [get_optimizer_state_dict(model, o) for o in optimizers]}  # Adam's state made
+        directory, name = os.path.split(os.path.abspath(str(path)))
+        engine = self._engine(trainer, directory)
+        checkpoint = engine.load(engine.store.entry(name), [MAIN], {MAIN: template}, collective=True)[MAIN]
+        set_model_state_dict(model, checkpoint.pop("state_dict"), options=StateDictOptions(strict=trainer.lightning_module.strict_loading))
+        for optimizer, state in zip(optimizers, checkpoint.pop("optimizer_states", [])):
+            set_optimizer_state_dict(model, optimizer, state)
+        return checkpoint
+
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         self._stop_listening()
+        vars(trainer.strategy).pop("load_checkpoint", None)  # Lightning's method again
         try:
             for engine in self._engines.values():
                 engine.wait()  # a failed background save is raised here
@@ -325,6 +377,11 @@ class ModelCheckpoint(_ModelCheckpoint):
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
+
+
+def _dcp_strategy(strategy: Any) -> bool:
+    """Whether `strategy` is Lightning's FSDP2 one saving sharded state (each rank its part, with DCP)."""
+    return isinstance(strategy, ModelParallelStrategy) and strategy._save_distributed_checkpoint
 
 
 class _Store(NamedFiles):
