@@ -88,7 +88,8 @@ def resume():
     assert started == 0, started
     expected = full_state(reference)
 
-    checkpoints = lambda: ModelCheckpoint(dirpath=os.path.join(directory, "ckpt"), every_n_train_steps=2, save_top_k=-1, background=BACKGROUND)
+    checkpoints = lambda: ModelCheckpoint(dirpath=os.path.join(directory, "ckpt"), every_n_train_steps=2, save_top_k=2,
+                                          monitor="step", mode="max", background=BACKGROUND)
     _, started = fit(4, checkpoints())
     assert started == 0, started
     model, started = fit(8, checkpoints(), ckpt_path="last")

@@ -13,9 +13,11 @@ import pytest
 
 from tests._resume import assert_starts
 from tests.conftest import ROOT
+from trainer_ckpt.core.lock import LOCK_FILE as LOCK
 from trainer_ckpt.io import durable
 
 RANK = os.path.join(ROOT, "tests", "lightning_fsdp_rank.py")
+NAMES = ["epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"]
 
 
 def free_port() -> int:
@@ -28,7 +30,8 @@ def free_port() -> int:
 def test_model_parallel_strategy_resumes_from_last_bit_exact(tmp_path, background):
     """Stopped after step 4, `fit(ckpt_path="last")` starts at step 4 and ends bit-identical to
     an uninterrupted run (each rank checks the whole weights and Adam moments); every checkpoint
-    is a DCP directory written by the engine, each rank's part listed in its record."""
+    is a DCP directory written by the engine, each rank's part listed in its record; the top-k
+    retention deletes whole directories."""
     env = {**os.environ, "FSDP_BACKGROUND": "1" if background else "0"}
     port = str(free_port())
     ranks = [subprocess.Popen([sys.executable, RANK, "resume", str(rank), str(tmp_path), port],
@@ -41,9 +44,10 @@ def test_model_parallel_strategy_resumes_from_last_bit_exact(tmp_path, backgroun
     assert_starts(tmp_path / "starts", 0, 4, ranks=2)
 
     directory = tmp_path / "ckpt"
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".ckpt"))
-    assert names == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"], names
-    for name, step in zip(names, (2, 4, 6, 8)):
+    # save_top_k=2 (monitor="step"): step 2 deleted (its directory and record), step 4 kept as
+    # Lightning keeps the checkpoint a run resumed from.
+    assert sorted(os.listdir(directory)) == [f".{n}.{kind}" for n in NAMES for kind in ("json", "rng")] + [LOCK] + NAMES
+    for name, step in zip(NAMES, (4, 6, 8)):
         # Ours, not Lightning's own DCP save (which puts a `meta.pt` beside the parts and writes no record).
         assert sorted(os.listdir(directory / name)) == [".metadata", "__0_0.distcp", "__1_0.distcp"], name
         record = durable.read_json(str(directory / f".{name}.json"))
