@@ -83,7 +83,8 @@ def full_state(model):
 
 def resume():
     """Stopped after step 4 (saves at 2 and 4), resumed with `fit(ckpt_path="last")`: it starts at
-    step 4 and ends at step 8 bit-identical to an uninterrupted run of 8 steps."""
+    step 4 and ends at step 8 bit-identical to an uninterrupted run of 8 steps; so does a run
+    resumed from the step-4 checkpoint by its path."""
     reference, started = fit(8)
     assert started == 0, started
     expected = full_state(reference)
@@ -94,11 +95,21 @@ def resume():
     assert started == 0, started
     model, started = fit(8, checkpoints(), ckpt_path="last")
     assert started == 4, started
-    got = full_state(model)
+    same(full_state(model), expected)
+
+    # A new run in another directory, from a path in this one (only read), at an epoch's end (within an
+    # epoch Lightning restarts a plain DataLoader from its first batch): it starts at step 4.
+    other = ModelCheckpoint(dirpath=os.path.join(directory, "other"), every_n_train_steps=2, background=BACKGROUND)
+    model, started = fit(8, other, ckpt_path=os.path.join(directory, "ckpt", "epoch=0-step=4.ckpt"))
+    assert started == 4, started
+    same(full_state(model), expected)
+    print(f"rank {rank}: resume ok", flush=True)
+
+
+def same(got, expected):
     assert got.keys() == expected.keys() and len(got) == 16, (got.keys(), expected.keys())
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
-    print(f"rank {rank}: resume ok", flush=True)
 
 
 globals()[sys.argv[1]]()

@@ -29,7 +29,8 @@ def free_port() -> int:
 @pytest.mark.parametrize("background", [False, True], ids=["sync", "background"])
 def test_model_parallel_strategy_resumes_from_last_bit_exact(tmp_path, background):
     """Stopped after step 4, `fit(ckpt_path="last")` starts at step 4 and ends bit-identical to
-    an uninterrupted run (each rank checks the whole weights and Adam moments); every checkpoint
+    an uninterrupted run, and so does a new run in another directory from the step-4 checkpoint's
+    path (each rank checks the whole weights and Adam moments); every checkpoint
     is a DCP directory written by the engine, each rank's part listed in its record; the top-k
     retention deletes whole directories."""
     env = {**os.environ, "FSDP_BACKGROUND": "1" if background else "0"}
@@ -41,7 +42,7 @@ def test_model_parallel_strategy_resumes_from_last_bit_exact(tmp_path, backgroun
     for rank, output in enumerate(outputs):
         assert f"rank {rank}: resume ok" in output, output[-4000:]
     assert "Restoring states from the checkpoint path at" in outputs[0] and "epoch=0-step=4.ckpt" in outputs[0], outputs[0][-4000:]
-    assert_starts(tmp_path / "starts", 0, 4, ranks=2)
+    assert_starts(tmp_path / "starts", 0, 4, 4, ranks=2)  # the last: another run, from the step-4 checkpoint's path
 
     directory = tmp_path / "ckpt"
     # save_top_k=2 (monitor="step"): step 2 deleted (its directory and record), step 4 kept as

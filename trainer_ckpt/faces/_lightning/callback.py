@@ -357,8 +357,16 @@ class ModelCheckpoint(_ModelCheckpoint):
         template = {"state_dict": get_model_state_dict(model),
                     "optimizer_states": [get_optimizer_state_dict(model, o) for o in optimizers]}  # Adam's state made
         directory, name = os.path.split(os.path.abspath(str(path)))
-        engine = self._engine(trainer, directory)
-        checkpoint = engine.load(engine.store.entry(name), [MAIN], {MAIN: template}, collective=True)[MAIN]
+        # A checkpoint in another directory (another run's) is only read: no lock, no clean-up there.
+        own = directory in self._engines or self.dirpath is not None and directory == os.path.abspath(self.dirpath)
+        engine = self._engine(trainer, directory) if own else Engine(
+            NamedFiles(directory, self._layout()), read_only=True, safe_globals=self.safe_globals,
+            primary=trainer.is_global_zero, where=_WHERE, trust_hint="pass those types in `safe_globals`.")
+        try:
+            checkpoint = engine.load(engine.store.entry(name), [MAIN], {MAIN: template}, collective=True)[MAIN]
+        finally:
+            if not own:
+                engine.close()
         set_model_state_dict(model, checkpoint.pop("state_dict"), options=StateDictOptions(strict=trainer.lightning_module.strict_loading))
         for optimizer, state in zip(optimizers, checkpoint.pop("optimizer_states", [])):
             set_optimizer_state_dict(model, optimizer, state)
