@@ -144,6 +144,7 @@ class Mirrored:
                                  f"Use e.g. {name}={1.0 if name == 'backoff' else 60.0}.")
         self.local, self.url = local, url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        _register_at_exit()  # after the file system's own exit hooks (s3fs closes its session in one): ours run first
         self.directory = local.directory
         self.attempts, self.backoff, self.lease = attempts, float(backoff), float(lease)
         self.clock, self.sleep = clock or time.time, sleep or time.sleep
@@ -610,7 +611,7 @@ class Mirrored:
         if self._renewer is not None:
             thread, stop = self._renewer
             stop.set()
-            thread.join()
+            thread.join(timeout=self.lease / 3)  # a renewal in flight: its call's own timeout, or the lease's, bounds it
             self._renewer = None
         mine, self._held = self._held, None
         if mine is None:
@@ -630,11 +631,21 @@ class Mirrored:
                            self.where, self.url, type(e).__name__, e, self.lease)
 
 
+_AT_EXIT: List[bool] = []
+
+
+def _register_at_exit() -> None:
+    """Registers `_settle_at_exit` once, after the first file system was made: exit hooks run last
+    registered first, so ours runs while the file system's client can still talk to the bucket."""
+    if not _AT_EXIT:
+        _AT_EXIT.append(True)
+        atexit.register(_settle_at_exit)
+
+
 # A forked child (a data-loader worker) has copies of these without their threads: its exit is not the run's.
 os.register_at_fork(after_in_child=_ACTIVE.clear)
 
 
-@atexit.register
 def _settle_at_exit() -> None:
     """A run that ends without closing its engine: its queued uploads finish, and its lock goes."""
     for mirror in list(_ACTIVE):
