@@ -367,7 +367,8 @@ class ModelCheckpoint(_ModelCheckpoint):
         finally:
             if not own:
                 engine.close()
-        set_model_state_dict(model, checkpoint.pop("state_dict"), options=StateDictOptions(strict=trainer.lightning_module.strict_loading))
+        strict = StateDictOptions(strict=trainer.lightning_module.strict_loading)
+        set_model_state_dict(model, checkpoint.pop("state_dict"), options=strict)
         for optimizer, state in zip(optimizers, checkpoint.pop("optimizer_states", [])):
             set_optimizer_state_dict(model, optimizer, state)
         return checkpoint
