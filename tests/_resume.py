@@ -15,7 +15,7 @@ point of the checkpoint it resumed from.
     assert_starts(run_dir, 0, 35)      # or: the whole history of the directory's processes
 
 Writers: `note_start` (scripts/plain_loop.py, scripts/ignite_loop.py, scripts/mmengine_run.py,
-tests/fsdp_rank.py, fixtures/plugins/kill_switch.py).
+tests/fsdp_rank.py, tests/lightning_fsdp_rank.py, fixtures/plugins/kill_switch.py, and the preemption tests' runs).
 """
 import contextlib
 import json

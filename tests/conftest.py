@@ -115,7 +115,9 @@ def bucket(endpoint, request):
 
 # The longest files first: the suite runs a file per worker (scripts/run_tests.sh), and a long file
 # started last would leave the other worker idle at the end.
-SLOWEST_FIRST = ("test_exact_resume.py", "test_end_to_end.py", "test_remote.py", "test_sharded.py", "test_cli.py")
+SLOWEST_FIRST = ("test_exact_resume.py", "test_end_to_end.py", "test_preemption_allennlp.py", "test_sharded.py",
+                 "test_preemption_fvcore.py", "test_remote.py", "test_preemption_mmengine.py", "test_preemption_ignite.py",
+                 "test_lightning_sharded.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(items):
