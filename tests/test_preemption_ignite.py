@@ -15,11 +15,12 @@ import sys
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 
 from scripts.plain_loop import max_difference
 from tests import preempt_ignite_run as run
 from tests._resume import resumed
+from tests.test_ignite_face import make_run as face_run
 from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
 
 SCRIPT = run.__file__
@@ -121,16 +122,9 @@ def test_two_ranks_save_on_a_signal_only_one_got_and_resume_bit_exact(tmp_path, 
 
 
 def make_run(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step(engine, batch):
-        optimizer.zero_grad()
-        model(batch).pow(2).sum().backward()
-        optimizer.step()
-
-    return model, optimizer, Engine(step)
+    """The model, optimizer and Engine of tests/test_ignite_face.py's runs."""
+    model, optimizer, trainer, _ = face_run(seed)
+    return model, optimizer, trainer
 
 
 DATA = [torch.full((2, 3), float(i)) / 10 for i in range(4)]
