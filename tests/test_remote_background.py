@@ -233,13 +233,13 @@ def lock_of(fs, run):
 
 
 HOLDER = """
-import json, sys, time
+import json, os, sys, time
 from trainer_ckpt import stores
 from trainer_ckpt.core.engine import Engine
 from trainer_ckpt.stores.mirrored import Mirrored, PrefixLocked
 engine = Engine(Mirrored(stores.Pairs(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), lease=float(sys.argv[4])))
 print("locked", flush=True)
-while True:  # a training loop: the engine says what its threads found at each step
+while not os.path.exists(sys.argv[1] + ".stop"):  # a training loop, until told to end; its exit releases the prefix
     try:
         engine.check()
     except PrefixLocked as e:
@@ -312,8 +312,8 @@ def test_a_second_run_on_the_prefix_is_refused_naming_the_first(tmp_path, bucket
             "or restart it on that host from that directory (it takes the lock over at once); a run that died leaves a "
             "lease that expires within 60 s, which a new run waits out."), str(refused.value)), str(refused.value)
         assert lock_of(fs, run)["pid"] == first.pid
-        first.send_signal(signal.SIGINT)  # its exit (KeyboardInterrupt) releases the prefix
-        first.wait(timeout=60)
+        open(str(tmp_path / "run") + ".stop", "w").close()  # the first run ends without closing its engine:
+        first.wait(timeout=60)  # its exit releases the prefix
         assert LOCK not in objects(fs, run)
         second = engine_on(tmp_path / "second", run, options)  # its directory's lock was let go on refusal
         assert lock_of(fs, run)["directory"] == str(tmp_path / "second")
