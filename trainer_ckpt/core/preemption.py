@@ -131,8 +131,14 @@ class Preemption:
         return agreed
 
     def finish(self, signum: int, wait: Callable[[], None]) -> None:
-        """After the face's save for `signum`: `wait` for it (committed, uploaded), then exit with 128 + `signum` (unless `exit` is False)."""
+        """
+        After the face's save for `signum`: `wait` for it (committed, uploaded), and for every rank
+        to get there (the primary commits: a rank that exits first may have the launcher kill the
+        others), then exit with 128 + `signum` (unless `exit` is False).
+        """
         wait()
+        if distributed.world_size() > 1:
+            distributed.dist.barrier(group=distributed.group())
         if not self.exit:
             return
         logger.warning("%s: checkpoint committed; exiting with status %d for %s", self.where, 128 + signum,

@@ -7,7 +7,6 @@ import pickle
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-import torch.distributed as dist
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import MMLogger, print_log
@@ -352,15 +351,7 @@ class CheckpointHook(_CheckpointHook):
         if self._saved_step != step:
             runner.logger.info(f"Saving checkpoint at {step} iterations")
             self._save_checkpoint_with_step(runner, step, meta=dict(iter=step))
-        self._preemption.finish(signum, self._drain)
-
-    def _drain(self) -> None:
-        """Waits for this rank's saves and uploads, then for every rank's: the primary writes, and a rank
-        that exits first may have the launcher kill the others."""
-        if self._engine is not None:
-            self._engine.drain()
-        if distributed.world_size() > 1:
-            dist.barrier(group=distributed.group())
+        self._preemption.finish(signum, self.drain)
 
     def _stop_listening(self) -> None:
         if self._preemption is not None:
