@@ -182,6 +182,46 @@ def test_sigkill_of_both_ranks_mid_save_leaves_complete_checkpoints_only(tmp_pat
     assert_starts(directory, *resumed_at, ranks=2)  # each start went on from the newest checkpoint
 
 
+@pytest.mark.parametrize("layout", ["fvcore", "allennlp"])
+def test_sharded_state_left_without_its_record_is_removed_and_a_peers_is_kept(tmp_path, layout):
+    """Retention removes a checkpoint's record first; a kill then leaves our DCP directory without
+    it (the flake this test pins down: it was taken for a peer's file and failed to load). It is an
+    incomplete checkpoint: clean-up removes it, half-removed too. A peer's sharded checkpoint (a
+    Lightning directory, with its `meta.pt`) is not ours and stays."""
+    from trainer_ckpt import stores
+    from trainer_ckpt.checkpoint_info import CheckpointInfo
+    from trainer_ckpt.stores.named import FVCORE, MAIN
+
+    store = NamedFiles(str(tmp_path), FVCORE) if layout == "fvcore" else stores.Pairs(str(tmp_path))
+    engine = Engine(store)
+    keys = ["model_0000001", "model_0000002", "model_0000003"] if layout == "fvcore" else [(0, 1), (0, 2), (0, 3)]
+    roles = store.files(keys[0])
+    engine.save(keys[0], {role: {"w": torch.full((4,), 1.0)} for role in roles}, CheckpointInfo(0, 1, time=1001.0))
+    for key, half in ((keys[1], False), (keys[2], True)):  # a deletion killed after the record, and mid-rmtree
+        for role, path in store.files(key).items():
+            tmp, _ = sharded.save_temp({"w": torch.arange(4.0)}, path)
+            os.rename(tmp, path)
+            if half:
+                os.remove(os.path.join(path, sharded.DCP_METADATA))
+    peers = [tmp_path / name for name in (["model_0000000.pth"] if layout == "fvcore" else ["model_state_e0_b0.th", "training_state_e0_b0.th"])]
+    for peer in peers:
+        tmp, _ = sharded.save_temp({"w": torch.arange(4.0)}, str(peer))
+        os.rename(tmp, peer)
+        torch.save({"lightning": 1}, peer / "meta.pt")
+        os.utime(peer, (1000.0, 1000.0))  # older than ours: not loaded (and so not quarantined)
+
+    listing = store.list()
+    assert sorted(listing.incomplete) == sorted(keys[1:]), listing
+    assert len(listing.complete) == 2, listing
+    entry, states = engine.newest_good()
+    assert entry.key == keys[0] and torch.equal(next(iter(states.values()))["w"], torch.full((4,), 1.0))
+    engine.close()
+    left = sorted(os.listdir(tmp_path))
+    for key in keys[1:]:
+        assert not any(os.path.exists(path) for path in store.files(key).values()), left
+    assert all((peer / "meta.pt").exists() and (peer / sharded.DCP_METADATA).exists() for peer in peers), left
+
+
 def test_sharded_state_loads_safely(tmp_path):
     """DCP unpickles its metadata and values with plain pickle; ours refuses anything but its own types."""
     state = {"w": torch.arange(4.0), "step": 3, "note": "ok"}

@@ -8,6 +8,7 @@ standard library, torch and `io.fastio`, `io.settings`.
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -156,6 +157,21 @@ def move_into_corrupt(directory: str, names: Iterable[str]) -> List[str]:
             pass
     fsync_dir(directory)
     return moved
+
+
+_DCP_PART = re.compile(r"^(\.metadata|__\d+_\d+\.distcp)$")
+
+
+def is_sharded_leftover(path: str) -> bool:
+    """
+    Whether `path` is a directory with nothing but DCP's parts in it (`.metadata`,
+    `__{rank}_0.distcp`), as a sharded save of ours writes it. Found without its record, it is a
+    save or a deletion a crash interrupted, not a peer's checkpoint (Lightning's hold a `meta.pt`).
+    """
+    try:
+        return os.path.isdir(path) and not os.path.islink(path) and all(_DCP_PART.match(n) for n in os.listdir(path))
+    except OSError:
+        return False
 
 
 def remove_file(path: str) -> None:

@@ -100,6 +100,9 @@ class NamedFiles:
                     stale.append(os.path.join(self.directory, base))
                 continue
             has_record = self.layout.record(name) in present
+            if not has_record and durable.is_sharded_leftover(os.path.join(self.directory, base)):
+                incomplete.append(name)  # our sharded state without its record: a crash mid-save or mid-deletion
+                continue
             record = durable.read_json(self.record_path(name)) if has_record else {}
             expected = record.get("files", {})
             if any(f["name"] not in present for f in expected.values()):

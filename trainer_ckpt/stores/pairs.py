@@ -132,7 +132,9 @@ class CheckpointDir:
         complete, incomplete, orphans = [], [], []
         for progress in sorted(found):
             files = found[progress]
-            if need <= files.keys():
+            leftover = (RECORD, wanted[0] if own_rank is None else own_rank) not in files and any(
+                durable.is_sharded_leftover(entry.path) for entry in files.values())  # a crash mid-save or mid-deletion
+            if need <= files.keys() and not leftover:
                 complete.append(self._found(progress, files, wanted[0] if own_rank is None else own_rank))
             elif all(kind == RECORD for kind, _ in files):
                 orphans.append(progress)
