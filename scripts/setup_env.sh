@@ -70,9 +70,9 @@ step "AllenNLP's runtime dependencies and pytest" \
 # The peers whose APIs the faces reproduce, for the interop tests (trainer_ckpt itself imports
 # none of them unless a face is used), safetensors for `export --format safetensors`, and s3fs with
 # moto's standalone S3 server for the object-storage tests (a real server on 127.0.0.1).
-step "peers for the tests: fvcore, pytorch-ignite, mmengine, lightning (pinned); safetensors, s3fs, moto" \
+step "peers for the tests: fvcore, pytorch-ignite, mmengine, lightning, torchdata (pinned); safetensors, s3fs, moto" \
   "${pip[@]}" "torch==2.13.0" "termcolor==1.1.0" "fvcore==0.1.5.post20221221" "pytorch-ignite==0.5.5" "mmengine==0.10.7" \
-  "lightning==2.6.6" \
+  "lightning==2.6.6" "torchdata==0.11.0" \
   safetensors "s3fs==2026.9.0" "moto[server]==5.2.5"
 # The docs site (mkdocs-material, mkdocstrings for the API pages; built --strict by the tests) and
 # `build`, which makes the sdist and wheel that the clean-install test installs.

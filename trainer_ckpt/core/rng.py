@@ -9,8 +9,8 @@ import numpy
 import torch
 
 
-def capture_rng() -> Dict[str, Any]:
-    """Every generator's state, in types that load with `weights_only=True`."""
+def capture_rng(cuda: bool = True) -> Dict[str, Any]:
+    """Every generator's state, in types that load with `weights_only=True` (`cuda=False`: the CPU's only, as in a data-loader worker)."""
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = numpy.random.get_state()
     state: Dict[str, Any] = {
@@ -19,7 +19,7 @@ def capture_rng() -> Dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
