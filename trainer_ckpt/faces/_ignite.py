@@ -16,7 +16,7 @@ from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
-from trainer_ckpt.core import distributed, preemption
+from trainer_ckpt.core import distributed, loaders, preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, uses_snapshots
@@ -246,6 +246,8 @@ class Checkpoint(_ignite.Checkpoint):
     retention_policy : `RetentionPolicy` (default `None`)
         Which of this handler's checkpoints to keep, instead of `n_saved` (give one, not both);
         the newest is never deleted, nor any file this handler did not write.
+    A torchdata `StatefulDataLoader` in `to_save` (the one the trainer runs on) is saved at its
+    position, with its workers' random state, and resumed there exactly by `load_objects`.
     save_on_signals : `Sequence[str | int]` (default `None`)
         Signals to save on (`["SIGTERM", "SIGUSR1"]`: what SLURM or a spot VM sends before it
         kills the job). The handler only records the signal; at the next step boundary of the
@@ -320,6 +322,9 @@ class Checkpoint(_ignite.Checkpoint):
             None if retention_policy is not None else n_saved, global_step_transform, filename_pattern,
             include_self, greater_or_equal, save_on_rank,
         )
+        for obj in to_save.values():
+            if loaders.is_stateful(obj):
+                loaders.prepare(obj)  # before its workers start: they carry their random state from then on
         self.save_policy, self.retention_policy = save_policy, retention_policy
         self._previous: List[CheckpointInfo] = []
         self._pending: Optional[_Call] = None  # a background save in flight
@@ -495,19 +500,25 @@ class Checkpoint(_ignite.Checkpoint):
         against its record first (when it has one) and loaded with `weights_only=True`
         (`safe_globals=[...]` allows your own types); when `to_load` holds
         an ignite `Engine`, the random state saved with the checkpoint is put back as the run
-        resumes (`restore_rng=False` to skip). Messages go to that Engine's `engine.logger` too.
+        resumes (`restore_rng=False` to skip). A torchdata `StatefulDataLoader` in `to_load` is
+        put at its saved position, its iterator made at once (before that random state goes back:
+        making it draws from the random state): the Engine's run goes on with the next batch.
+        Messages go to that Engine's `engine.logger` too.
         """
         restore = kwargs.pop("restore_rng", True)
         safe_globals = kwargs.pop("safe_globals", ())
         engines = [obj for obj in to_load.values() if isinstance(obj, IgniteEngine)]
+        stateful = [loaders.prepare(obj) for obj in to_load.values() if loaders.is_stateful(obj)]
         rng = None
         if isinstance(checkpoint, (str, Path)):
             _ignite.Checkpoint._check_objects(to_load, "load_state_dict")  # as ignite: before the file is read
             with logs_to(engines[0].logger if engines else _IGNITE_LOGGER):
                 checkpoint, rng = _load(str(checkpoint), safe_globals, to_load)
         _ignite.Checkpoint.load_objects(to_load, checkpoint, **kwargs)
+        for loader in stateful:
+            loaders.prime(loader)
         if restore and rng is not None and engines:
-            _restore_on_resume(engines[0], rng)
+            _restore_on_resume(engines[0], rng, stateful)
 
 
 def latest_checkpoint(dirname: Union[str, Path], filename_prefix: str = "", storage_options: Optional[Dict[str, Any]] = None,
@@ -580,12 +591,15 @@ def _templates(to_load: Mapping) -> Tuple[Optional[Dict[str, Any]], bool]:
     return found, together
 
 
-def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any]) -> None:
+def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any], primed: Sequence[Any] = ()) -> None:
     """
     Puts the random state back when `engine.run` resumes: at STARTED (before the data iterator
     is made, which may draw from it), and, when resuming within an epoch, once more right before
     the first iteration (after the data iterator, DeterministicEngine's reseeding and the first
     batch), so that the iteration runs with the very state the interrupted run had after the saved one.
+    Not once more when the run's data is a loader in `primed` (resumed at its position, its
+    iterator already made): the interrupted run drew from the random state for that batch too
+    (an augmentation, without workers), and so does the resumed run.
     """
 
     # A DeterministicEngine puts its own saved state back as soon as it has made the data
@@ -598,7 +612,7 @@ def _restore_on_resume(engine: IgniteEngine, rng: Dict[str, Any]) -> None:
         e.remove_event_handler(at_start, Events.STARTED)
         restore_rng(rng)
         length = e.state.epoch_length
-        if length and e.state.iteration % length:
+        if length and e.state.iteration % length and not any(e.state.dataloader is loader for loader in primed):
             e.add_event_handler(Events.ITERATION_STARTED, before_first)
 
     def before_first(e: IgniteEngine) -> None:
