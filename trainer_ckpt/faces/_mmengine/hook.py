@@ -12,10 +12,10 @@ from mmengine.hooks import CheckpointHook as _CheckpointHook
 from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
-from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+from mmengine.runner import BaseLoop, EpochBasedTrainLoop, IterBasedTrainLoop
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
-from trainer_ckpt.core import distributed, preemption
+from trainer_ckpt.core import distributed, loaders, preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.checkpoint_info import CheckpointInfo
 from trainer_ckpt.core.engine import Engine, UnsafeCheckpointError, uses_snapshots
@@ -37,6 +37,7 @@ _WHERE = "trainer_ckpt.mmengine.CheckpointHook"
 MAIN = named.MAIN
 POINTER = "last_checkpoint"
 LAYOUT = named.MMENGINE
+LOADER = "train_loader"  # in a checkpoint's random state: the runner's StatefulDataLoader's state, saved with it
 
 
 def _history_buffer_statistic(obj: Any, name: str) -> Any:
@@ -106,7 +107,9 @@ class CheckpointHook(_CheckpointHook):
         A save copies the state into reused CPU buffers and returns; a worker thread writes it.
     restore_rng : `bool` (default `True`)
         On resume, put back the random state saved with the checkpoint (python, numpy, torch,
-        every CUDA device) before training goes on.
+        every CUDA device) before training goes on. And validation's draws are undone when it
+        ends (its data loader draws from the global random state after a checkpoint), so that
+        a resumed run, which does not validate again, draws what an uninterrupted one does.
     safe_globals : `Sequence[type]` (default `()`)
         Your own types that may be unpickled from checkpoints you trust, besides what mmengine's
         checkpoints need (`mmengine_safe_globals()`).
@@ -129,6 +132,9 @@ class CheckpointHook(_CheckpointHook):
     `{out_dir}/{work_dir's name}/` in the bucket, each file whole and the record last;
     `max_keep_ckpts` deletes there too; `resume=True` on a new machine downloads from it.
     `storage_options` go to fsspec.
+    A torchdata `StatefulDataLoader` given to the runner as its `train_dataloader` is saved with
+    the random state and put back where it was on resume (exactly, with workers): the loop does
+    not skip (load) again the batches already trained.
     Messages (a fallback to an older checkpoint, one moved into `corrupt/`) go to the runner's
     logger (its log file and console, in mmengine's format) besides trainer_ckpt's own loggers.
     """
@@ -199,6 +205,9 @@ class CheckpointHook(_CheckpointHook):
         self._engine: Optional[Engine] = None
         self._engine_dir: Optional[str] = None
         self._rng: Optional[Dict[str, Any]] = None
+        self._before_val: Optional[Dict[str, Any]] = None  # the random state validation began with: put back after it
+        self._loop: Optional[BaseLoop] = None  # the runner's training loop, from before_run
+        self._loader: Any = None  # its StatefulDataLoader, if it has one
         self._logger: Optional[logging.Logger] = None  # the runner's: where our messages go too
 
     @property
@@ -215,6 +224,7 @@ class CheckpointHook(_CheckpointHook):
         a save interrupted in between, first, at INFO) and has the runner resume from it, loaded safely."""
         super().before_run(runner)
         self._logger = getattr(runner, "logger", None)
+        self._train_loader(runner)
         with logs_to(self._runner_logger):
             self._resume(runner)
 
@@ -243,6 +253,18 @@ class CheckpointHook(_CheckpointHook):
                 return
             path, checkpoint = found
         runner._load_from = patches.hand_over(path, checkpoint, self.safe_globals)
+
+    def _train_loader(self, runner: Any) -> None:
+        """Finds the runner's training loop (built by `Runner.train` before `before_run`) and, if its
+        loader is a StatefulDataLoader, prepares it (see core.loaders.prepare)."""
+        loop = getattr(runner, "_train_loop", None)
+        self._loop = loop if isinstance(loop, BaseLoop) else None
+        loader = getattr(self._loop, "dataloader", None)
+        self._loader = loader if loaders.is_stateful(loader) else None
+        if self._loader is not None:
+            loaders.prepare(self._loader)
+            if isinstance(loop, IterBasedTrainLoop):
+                patches.remake_iterator(loop)  # its workers started before the loader was prepared
 
     def _newest_good(self, work_dir: str, templates: Optional[Dict[str, Any]] = None) -> Optional[tuple]:
         pointer = os.path.join(work_dir, POINTER)
@@ -282,19 +304,52 @@ class CheckpointHook(_CheckpointHook):
 
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
-        if self._rng is not None and self.restore_rng:
-            rng = self._rng  # after Runner.resume, which may have reseeded; an iteration-based loop then skips batches
-            if isinstance(runner.train_loop, IterBasedTrainLoop):
+        rng, self._rng = self._rng, None  # after Runner.resume, which may have reseeded
+        position = _own(rng).get(LOADER) if rng is not None else None
+        if position is not None and self._loader is not None:
+            self._put_back_loader(position)  # first: making its iterator draws from the random state
+            if self.restore_rng:
+                restore_rng(rng)
+        elif rng is not None and self.restore_rng:
+            if isinstance(runner.train_loop, IterBasedTrainLoop):  # it skips the batches already trained first
                 patches.after_skipping(runner.train_loop, lambda: restore_rng(rng))
             else:
                 restore_rng(rng)
-        self._rng = None
         if self.signals:
             if isinstance(runner.train_loop, EpochBasedTrainLoop):
                 raise ValueError(f"{_WHERE}: `save_on_signals` needs an iteration-based loop (mmengine resumes an "
                                  f"epoch-based one only at the start of an epoch), got {type(runner.train_loop).__name__}. "
                                  "Use train_cfg=dict(by_epoch=False, max_iters=...).")
             self._preemption = preemption.Preemption(self.signals, exit=self.exit_on_signal, where=_WHERE)
+
+    def _put_back_loader(self, position: Dict[str, Any]) -> None:
+        """The StatefulDataLoader where the checkpoint left it; an iteration-based loop goes on from
+        there, without loading again the batches it skips on resume."""
+        if isinstance(self._loop, IterBasedTrainLoop):
+            patches.positioned(self._loop, lambda: loaders.restore(self._loader, position["state"]), position["passes"])
+        else:  # an epoch-based loop makes its iterator when the epoch starts: the one `restore` made
+            loaders.restore(self._loader, position["state"])
+
+    def before_val(self, runner: Any) -> None:
+        super().before_val(runner)
+        if self.restore_rng:
+            self._before_val = capture_rng()
+
+    def after_val(self, runner: Any) -> None:
+        """Puts back the random state validation began with: training goes on as if it had not run."""
+        super().after_val(runner)
+        if self._before_val is not None:
+            restore_rng(self._before_val)
+            self._before_val = None
+
+    def _random_state(self) -> Dict[str, Any]:
+        """What a checkpoint saves beside mmengine's: the random state training goes on with (the one
+        validation began with, for a best checkpoint saved within it) and the StatefulDataLoader's."""
+        state = dict(self._before_val) if self._before_val is not None else capture_rng()
+        if self._loader is not None:
+            passes = patches.passes(self._loop) if isinstance(self._loop, IterBasedTrainLoop) else 0
+            state[LOADER] = {"state": self._loader.state_dict(), "passes": passes}
+        return state
 
     # ---- saving --------------------------------------------------------------------------
 
@@ -394,7 +449,7 @@ class CheckpointHook(_CheckpointHook):
             if self.retention_policy is not None and self._periodic.match(name):
                 periodic = self._periodic
                 retention = (self.retention_policy, lambda entry: bool(periodic.match(entry.name)))
-            self.engine.save(name, {MAIN: checkpoint, RNG: capture_rng()}, info,
+            self.engine.save(name, {MAIN: checkpoint, RNG: self._random_state()}, info,
                              record={"epoch": meta.get("epoch"), "iter": meta.get("iter")},
                              after_commit=after_commit, retention=retention)
 
@@ -444,6 +499,14 @@ def _work_dir_url(runner: Any) -> Optional[str]:
         return str(given)
     mangled = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*):/+(.+)", os.path.relpath(runner.work_dir))
     return f"{mangled[1]}://{mangled[2]}" if mangled else None
+
+
+def _own(rng: Dict[str, Any]) -> Dict[str, Any]:
+    """This rank's part of a checkpoint's random state (a sharded checkpoint's holds every rank's; see core.rng.restore_rng)."""
+    ranks = rng.get("per_rank")
+    if ranks is None:
+        return rng
+    return ranks[distributed.rank()] if distributed.rank() < len(ranks) else ranks[0]
 
 
 def _templates(runner: Any) -> Optional[Dict[str, Any]]:

@@ -21,6 +21,11 @@ And, within one save of our hook only (context managers, undone on exit):
 
 And, on resume, until the iteration-based loop has skipped the data already trained:
 - `after_skipping(loop, then)`: calls `then` right after the loop's last skipping step.
+
+And an `IterBasedTrainLoop`'s data iterator (mmengine's `_InfiniteDataloaderIterator`), for a
+StatefulDataLoader: `remake_iterator(loop)`, `passes(loop)` (its count of passes over the data),
+and `positioned(loop, restore, passes)` (on resume: the loader where the checkpoint left it, the
+loop's skipping of the batches already trained a no-op).
 """
 import contextlib
 import os
@@ -125,18 +130,20 @@ def on_every_rank(runner: Any) -> Iterator[None]:
         del runner.save_checkpoint
 
 
-class _AfterSkipping:
+class _Skipping:
     """An `IterBasedTrainLoop`'s data iterator until it has given the `loop._iter` batches the
-    loop skips on resume: then it puts the loop's own back and calls `then`."""
+    loop skips on resume (loaded, or with `load=False` none: `None`s): then it puts the loop's
+    own back and calls `then`."""
 
-    def __init__(self, loop: Any, then: Callable[[], None]) -> None:
+    def __init__(self, loop: Any, then: Callable[[], None], load: bool = True) -> None:
         self._loop, self._iterator, self._left, self._then = loop, loop.dataloader_iterator, loop._iter, then
+        self._load = load
 
-    def __iter__(self) -> "_AfterSkipping":
+    def __iter__(self) -> "_Skipping":
         return self
 
     def __next__(self) -> Any:
-        batch = next(self._iterator)
+        batch = next(self._iterator) if self._load else None
         self._left -= 1
         if self._left == 0:
             self._loop.dataloader_iterator = self._iterator
@@ -153,6 +160,39 @@ def after_skipping(loop: Any, then: Callable[[], None]) -> None:
     made before it saved.
     """
     if loop._iter > 0:
-        loop.dataloader_iterator = _AfterSkipping(loop, then)
+        loop.dataloader_iterator = _Skipping(loop, then)
     else:
         then()
+
+
+def remake_iterator(loop: Any) -> None:
+    """Makes an `IterBasedTrainLoop`'s iterator over its loader again (mmengine made it with the
+    loop, before the face prepared the loader: its workers would not carry their random state)."""
+    loop.dataloader_iterator._iterator = iter(loop.dataloader)
+
+
+def passes(loop: Any) -> int:
+    """How many times an `IterBasedTrainLoop` started its loader over (the epoch mmengine gives its sampler)."""
+    return loop.dataloader_iterator._epoch
+
+
+def positioned(loop: Any, restore: Callable[[], None], passes: int) -> None:
+    """
+    A resumed `IterBasedTrainLoop` whose loader `restore` puts where a checkpoint left it (a
+    StatefulDataLoader, after `passes` passes over the data): the loop's iterator goes on from
+    there, and the loop's skipping of the `loop._iter` batches already trained loads nothing.
+    The sampler gets the epoch mmengine gave it at the start of that pass, before `restore`
+    makes the iterator (a sampler that is not stateful is replayed up to its position).
+    """
+    iterator = loop.dataloader_iterator
+    iterator._epoch = passes
+    loader = loop.dataloader
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "set_epoch"):
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    if passes > 0 and hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(passes)
+    restore()
+    iterator._iterator = iter(loader)  # the one `restore` made
+    if loop._iter > 0:
+        loop.dataloader_iterator = _Skipping(loop, lambda: None, load=False)
