@@ -8,7 +8,10 @@ by trainer_ckpt.fvcore or, for comparison, by fvcore's own classes: one import d
     .venv/bin/python scripts/plain_loop.py --compare                    # both checkpointers, killed and resumed,
                                                                         # against an uninterrupted run
 
-A small MLP with dropout, a shuffled loader, Adam, a checkpoint every 5 iterations (keep 2).
+A small MLP with dropout, Adam, a checkpoint every 5 iterations (keep 2), and torchdata's
+`StatefulDataLoader` (shuffled; a random augmentation in `__getitem__` drawing from torch, random
+and numpy) as a checkpointable. `--workers 2` loads in two worker processes, `--kill-at 16,22`
+kills at each once, in turn (several resumes in one run directory).
 `--device cuda` trains on the GPU, `--background` saves in the background (trainer_ckpt only).
 Each run notes the iteration it starts training at in `starts.jsonl` in the output directory
 (0, or the one after its checkpoint's; tests/_resume.py).
@@ -32,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests._resume import note_start  # noqa: E402
-from trainer_ckpt.data import ResumableLoader  # noqa: E402
 
 
 def dataset(n: int = 200):
@@ -42,8 +44,29 @@ def dataset(n: int = 200):
     return torch.utils.data.TensorDataset(x, y)
 
 
-def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False, device: str = "cpu",
-          background: bool = False) -> None:
+class Augmented(torch.utils.data.Dataset):
+    """`dataset()` with random noise on each item, from torch, random and numpy (drawn in the
+    process that loads it: a worker's own random state with `num_workers > 0`)."""
+
+    def __init__(self, n: int = 200) -> None:
+        self.items = dataset(n)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        x, y = self.items[i]
+        return x + 0.1 * torch.randn(8) + 0.01 * random.random() + 0.01 * float(numpy.random.rand()), y
+
+
+def loader(workers: int = 0):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(Augmented(), batch_size=16, shuffle=True, num_workers=workers)
+
+
+def train(out: str, max_iter: int = 60, kill_at: str = "", peer: bool = False, device: str = "cpu",
+          background: bool = False, workers: int = 0) -> None:
     if peer:
         from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
     else:
@@ -52,18 +75,19 @@ def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False, d
     torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    loader = ResumableLoader(dataset(), batch_size=16, shuffle=True, seed=0)
+    data_loader = loader(workers)
     options = {"background": True} if background else {}
-    checkpointer = Checkpointer(model, out, optimizer=optimizer, loader=loader, **options)
+    checkpointer = Checkpointer(model, out, optimizer=optimizer, loader=data_loader, **options)
     periodic = PeriodicCheckpointer(checkpointer, period=5, max_iter=max_iter, max_to_keep=2)
     start = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
 
     def batches():
         while True:
-            yield from loader
+            yield from data_loader
 
     data = batches()
     note_start(out, start)  # iterations already done: model_0000034's run starts at 35
+    kill = next((k for k in (int(k) for k in kill_at.split(",") if k) if not os.path.exists(os.path.join(out, f"killed-{k}"))), -1)
     for iteration in range(start, max_iter):
         x, y = (t.to(device) for t in next(data))
         loss = nn.functional.cross_entropy(model(x), y)
@@ -71,7 +95,8 @@ def train(out: str, max_iter: int = 60, kill_at: int = -1, peer: bool = False, d
         loss.backward()
         optimizer.step()
         periodic.step(iteration)
-        if iteration == kill_at:
+        if iteration == kill:
+            open(os.path.join(out, f"killed-{kill}"), "w").close()  # once: the resumed run goes past it
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -92,8 +117,8 @@ def max_difference(a: dict, b: dict) -> float:
     return worst
 
 
-def run(out: str, kill_at: int = -1, peer: bool = False, device: str = "cpu", background: bool = False) -> int:
-    command = [sys.executable, __file__, out, "--kill-at", str(kill_at), "--device", device]
+def run(out: str, kill_at: str = "", peer: bool = False, device: str = "cpu", background: bool = False, workers: int = 0) -> int:
+    command = [sys.executable, __file__, out, "--kill-at", str(kill_at), "--device", device, "--workers", str(workers)]
     command += (["--peer"] if peer else []) + (["--background"] if background else [])
     return subprocess.run(command, env={**os.environ, "PYTHONWARNINGS": "ignore"}).returncode
 
@@ -114,7 +139,8 @@ def compare(kill_at: int = 37) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?")
-    parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--kill-at", default="", help="iterations to SIGKILL after, comma-separated: each once, in turn")
+    parser.add_argument("--workers", type=int, default=0, help="the loader's worker processes")
     parser.add_argument("--peer", action="store_true", help="fvcore's own Checkpointer, for comparison")
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--device", default="cpu", help="where the model trains (cuda: the CUDA paths)")
@@ -124,7 +150,7 @@ def main() -> int:
         for name, diff in compare().items():
             print(f"{name:20s} SIGKILL after iteration 37, resumed: max |final - uninterrupted| = {diff:.3g}")
         return 0
-    train(args.out, kill_at=args.kill_at, peer=args.peer, device=args.device, background=args.background)
+    train(args.out, kill_at=args.kill_at, peer=args.peer, device=args.device, background=args.background, workers=args.workers)
     return 0
 
 

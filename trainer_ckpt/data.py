@@ -1,4 +1,94 @@
-"""The fvcore face's resumable loader (0.1's import path): see `trainer_ckpt.faces._fvcore.loader`."""
-from trainer_ckpt.faces._fvcore.loader import ResumableLoader
+"""
+Where the data is, in a checkpoint: torchdata's `StatefulDataLoader` is the loader every face
+resumes exactly (see `trainer_ckpt.core.loaders`); `ResumableLoader`, 0.1's own loader, is now
+one of them, made with a seed.
+"""
+import functools
+import warnings
+from typing import Any, Dict
 
-__all__ = ["ResumableLoader"]
+import torch
+
+from trainer_ckpt.core import loaders
+
+_OWNED = {"sampler", "batch_sampler", "shuffle", "generator"}
+
+
+def ResumableLoader(dataset: Any, batch_size: int = 1, shuffle: bool = True, seed: int = 0, **loader_kwargs: Any) -> Any:
+    """
+    A torchdata `StatefulDataLoader` whose order comes from `seed` alone (a generator of its
+    own: the global random state is not drawn from), ready to resume exactly, workers included.
+    Kept for 0.1's scripts: a `StatefulDataLoader(dataset, ..., generator=...)` of your own
+    does the same in every face. Needs torchdata (`pip install trainer-ckpt[data]`).
+
+    # Parameters
+
+    dataset : `Dataset`
+    batch_size : `int`, optional (default=`1`)
+    shuffle : `bool`, optional (default=`True`)
+    seed : `int`, optional (default=`0`)
+    **loader_kwargs
+        Passed on to `StatefulDataLoader` (`collate_fn`, `num_workers`, `drop_last`, ...), but
+        `sampler`, `batch_sampler`, `shuffle` and `generator`, which this function owns.
+    """
+    owned = sorted(_OWNED & set(loader_kwargs))
+    if owned:
+        raise ValueError(
+            f"ResumableLoader: {', '.join(owned)} cannot be passed on, got {owned}. "
+            "The loader owns the order of the data; use `shuffle` and `seed`."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"ResumableLoader: `batch_size` must be an integer >= 1, got {batch_size!r}. Pass e.g. 32.")
+    return loaders.prepare(_loader_class()(dataset, batch_size, shuffle, seed, **loader_kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def _loader_class() -> type:
+    try:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        from torchdata.stateful_dataloader.sampler import RandomSampler
+    except ImportError as e:
+        raise ImportError(
+            "ResumableLoader: torchdata is not installed, got an ImportError. Install it with "
+            "`pip install trainer-ckpt[data]`."
+        ) from e
+
+    class _ResumableLoader(StatefulDataLoader):
+        """
+        The order from a generator of the sampler's own (its state is the sampler's, in the
+        loader's); the workers' base seeds from the loader's generator, whose state goes into
+        the loader's state too, put back once the resumed iterator has drawn its own.
+        """
+
+        GENERATOR = "trainer_ckpt_generator"
+
+        def __init__(self, dataset: Any, batch_size: int, shuffle: bool, seed: int, **kwargs: Any) -> None:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
+            super().__init__(dataset, batch_size=batch_size, sampler=sampler,
+                             generator=torch.Generator().manual_seed(seed + 1), **kwargs)
+            self._generator_state = None
+
+        def state_dict(self) -> Dict[str, Any]:
+            return {**super().state_dict(), self.GENERATOR: self.generator.get_state()}
+
+        def load_state_dict(self, state: Dict[str, Any]) -> None:
+            if isinstance(state, dict) and set(state) == {"epoch", "batches", "seed"}:
+                warnings.warn(
+                    f"ResumableLoader: a position saved by trainer_ckpt 0.1 (epoch {state['epoch']}, batch "
+                    f"{state['batches']}), which 0.2's loader cannot go on from: the data order starts afresh.",
+                    stacklevel=2,
+                )
+                return
+            state = dict(state)
+            self._generator_state = state.pop(self.GENERATOR, None)
+            super().load_state_dict(state)
+
+        def _get_iterator(self) -> Any:
+            iterator = super()._get_iterator()
+            if self._generator_state is not None:
+                self.generator.set_state(self._generator_state)
+                self._generator_state = None
+            return iterator
+
+    _ResumableLoader.__name__ = _ResumableLoader.__qualname__ = "ResumableLoader"
+    return _ResumableLoader

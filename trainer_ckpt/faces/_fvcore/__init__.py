@@ -1,1 +1,1 @@
-"""The fvcore/detectron2 face: `checkpointer` (Checkpointer, PeriodicCheckpointer) and `loader` (ResumableLoader)."""
+"""The fvcore/detectron2 face: `checkpointer` (Checkpointer, PeriodicCheckpointer)."""

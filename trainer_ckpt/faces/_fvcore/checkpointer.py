@@ -9,7 +9,7 @@ import fvcore.common.checkpoint as _fvcore
 
 from trainer_ckpt.faces.arguments import require_bools
 from trainer_ckpt.core import distributed
-from trainer_ckpt.core import preemption
+from trainer_ckpt.core import loaders, preemption
 from trainer_ckpt.io import sharded
 from trainer_ckpt.stores.mirrored import local_place, mirrored
 from trainer_ckpt.core.background import require_host_memory
@@ -30,6 +30,7 @@ logger = logging.getLogger("trainer_ckpt._fvcore_face")  # its 0.1 name, which u
 MAIN = named.MAIN
 POINTER = "last_checkpoint"
 LAYOUT = named.FVCORE
+DATA = "trainer_ckpt_data"  # the position of the loader `resumable` made, in the checkpoint
 _WHERE = "trainer_ckpt.fvcore.Checkpointer"
 
 
@@ -65,6 +66,8 @@ class Checkpointer(_fvcore.Checkpointer):
     `save_dir` then names it), then uploaded whole, record last; `max_to_keep` deletes in the
     bucket too; with an empty staging directory (a new machine) `has_checkpoint()` and
     `resume_or_load` download the bucket's checkpoints. `storage_options` go to fsspec.
+    A torchdata `StatefulDataLoader` among the checkpointables resumes exactly (workers' random
+    augmentation included); a loop that builds its loader after `resume_or_load` uses `resumable`.
     Messages (a fallback to an older checkpoint, one moved into `corrupt/`) go to `self.logger`
     (fvcore's "fvcore.common.checkpoint", which detectron2's `setup_logger` formats) besides
     trainer_ckpt's own loggers.
@@ -94,6 +97,11 @@ class Checkpointer(_fvcore.Checkpointer):
         self._engine: Optional[Engine] = None
         self._preloaded: Optional[tuple] = None  # (path, checkpoint) handed from resume to fvcore's load
         self._prepared = False  # the background snapshot's buffers
+        self._position: Optional["_Position"] = None  # the loader `resumable` made
+        self._resumed: Optional[tuple] = None  # (random state before the resume, the checkpoint's, its DATA)
+        for obj in self.checkpointables.values():
+            if loaders.is_stateful(obj):
+                loaders.prepare(obj)
 
     @property
     def engine(self) -> Engine:
@@ -119,6 +127,8 @@ class Checkpointer(_fvcore.Checkpointer):
             return
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self._position is not None:
+            data[DATA] = self._position.state_dict()
         data.update(kwargs)
         basename = "{}.pth".format(name)
         save_file = os.path.join(self.save_dir, basename)
@@ -216,9 +226,39 @@ class Checkpointer(_fvcore.Checkpointer):
             extra = self.load(entry.paths[MAIN])
         finally:
             self._preloaded = None
+        for obj in self.checkpointables.values():
+            if loaders.is_stateful(obj):
+                loaders.prime(obj)  # its iterator's draws come before the random state goes back
+        before = capture_rng()
         if self.restore_rng and RNG in states:
             restore_rng(states[RNG])
+        self._resumed = (before, states[RNG] if self.restore_rng and RNG in states else None, extra.pop(DATA, None))
         return extra
+
+    def resumable(self, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """
+        `build(*args, **kwargs)`, a data loader that goes on where the resumed checkpoint's left
+        off: the one line a loop that builds its loader after `resume_or_load` changes
+        (detectron2's `plain_train_net.py`: `data_loader = checkpointer.resumable(
+        build_detection_train_loader, cfg)`). Its position is saved with every checkpoint.
+
+        The loader is built, and its iterator made, under the random state the run had before
+        `resume_or_load` put the checkpoint's back, as in the interrupted run (detectron2's
+        `TrainingSampler` draws its seed then); then it is positioned, and the checkpoint's
+        random state goes back. A torchdata `StatefulDataLoader` loads its state; any other
+        loader (an infinite sampler's) reads and drops the batches the run had taken: exact,
+        workers included, at the cost of loading them again.
+        """
+        resumed, self._resumed = self._resumed, None
+        if resumed is None or resumed[2] is None:
+            self._position = _Position(build(*args, **kwargs))
+            return self._position
+        before, checkpoint_rng, state = resumed
+        restore_rng(before)
+        self._position = _Position(build(*args, **kwargs), state)
+        if checkpoint_rng is not None:
+            restore_rng(checkpoint_rng)
+        return self._position
 
     @_logging_to_self_logger
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -382,3 +422,35 @@ class PeriodicCheckpointer(_fvcore.PeriodicCheckpointer):
 
 for _public in (Checkpointer, PeriodicCheckpointer):
     _public.__module__ = "trainer_ckpt.fvcore"
+
+
+class _Position:
+    """
+    The loader `Checkpointer.resumable` hands out, positioned when made (before the random state
+    goes back). A `StatefulDataLoader` goes on epoch after epoch, each `iter()` one; any other
+    loader is one stream of batches (detectron2's are endless), counted to be skipped on resume.
+    """
+
+    def __init__(self, loader: Any, state: Optional[Dict[str, Any]] = None) -> None:
+        self.loader, self.taken = loader, 0
+        self.stateful = loaders.is_stateful(loader)
+        if self.stateful:
+            loaders.prepare(loader)
+            if state is not None:
+                loaders.restore(loader, state["loader"])  # its next `iter()` goes on where it was
+            return
+        self._stream = iter(loader)
+        for _ in range(int(state["taken"]) if state is not None else 0):
+            next(self._stream)  # loaded again and dropped: its workers' random state moves on as it did
+            self.taken += 1
+
+    def __iter__(self) -> Any:
+        return iter(self.loader) if self.stateful else self
+
+    def __next__(self) -> Any:
+        batch = next(self._stream)
+        self.taken += 1
+        return batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"loader": self.loader.state_dict()} if self.stateful else {"taken": self.taken}
