@@ -41,7 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainer_ckpt.faces.arguments import require_bools, require_policy
 from trainer_ckpt.checkpoint_info import CheckpointInfo
-from trainer_ckpt.core import preemption
+from trainer_ckpt.core import loaders, preemption
 from trainer_ckpt.core.engine import Engine, UnusableCheckpoint
 from trainer_ckpt.core.background import require_host_memory
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -199,6 +199,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         finally:  # and the directory's lock goes, as at teardown: the process may live on (a notebook)
             self._stop_listening()
             vars(trainer.strategy).pop("load_checkpoint", None)
+            vars(trainer.fit_loop).pop("_load_combined_loader_states", None)
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
@@ -321,8 +322,11 @@ class ModelCheckpoint(_ModelCheckpoint):
         return state
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Under `ModelParallelStrategy`, the strategy's `load_checkpoint` reads our sharded checkpoints too."""
+        """Training loaders that are torchdata's `StatefulDataLoader` get `loaders.prepare` (see
+        `_prepare_loaders`). Under `ModelParallelStrategy`, the strategy's `load_checkpoint` reads
+        our sharded checkpoints too."""
         super().setup(trainer, pl_module, stage)
+        self._prepare_loaders(trainer.fit_loop)
         strategy = trainer.strategy
         if not _dcp_strategy(strategy) or "load_checkpoint" in vars(strategy):
             return
@@ -334,6 +338,31 @@ class ModelCheckpoint(_ModelCheckpoint):
             return lightnings(checkpoint_path, weights_only=weights_only)
 
         strategy.load_checkpoint = load_checkpoint
+
+    @staticmethod
+    def _prepare_loaders(loop: Any) -> None:
+        """
+        Each `StatefulDataLoader` among the fit loop's training loaders carries its workers' random
+        state in its own state (`loaders.prepare`), which Lightning saves and loads with the loop.
+        It must be done after Lightning asks for the loaders and before it makes their iterator
+        (which starts the workers), with no hook in between: the loop's `_load_combined_loader_states`
+        (private, called at that very point of its `setup_data`, for every new loader) is wrapped on
+        the loop instance until `teardown`. Lightning makes the iterator right after loading the
+        saved position, before `on_train_start` puts the random state back: the order
+        `loaders.restore` asks for.
+        """
+        if "_load_combined_loader_states" in vars(loop):
+            return
+        lightnings = loop._load_combined_loader_states
+
+        def load_combined_loader_states() -> None:
+            for loader in loop._combined_loader.flattened if loop._combined_loader is not None else ():
+                # a dataset without attributes (a list) is a plain container: its items draw nothing
+                if loaders.is_stateful(loader) and hasattr(loader.dataset, "__dict__"):
+                    loaders.prepare(loader)
+            lightnings()
+
+        loop._load_combined_loader_states = load_combined_loader_states
 
     def _sharded_of_ours(self, path: Any) -> bool:
         """Whether `path` is a sharded checkpoint of ours: a directory with a record beside it, without Lightning's `meta.pt`."""
@@ -376,7 +405,8 @@ class ModelCheckpoint(_ModelCheckpoint):
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         self._stop_listening()
-        vars(trainer.strategy).pop("load_checkpoint", None)  # Lightning's method again
+        vars(trainer.strategy).pop("load_checkpoint", None)  # Lightning's methods again
+        vars(trainer.fit_loop).pop("_load_combined_loader_states", None)
         try:
             for engine in self._engines.values():
                 engine.wait()  # a failed background save is raised here

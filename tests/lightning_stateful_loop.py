@@ -1,0 +1,109 @@
+"""
+Lightning runs for tests/test_lightning_stateful_loader.py: a torchdata `StatefulDataLoader`
+(shuffled; `num_workers` 0 or 2) from `train_dataloader()`, whose dataset augments each sample with
+torch, python and numpy random draws; dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint`
+saving every step; two epochs of 8 steps.
+
+For each CASE (`stateful-WORKERS`, or `resumable-WORKERS` for `trainer_ckpt.data.ResumableLoader`),
+four runs, each a process of its own, forked from this one once Lightning is imported (the import
+takes most of a run's time): `straight` (never interrupted, its own directory); then, in one
+directory, `a` SIGKILLs itself in the training step after global step 3 (that step's checkpoint is
+committed by then: the saves are synchronous), `b` resumes with `fit(ckpt_path="last")` and
+SIGKILLs itself after step 6 (the same epoch), `c` resumes and runs to the end. Each run writes the
+batch of every step it trained (as it goes: a killed run's too) to `OUT/CASE.TAG.batches.pt`; the
+runs that end write their final weights to `OUT/CASE.TAG.pt`. `OUT/status.json`: each run's exit
+status as `os.waitstatus_to_exitcode` gives it (-9: SIGKILL).
+
+    python tests/lightning_stateful_loop.py OUT CASE...
+"""
+import json
+import os
+import random
+import signal
+import sys
+import traceback
+
+import numpy
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from trainer_ckpt.data import ResumableLoader
+from trainer_ckpt.lightning import ModelCheckpoint
+
+KILLS = {"straight": 0, "a": 3, "b": 6, "c": 0}
+
+
+class Augmented(torch.utils.data.Dataset):
+    """16 fixed samples, each returned with noise from all three generators (a worker's own, with workers)."""
+
+    def __init__(self):
+        self.data = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i] + torch.rand(8) + random.random() + float(numpy.random.rand())
+
+
+class Model(LightningModule):
+    def __init__(self, kind, workers, kill_at, batches_file):
+        super().__init__()
+        self.kind, self.workers, self.kill_at, self.batches_file = kind, workers, kill_at, batches_file
+        self.layer = torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(8, 4), torch.nn.Dropout(0.3), torch.nn.Linear(4, 1))
+        self.batches = {}
+
+    def train_dataloader(self):
+        if self.kind == "resumable":
+            return ResumableLoader(Augmented(), batch_size=2, shuffle=True, seed=3, num_workers=self.workers)
+        return StatefulDataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers)
+
+    def training_step(self, batch, batch_idx):
+        step = self.trainer.global_step
+        if self.kill_at and step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.batches[step] = batch.clone()
+        torch.save(self.batches, self.batches_file)
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def run(out, case, tag):
+    """One run (in a forked child): `fit`, resuming from `last` when its directory has checkpoints."""
+    kind, workers = case.split("-")
+    directory = os.path.join(out, case + ("-straight" if tag == "straight" else ""))
+    torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
+    model = Model(kind, int(workers), KILLS[tag], os.path.join(out, f"{case}.{tag}.batches.pt"))
+    callback = ModelCheckpoint(dirpath=directory, every_n_train_steps=1, save_top_k=-1, save_last=True)
+    trainer = Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    resume = os.path.isdir(directory) and any(name.endswith(".ckpt") for name in os.listdir(directory))
+    trainer.fit(model, ckpt_path="last" if resume else None)
+    torch.save({"weights": model.state_dict(), "global_step": trainer.global_step}, os.path.join(out, f"{case}.{tag}.pt"))
+
+
+def main(out, cases):
+    status = {}
+    for case in cases:
+        for tag in KILLS:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    run(out, case, tag)
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush(), sys.stderr.flush()
+                    os._exit(code)
+            status[f"{case}.{tag}"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with open(os.path.join(out, "status.json"), "w") as f:
+        json.dump(status, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

@@ -1,0 +1,71 @@
+"""
+The Lightning face with torchdata's `StatefulDataLoader`: killed twice within one epoch and resumed
+each time with `fit(ckpt_path="last")`, a run ends bit-identical to one never interrupted, with
+`num_workers` 0 and 2 (shuffle, augmentation drawing from torch, python and numpy in `__getitem__`,
+dropout, Adam), and with `trainer_ckpt.data.ResumableLoader`. The runs: tests/lightning_stateful_loop.py.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from tests.conftest import ROOT
+from trainer_ckpt.core import loaders
+from trainer_ckpt.lightning import ModelCheckpoint
+
+CASES = ["stateful-0", "stateful-2", "resumable-2"]
+STEPS = 16  # two epochs of 8 batches
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case's four runs, in one process that forks each (Lightning is imported once)."""
+    out = tmp_path_factory.mktemp("lightning_stateful")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lightning_stateful_loop.py"), str(out), *CASES],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "status.json") as f:
+        return out, json.load(f)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_sigkills_within_an_epoch_each_resumed_from_last_end_bit_identical(runs, case):
+    out, status = runs
+    assert [status[f"{case}.{tag}"] for tag in ("straight", "a", "b", "c")] == [0, -9, -9, 0]
+    straight = torch.load(out / f"{case}.straight.pt", weights_only=True)
+    assert straight["global_step"] == STEPS
+    expected = torch.load(out / f"{case}.straight.batches.pt", weights_only=True)
+    # a ran steps 0-2 (killed in step 3), b resumed at 3 (killed in step 6), c resumed at 6 and ran to the end
+    for tag, steps in (("a", range(0, 3)), ("b", range(3, 6)), ("c", range(6, STEPS))):
+        batches = torch.load(out / f"{case}.{tag}.batches.pt", weights_only=True)
+        assert sorted(batches) == list(steps), tag  # each resumed run started at the step after its checkpoint
+        for step in steps:  # the same samples, the same augmentation: the loader's position and its workers' draws
+            torch.testing.assert_close(batches[step], expected[step], rtol=0, atol=0, msg=f"{tag}, step {step}")
+    resumed = torch.load(out / f"{case}.c.pt", weights_only=True)
+    assert resumed["global_step"] == STEPS
+    assert sorted(resumed["weights"]) == sorted(straight["weights"])
+    for name, weight in straight["weights"].items():
+        assert torch.equal(resumed["weights"][name], weight), name
+
+
+def test_a_stateful_loader_given_to_fit_carries_each_workers_random_state_in_the_checkpoint(tmp_path):
+    """`fit(model, train_dataloaders=loader)`: the face prepares the loader (its workers' random state
+    is saved with Lightning's loop state), and gives the loop its own method back after `fit`."""
+    loader = StatefulDataLoader(RandomDataset(32, 16), batch_size=4, num_workers=2)
+    callback = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    trainer = Trainer(max_steps=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer.fit(BoringModel(), train_dataloaders=loader)
+    checkpoint = torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=True)
+    state, = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    workers = state["_snapshot"]["_worker_snapshots"]
+    assert sorted(workers) == ["worker_0", "worker_1"]
+    for worker in workers.values():
+        assert sorted(worker["dataset_state"][loaders.WORKER_RANDOM]) == ["numpy", "python", "torch"]
+    assert "_load_combined_loader_states" not in vars(trainer.fit_loop)
