@@ -10,7 +10,9 @@ iteration by trainer_ckpt.mmengine's `CheckpointHook` (by_epoch=False). 40 sampl
 
 `--loader plain`: mmengine's own DataLoader from a config dict (a shuffled `DefaultSampler`);
 `--loader stateful`: torchdata's `StatefulDataLoader(shuffle=True)`, built by the script and
-given to the Runner as its `train_dataloader`. `--kill-at N`: SIGKILL after iteration N
+given to the Runner as its `train_dataloader` (`--sampler default`: with mmengine's shuffled
+`DefaultSampler`, which is not stateful: torchdata replays it, and mmengine sets its epoch at
+each new pass). `--kill-at N`: SIGKILL after iteration N
 (1-based), once its checkpoint is committed. The final model and optimizer state go to
 `final.pt`; every Runner notes where it starts in `starts.jsonl` (tests/_resume.py) and, in
 `fetched.jsonl`, how many samples the main process had loaded by the end of its first iteration.
@@ -52,7 +54,8 @@ class AugmentedData(torch.utils.data.Dataset):
         return dict(inputs=self.x[i] + noise, labels=self.y[i])
 
 
-def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int = -1, resume: bool = False) -> None:
+def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int = -1, resume: bool = False,
+          sampler: str = "shuffle") -> None:
     """Trains (or resumes) to MAX_ITERS; `final.pt` holds the model, the optimizer and `iter`."""
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -78,7 +81,13 @@ def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int =
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         torch.manual_seed(0)  # its sampler draws its generator's seed when built, before the Runner seeds
-        train_loader = StatefulDataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
+        if sampler == "default":
+            from mmengine.dataset import DefaultSampler
+
+            order = dict(sampler=DefaultSampler(dataset, shuffle=True, seed=0))
+        else:
+            order = dict(shuffle=True)
+        train_loader = StatefulDataLoader(dataset, batch_size=BATCH, num_workers=workers, **order)
     else:
         train_loader = dict(dataset=dataset, sampler=dict(type="DefaultSampler", shuffle=True), batch_size=BATCH,
                             num_workers=workers)
@@ -106,8 +115,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int, default=-1, help="SIGKILL after this iteration (1-based)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--sampler", choices=["shuffle", "default"], default="shuffle", help="the StatefulDataLoader's")
     args = parser.parse_args()
-    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume)
+    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler)
     return 0
 
 

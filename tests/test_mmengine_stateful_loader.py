@@ -85,3 +85,20 @@ def test_two_resumes_within_one_pass_are_bit_exact(tmp_path, loader, workers):
         fetched = [json.loads(line) for line in (cut / "fetched.jsonl").read_text().splitlines()]
         skipped = (lambda done: 0) if loader == "stateful" else (lambda done: done)  # mmengine loads what it skips
         assert fetched == [{"done": done, "fetched": (skipped(done) + 1) * BATCH} for done in (0, 5, 8)]
+
+
+def test_a_sampler_that_is_not_stateful_resumes_bit_exact_in_a_later_pass(tmp_path):
+    """A StatefulDataLoader with mmengine's DefaultSampler (shuffled by seed + epoch; torchdata
+    replays it up to its position): SIGKILL after iteration 12, in the second pass over the
+    data, whose order is the sampler's epoch 1."""
+    from tests.mmengine_stateful_run import train
+
+    cut = start("tests/mmengine_stateful_run.py", tmp_path / "cut", "--loader", "stateful", "--sampler", "default",
+                "--kill-at", "12")
+    train(str(tmp_path / "full"), "stateful", sampler="default")  # meanwhile
+    killed(cut)
+    with resumed(tmp_path / "cut", at=12):
+        train(str(tmp_path / "cut"), "stateful", sampler="default", resume=True)
+    full, cut = final(tmp_path / "full"), final(tmp_path / "cut")
+    assert full["iter"] == cut["iter"] == MAX_ITERS
+    assert max_difference(full, cut) == 0.0
