@@ -3,7 +3,8 @@ An iteration-based mmengine run for tests/test_mmengine_stateful_loader.py: a re
 classifier with dropout, Adam, a random augmentation in the dataset's `__getitem__` drawing from
 torch, python's `random` and numpy), with a real `ValLoop` every 5 iterations, checkpointed every
 iteration by trainer_ckpt.mmengine's `CheckpointHook` (by_epoch=False). 40 samples, 4 a batch:
-10 iterations a pass over the data, 14 in all.
+10 iterations a pass over the data, 14 in all. `--epochs`: an `EpochBasedTrainLoop` of 2 epochs
+instead, validated and checkpointed at the end of each.
 
     .venv/bin/python tests/mmengine_stateful_run.py DIR --loader stateful --workers 2 --kill-at 5
     .venv/bin/python tests/mmengine_stateful_run.py DIR --loader stateful --workers 2 --resume
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.mmengine_run import ToyData, _classes, start_probe  # noqa: E402
 
-MAX_ITERS, VAL_INTERVAL, BATCH = 14, 5, 4
+MAX_ITERS, VAL_INTERVAL, BATCH, EPOCHS = 14, 5, 4, 2
 
 
 class AugmentedData(torch.utils.data.Dataset):
@@ -55,7 +56,7 @@ class AugmentedData(torch.utils.data.Dataset):
 
 
 def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int = -1, resume: bool = False,
-          sampler: str = "shuffle") -> None:
+          sampler: str = "shuffle", epochs: bool = False) -> None:
     """Trains (or resumes) to MAX_ITERS; `final.pt` holds the model, the optimizer and `iter`."""
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -96,9 +97,10 @@ def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int =
     runner = Runner(
         model=dict(type=ToyModel), work_dir=work_dir, train_dataloader=train_loader,
         optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
-        train_cfg=dict(by_epoch=False, max_iters=MAX_ITERS, val_interval=VAL_INTERVAL),
+        train_cfg=dict(by_epoch=True, max_epochs=EPOCHS) if epochs else dict(by_epoch=False, max_iters=MAX_ITERS,
+                                                                              val_interval=VAL_INTERVAL),
         val_dataloader=val_loader, val_evaluator=dict(type=Accuracy), val_cfg=dict(),
-        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=1, max_keep_ckpts=2)),
+        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=epochs, interval=1, max_keep_ckpts=2)),
         randomness=dict(seed=0), resume=resume, default_scope=None, log_level="ERROR",
         experiment_name=f"stateful-{uuid.uuid4().hex[:12]}",  # runners of one process and second would share a message hub
         custom_hooks=[dict(type=start_probe()), dict(type=Fetched), dict(type=Kill, priority="LOWEST")],
@@ -116,8 +118,9 @@ def main() -> int:
     parser.add_argument("--kill-at", type=int, default=-1, help="SIGKILL after this iteration (1-based)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--sampler", choices=["shuffle", "default"], default="shuffle", help="the StatefulDataLoader's")
+    parser.add_argument("--epochs", action="store_true", help="an epoch-based loop")
     args = parser.parse_args()
-    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler)
+    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler, args.epochs)
     return 0
 
 

@@ -102,3 +102,21 @@ def test_a_sampler_that_is_not_stateful_resumes_bit_exact_in_a_later_pass(tmp_pa
     full, cut = final(tmp_path / "full"), final(tmp_path / "cut")
     assert full["iter"] == cut["iter"] == MAX_ITERS
     assert max_difference(full, cut) == 0.0
+
+
+def test_an_epoch_based_loop_with_a_stateful_loader_and_workers_resumes_bit_exact(tmp_path):
+    """tests/mmengine_stateful_run.py --epochs (a checkpoint, then validation, at each epoch's end)
+    with a StatefulDataLoader and 2 workers: SIGKILL mid-epoch 2, resume from epoch 1's end."""
+    from tests.mmengine_stateful_run import train
+
+    options = dict(loader="stateful", workers=2, epochs=True)
+    cut = start("tests/mmengine_stateful_run.py", tmp_path / "cut", "--loader", "stateful", "--workers", "2", "--epochs",
+                "--kill-at", "15")
+    train(str(tmp_path / "full"), **options)  # meanwhile
+    killed(cut)
+    assert newest(tmp_path / "cut") == str(tmp_path / "cut" / "epoch_1.pth")
+    with resumed(tmp_path / "cut", at=10):  # 10 iterations an epoch
+        train(str(tmp_path / "cut"), resume=True, **options)
+    full, cut = final(tmp_path / "full"), final(tmp_path / "cut")
+    assert full["iter"] == cut["iter"] == 20
+    assert max_difference(full, cut) == 0.0
