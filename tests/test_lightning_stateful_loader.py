@@ -2,7 +2,8 @@
 The Lightning face with torchdata's `StatefulDataLoader`: killed twice within one epoch and resumed
 each time with `fit(ckpt_path="last")`, a run ends bit-identical to one never interrupted, with
 `num_workers` 0 and 2 (shuffle, augmentation drawing from torch, python and numpy in `__getitem__`,
-dropout, Adam), and with `trainer_ckpt.data.ResumableLoader`. The runs: tests/lightning_stateful_loop.py.
+dropout, Adam), and with `trainer_ckpt.data.ResumableLoader` (0 and 2 workers). The runs:
+tests/lightning_stateful_loop.py.
 """
 import json
 import os
@@ -19,7 +20,7 @@ from tests.conftest import ROOT
 from trainer_ckpt.core import loaders
 from trainer_ckpt.lightning import ModelCheckpoint
 
-CASES = ["stateful-0", "stateful-2", "resumable-2"]
+CASES = ["stateful-0", "stateful-2", "resumable-0", "resumable-2"]
 STEPS = 16  # two epochs of 8 batches
 
 
@@ -28,7 +29,8 @@ def runs(tmp_path_factory):
     """Every case's four runs, in one process that forks each (Lightning is imported once)."""
     out = tmp_path_factory.mktemp("lightning_stateful")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lightning_stateful_loop.py"), str(out), *CASES],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})  # one thread: fast under load
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "status.json") as f:
         return out, json.load(f)
