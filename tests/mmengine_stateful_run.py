@@ -14,7 +14,7 @@ instead, validated and checkpointed at the end of each.
 given to the Runner as its `train_dataloader` (`--sampler default`: with mmengine's shuffled
 `DefaultSampler`, which is not stateful: torchdata replays it, and mmengine sets its epoch at
 each new pass). `--kill-at N`: SIGKILL after iteration N
-(1-based), once its checkpoint is committed. The final model and optimizer state go to
+(1-based), once its checkpoint is committed. `--background`: the hook's background saves. The final model and optimizer state go to
 `final.pt`; every Runner notes where it starts in `starts.jsonl` (tests/_resume.py) and, in
 `fetched.jsonl`, how many samples the main process had loaded by the end of its first iteration.
 """
@@ -56,7 +56,7 @@ class AugmentedData(torch.utils.data.Dataset):
 
 
 def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int = -1, resume: bool = False,
-          sampler: str = "shuffle", epochs: bool = False) -> None:
+          sampler: str = "shuffle", epochs: bool = False, background: bool = False) -> None:
     """Trains (or resumes) to MAX_ITERS; `final.pt` holds the model, the optimizer and `iter`."""
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -67,7 +67,8 @@ def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int =
 
     class Kill(Hook):
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            if runner.iter + 1 == kill_at:  # this hook runs last: the checkpoint of this iteration is committed
+            if runner.iter + 1 == kill_at:  # this hook runs last: the checkpoint of this iteration is saved
+                next(h for h in runner.hooks if isinstance(h, CheckpointHook)).drain()  # and committed
                 os.kill(os.getpid(), signal.SIGKILL)
 
     class Fetched(Hook):
@@ -100,7 +101,8 @@ def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int =
         train_cfg=dict(by_epoch=True, max_epochs=EPOCHS) if epochs else dict(by_epoch=False, max_iters=MAX_ITERS,
                                                                               val_interval=VAL_INTERVAL),
         val_dataloader=val_loader, val_evaluator=dict(type=Accuracy), val_cfg=dict(),
-        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=epochs, interval=1, max_keep_ckpts=2)),
+        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=epochs, interval=1, max_keep_ckpts=2,
+                                           background=background)),
         randomness=dict(seed=0), resume=resume, default_scope=None, log_level="ERROR",
         experiment_name=f"stateful-{uuid.uuid4().hex[:12]}",  # runners of one process and second would share a message hub
         custom_hooks=[dict(type=start_probe()), dict(type=Fetched), dict(type=Kill, priority="LOWEST")],
@@ -119,8 +121,9 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--sampler", choices=["shuffle", "default"], default="shuffle", help="the StatefulDataLoader's")
     parser.add_argument("--epochs", action="store_true", help="an epoch-based loop")
+    parser.add_argument("--background", action="store_true", help="the hook's background saves")
     args = parser.parse_args()
-    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler, args.epochs)
+    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler, args.epochs, args.background)
     return 0
 
 
