@@ -6,9 +6,9 @@ whose `__getitem__` adds torch, `random` and numpy noise; the loader is in the C
 
     python tests/ignite_stateful_run.py OUT --workers 2 [--kill-at 11]
 
-It resumes from the newest checkpoint in OUT/checkpoints when there is one, and notes where it started in
-OUT/starts.jsonl (tests/_resume.py). Each iteration appends its number and its batch to
-OUT/batches.jsonl. `--kill-at N`: SIGKILLs itself right after iteration N's checkpoint is
+It resumes from the newest checkpoint in OUT/checkpoints when there is one, and notes where it
+started in OUT/starts.jsonl (tests/_resume.py). Each iteration appends its number and its batch
+to OUT/batches.jsonl. `--kill-at N`: SIGKILLs itself right after iteration N's checkpoint is
 committed. A run that ends writes OUT/final.pt (the model's and the optimizer's state).
 """
 import argparse
@@ -54,6 +54,7 @@ def train(out: str, workers: int, kill_at: int) -> None:
 
     from trainer_ckpt.ignite import Checkpoint, DiskSaver, latest_checkpoint
 
+    os.makedirs(out, exist_ok=True)
     torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -100,5 +101,4 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int, default=-1)
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     train(args.out, args.workers, args.kill_at)
