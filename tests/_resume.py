@@ -104,3 +104,21 @@ def newest_allennlp_checkpoint(directory: Any, prefix: str = "") -> Optional[Tup
         if match and os.path.exists(os.path.join(directory, f"{prefix}training_state_e{match[1]}_b{match[2]}.th")):
             points.append((int(match[1]), int(match[2])))
     return max(points, default=None)
+
+
+def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
+    """Two nested states (a loader's: dicts, lists, tensors, numbers) are equal, tensors by `torch.equal`."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)

@@ -16,7 +16,7 @@ import torch
 
 from scripts import detectron2_loop
 from scripts.plain_loop import dataset, final_state, max_difference, run
-from tests._resume import assert_starts, resumed
+from tests._resume import assert_same_state, assert_starts, resumed
 from trainer_ckpt.data import ResumableLoader
 
 
@@ -29,23 +29,8 @@ def _assert_same_final_state(a: dict, b: dict) -> None:
     for p in sa:
         for name in sa[p]:
             assert torch.equal(sa[p][name], sb[p][name]), (p, name)
-    _assert_same(a["loader"], b["loader"])  # the loader's position: sampler, workers' random state
+    assert_same_state(a["loader"], b["loader"], "loader")  # the loader's position: sampler, workers' random state
     assert a["iteration"] == b["iteration"]
-
-
-def _assert_same(a, b, where="loader"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")

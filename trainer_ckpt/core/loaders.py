@@ -10,6 +10,7 @@ state (in the worker only: the main process's random state is the checkpoint's o
 loads the loader's state and makes its iterator at once, before the face puts the checkpoint's
 random state back. Nothing here imports torchdata.
 """
+import warnings
 from typing import Any, Dict, Optional
 
 from trainer_ckpt.core.rng import capture_rng, restore_rng
@@ -58,7 +59,13 @@ def prepare(loader: Any) -> Any:
     if (own[0] is None) != (own[1] is None):
         own = None, None  # not Stateful to torchdata: nothing of its own to keep
     carrier = _WorkerRandom(dataset, *own)
-    dataset.state_dict, dataset.load_state_dict = _Bound(carrier, "state_dict"), _Bound(carrier, "load_state_dict")
+    try:
+        dataset.state_dict, dataset.load_state_dict = _Bound(carrier, "state_dict"), _Bound(carrier, "load_state_dict")
+    except (AttributeError, TypeError):  # a list, a class with __slots__: nothing random in a list's items
+        if loader.num_workers > 0:
+            warnings.warn(
+                f"StatefulDataLoader: its dataset (a {type(dataset).__name__}) cannot carry its workers' random "
+                "state, so randomness in the workers resumes differently. Wrap it in a torch Dataset.", stacklevel=2)
     return loader
 
 
