@@ -81,7 +81,8 @@ def run(directory: str, tag: str, signal_name: str = "SIGTERM", wait_in: Optiona
     if world_size > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), NODE_RANK="0",
                           RANK=str(rank), LOCAL_RANK=str(rank))
-        ddp = dict(strategy="ddp", accelerator="cpu", devices=world_size)
+        ddp = dict(strategy="ddp", accelerator="cpu", devices=world_size,
+                   use_distributed_sampler=False)  # each rank the whole data, 8 steps an epoch as in one process
     signum = getattr(signal, signal_name)
     signal.signal(signum, users_handler)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ one of them, made with a seed.
 """
 import functools
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -39,11 +39,14 @@ def ResumableLoader(dataset: Any, batch_size: int = 1, shuffle: bool = True, see
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"ResumableLoader: `batch_size` must be an integer >= 1, got {batch_size!r}. Pass e.g. 32.")
-    return loaders.prepare(_loader_class()(dataset, batch_size, shuffle, seed, **loader_kwargs))
+    StatefulDataLoader, RandomSampler = _loader_class()
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
+    return loaders.prepare(StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                              generator=torch.Generator().manual_seed(seed + 1), **loader_kwargs))
 
 
 @functools.lru_cache(maxsize=None)
-def _loader_class() -> type:
+def _loader_class() -> Tuple[type, type]:
     try:
         from torchdata.stateful_dataloader import StatefulDataLoader
         from torchdata.stateful_dataloader.sampler import RandomSampler
@@ -55,18 +58,14 @@ def _loader_class() -> type:
 
     class _ResumableLoader(StatefulDataLoader):
         """
-        The order from a generator of the sampler's own (its state is the sampler's, in the
+        StatefulDataLoader's own arguments (Lightning makes it again with a distributed sampler).
+        The order comes from a generator of the sampler's own (its state is the sampler's, in the
         loader's); the workers' base seeds from the loader's generator, whose state goes into
         the loader's state too, put back once the resumed iterator has drawn its own.
         """
 
         GENERATOR = "trainer_ckpt_generator"
-
-        def __init__(self, dataset: Any, batch_size: int, shuffle: bool, seed: int, **kwargs: Any) -> None:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
-            super().__init__(dataset, batch_size=batch_size, sampler=sampler,
-                             generator=torch.Generator().manual_seed(seed + 1), **kwargs)
-            self._generator_state = None
+        _generator_state = None
 
         def state_dict(self) -> Dict[str, Any]:
             return {**super().state_dict(), self.GENERATOR: self.generator.get_state()}
@@ -91,4 +90,4 @@ def _loader_class() -> type:
             return iterator
 
     _ResumableLoader.__name__ = _ResumableLoader.__qualname__ = "ResumableLoader"
-    return _ResumableLoader
+    return _ResumableLoader, RandomSampler
