@@ -10,7 +10,8 @@ instead, validated and checkpointed at the end of each.
     .venv/bin/python tests/mmengine_stateful_run.py DIR --loader stateful --workers 2 --resume
 
 `--loader plain`: mmengine's own DataLoader from a config dict (a shuffled `DefaultSampler`);
-`--loader stateful`: torchdata's `StatefulDataLoader(shuffle=True)`, built by the script and
+`--loader stateful`: torchdata's `StatefulDataLoader(shuffle=True)` (`--persistent`: with
+`persistent_workers=True`, as mmengine's configs often have it), built by the script and
 given to the Runner as its `train_dataloader` (`--sampler default`: with mmengine's shuffled
 `DefaultSampler`, which is not stateful: torchdata replays it, and mmengine sets its epoch at
 each new pass). `--kill-at N`: SIGKILL after iteration N
@@ -56,7 +57,7 @@ class AugmentedData(torch.utils.data.Dataset):
 
 
 def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int = -1, resume: bool = False,
-          sampler: str = "shuffle", epochs: bool = False, background: bool = False) -> None:
+          sampler: str = "shuffle", epochs: bool = False, background: bool = False, persistent: bool = False) -> None:
     """Trains (or resumes) to MAX_ITERS; `final.pt` holds the model, the optimizer and `iter`."""
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -89,7 +90,8 @@ def train(work_dir: str, loader: str = "plain", workers: int = 0, kill_at: int =
             order = dict(sampler=DefaultSampler(dataset, shuffle=True, seed=0))
         else:
             order = dict(shuffle=True)
-        train_loader = StatefulDataLoader(dataset, batch_size=BATCH, num_workers=workers, **order)
+        train_loader = StatefulDataLoader(dataset, batch_size=BATCH, num_workers=workers,
+                                          persistent_workers=persistent, **order)
     else:
         train_loader = dict(dataset=dataset, sampler=dict(type="DefaultSampler", shuffle=True), batch_size=BATCH,
                             num_workers=workers)
@@ -122,8 +124,10 @@ def main() -> int:
     parser.add_argument("--sampler", choices=["shuffle", "default"], default="shuffle", help="the StatefulDataLoader's")
     parser.add_argument("--epochs", action="store_true", help="an epoch-based loop")
     parser.add_argument("--background", action="store_true", help="the hook's background saves")
+    parser.add_argument("--persistent", action="store_true", help="the StatefulDataLoader's persistent_workers")
     args = parser.parse_args()
-    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler, args.epochs, args.background)
+    train(args.work_dir, args.loader, args.workers, args.kill_at, args.resume, args.sampler, args.epochs, args.background,
+          args.persistent)
     return 0
 
 

@@ -57,27 +57,30 @@ def test_a_run_with_validation_resumes_bit_exact(tmp_path):
     assert max_difference(full, cut) == 0.0
 
 
-@pytest.mark.parametrize("loader, workers, background", [("plain", 0, False), ("stateful", 0, False), ("stateful", 2, True)])
-def test_two_resumes_within_one_pass_are_bit_exact(tmp_path, loader, workers, background):
+@pytest.mark.parametrize("loader, workers, extra", [("plain", 0, {}), ("stateful", 0, {}),
+                                                    ("stateful", 2, {"persistent": True, "background": True})],
+                         ids=["plain-0", "stateful-0", "stateful-2-persistent-background"])
+def test_two_resumes_within_one_pass_are_bit_exact(tmp_path, loader, workers, extra):
     """tests/mmengine_stateful_run.py (10 iterations a pass, validation every 5, a checkpoint
     every iteration): SIGKILL after iteration 5 (before that validation), resume, SIGKILL after
     iteration 8 (same pass), resume to 14 (into the second pass). With a StatefulDataLoader the
     resumed runs load no batch before their first: the loader is put back where it was, and
-    mmengine's skipping of the batches already trained loads nothing. With 2 workers, the saves
-    go in the background (the loader's state in the snapshot)."""
+    mmengine's skipping of the batches already trained loads nothing. With 2 workers:
+    persistent workers (mmengine made them before the hook could prepare the loader), and saves
+    in the background (the loader's state in the snapshot)."""
     from tests.mmengine_stateful_run import train
 
-    options = ["--loader", loader, "--workers", str(workers)] + (["--background"] if background else [])
+    options = ["--loader", loader, "--workers", str(workers)] + [f"--{option}" for option in extra]
     cut = tmp_path / "cut"
     first = start("tests/mmengine_stateful_run.py", cut, *options, "--kill-at", "5")
-    train(str(tmp_path / "full"), loader, workers, background=background)  # meanwhile
+    train(str(tmp_path / "full"), loader, workers, **extra)  # meanwhile
     killed(first)
     assert newest(cut) == str(cut / "iter_5.pth")
     with resumed(cut, at=5):
         killed(start("tests/mmengine_stateful_run.py", cut, *options, "--kill-at", "8", "--resume"))
     assert newest(cut) == str(cut / "iter_8.pth")
     with resumed(cut, at=8):
-        train(str(cut), loader, workers, resume=True, background=background)
+        train(str(cut), loader, workers, resume=True, **extra)
     assert_starts(cut, 0, 5, 8)
     full, resumed_twice = final(tmp_path / "full"), final(cut)
     assert full["iter"] == resumed_twice["iter"] == MAX_ITERS

@@ -166,8 +166,11 @@ def after_skipping(loop: Any, then: Callable[[], None]) -> None:
 
 
 def remake_iterator(loop: Any) -> None:
-    """Makes an `IterBasedTrainLoop`'s iterator over its loader again (mmengine made it with the
-    loop, before the face prepared the loader: its workers would not carry their random state)."""
+    """Makes an `IterBasedTrainLoop`'s iterator over its StatefulDataLoader again (mmengine made it
+    with the loop, before the face prepared the loader: its workers would not carry their random
+    state). Loading an empty state drops the loader's iterator, whose workers it would otherwise
+    keep with `persistent_workers=True`."""
+    loop.dataloader.load_state_dict({})
     loop.dataloader_iterator._iterator = iter(loop.dataloader)
 
 
