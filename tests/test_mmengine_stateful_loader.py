@@ -101,6 +101,7 @@ def test_a_sampler_that_is_not_stateful_resumes_bit_exact_in_a_later_pass(tmp_pa
                 "--kill-at", "12")
     train(str(tmp_path / "full"), "stateful", sampler="default")  # meanwhile
     killed(cut)
+    assert newest(tmp_path / "cut") == str(tmp_path / "cut" / "iter_12.pth")
     with resumed(tmp_path / "cut", at=12):
         train(str(tmp_path / "cut"), "stateful", sampler="default", resume=True)
     full, cut = final(tmp_path / "full"), final(tmp_path / "cut")
