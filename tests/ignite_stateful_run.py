@@ -4,12 +4,13 @@ dropout, Adam, and torchdata's `StatefulDataLoader` (shuffle, `num_workers` as g
 whose `__getitem__` adds torch, `random` and numpy noise; the loader is in the Checkpoint's
 `to_save`, and a checkpoint is saved after every iteration (keep 1). 8 iterations an epoch, 3 epochs.
 
-    python tests/ignite_stateful_run.py OUT --workers 2 [--kill-at 11]
+    python tests/ignite_stateful_run.py OUT --workers 2 [--kill-at 11] [--background]
 
 It resumes from the newest checkpoint in OUT/checkpoints when there is one, and notes where it
 started in OUT/starts.jsonl (tests/_resume.py). Each iteration appends its number and its batch
 to OUT/batches.jsonl. `--kill-at N`: SIGKILLs itself right after iteration N's checkpoint is
-committed. A run that ends writes OUT/final.pt (the model's and the optimizer's state).
+committed (`--background`: the saves are made in the background; it waits for that one). A run
+that ends writes OUT/final.pt (the model's and the optimizer's state).
 """
 import argparse
 import json
@@ -48,7 +49,7 @@ class Noisy(torch.utils.data.Dataset):
         return self.x[i] + noise, self.y[i]
 
 
-def train(out: str, workers: int, kill_at: int) -> None:
+def train(out: str, workers: int, kill_at: int, background: bool = False) -> None:
     from ignite.engine import Engine, Events
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -72,12 +73,13 @@ def train(out: str, workers: int, kill_at: int) -> None:
     trainer = Engine(step)
     to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "loader": loader}
     checkpoints = os.path.join(out, "checkpoints")
-    trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                              Checkpoint(to_save, DiskSaver(checkpoints, require_empty=False), n_saved=1))
+    saver = DiskSaver(checkpoints, require_empty=False, background=background)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, Checkpoint(to_save, saver, n_saved=1))
 
     @trainer.on(Events.ITERATION_COMPLETED)
-    def kill(engine) -> None:  # after the checkpoint's handler: a synchronous save is committed when it returns
+    def kill(engine) -> None:  # after the checkpoint's handler
         if engine.state.iteration == kill_at:
+            saver.wait()  # the save in the background committed
             os.kill(os.getpid(), signal.SIGKILL)
 
     noted = []
@@ -100,5 +102,6 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--background", action="store_true", help="saves in the background")
     args = parser.parse_args()
-    train(args.out, args.workers, args.kill_at)
+    train(args.out, args.workers, args.kill_at, args.background)

@@ -246,8 +246,6 @@ class Checkpoint(_ignite.Checkpoint):
     retention_policy : `RetentionPolicy` (default `None`)
         Which of this handler's checkpoints to keep, instead of `n_saved` (give one, not both);
         the newest is never deleted, nor any file this handler did not write.
-    A torchdata `StatefulDataLoader` in `to_save` (the one the trainer runs on) is saved at its
-    position, with its workers' random state, and resumed there exactly by `load_objects`.
     save_on_signals : `Sequence[str | int]` (default `None`)
         Signals to save on (`["SIGTERM", "SIGUSR1"]`: what SLURM or a spot VM sends before it
         kills the job). The handler only records the signal; at the next step boundary of the
@@ -261,6 +259,8 @@ class Checkpoint(_ignite.Checkpoint):
         False: after that save, training goes on.
     background, safe_globals, max_host_memory
         For the `DiskSaver` made from a path (see `DiskSaver`).
+    A torchdata `StatefulDataLoader` in `to_save` (the one the trainer runs on) is saved at its
+    position, with its workers' random state, and resumed there exactly by `load_objects`.
     Messages (a checkpoint moved into `corrupt/`, incomplete ones removed) go to the handlers of
     the Engine's `engine.logger` (e.g. `trainer.logger = setup_logger("trainer")`) besides
     trainer_ckpt's own loggers.
