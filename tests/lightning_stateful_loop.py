@@ -1,18 +1,19 @@
 """
-Lightning runs for tests/test_lightning_stateful_loader.py: a torchdata `StatefulDataLoader`
-(shuffled; `num_workers` 0 or 2) from `train_dataloader()`, whose dataset augments each sample with
-torch, python and numpy random draws; dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint`
-saving every step; two epochs of 8 steps.
+Lightning runs for tests/test_lightning_stateful_loader.py: a loader from `train_dataloader()`,
+shuffled, over a dataset that augments each sample with torch, python and numpy random draws;
+dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint` saving every step; two epochs of 8 steps.
 
-For each CASE (`stateful-WORKERS`, or `resumable-WORKERS` for `trainer_ckpt.data.ResumableLoader`),
-four runs, each a process of its own, forked from this one once Lightning is imported (the import
-takes most of a run's time): `straight` (never interrupted, its own directory); then, in one
-directory, `a` SIGKILLs itself in the training step after global step 3 (that step's checkpoint is
-committed by then: the saves are synchronous), `b` resumes with `fit(ckpt_path="last")` and
-SIGKILLs itself after step 6 (the same epoch), `c` resumes and runs to the end. Each run writes the
-batch of every step it trained (as it goes: a killed run's too) to `OUT/CASE.TAG.batches.pt`; the
-runs that end write their final weights to `OUT/CASE.TAG.pt`. `OUT/status.json`: each run's exit
-status as `os.waitstatus_to_exitcode` gives it (-9: SIGKILL).
+A CASE is KIND-WORKERS-KILLS: KIND `stateful` (torchdata's `StatefulDataLoader`), `resumable`
+(`trainer_ckpt.data.ResumableLoader`) or `plain` (torch's `DataLoader`); WORKERS its `num_workers`;
+KILLS the global steps, dot-separated, after which the interrupted runs die. Each run is a process
+of its own, forked from this one once Lightning is imported (the import takes most of a run's
+time): `straight` (never interrupted, its own directory); then, in one directory, `killed1` SIGKILLs
+itself in the training step after the first kill step (that step's checkpoint is committed by
+then: the saves are synchronous), each next `killedN` resumes with `fit(ckpt_path="last")` and
+dies after the next one, and `end` resumes and runs to the end. Each run writes the batch of every
+step it trained (as it goes: a killed run's too) to `OUT/CASE.TAG.batches.pt`; the runs that end
+write their final weights to `OUT/CASE.TAG.pt`. `OUT/status.json`: each run's exit status as
+`os.waitstatus_to_exitcode` gives it (-9: SIGKILL).
 
     python tests/lightning_stateful_loop.py OUT CASE...
 """
@@ -30,8 +31,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from trainer_ckpt.data import ResumableLoader
 from trainer_ckpt.lightning import ModelCheckpoint
-
-KILLS = {"straight": 0, "a": 3, "b": 6, "c": 0}
 
 
 class Augmented(torch.utils.data.Dataset):
@@ -57,6 +56,8 @@ class Model(LightningModule):
     def train_dataloader(self):
         if self.kind == "resumable":
             return ResumableLoader(Augmented(), batch_size=2, shuffle=True, seed=3, num_workers=self.workers)
+        if self.kind == "plain":
+            return torch.utils.data.DataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers)
         return StatefulDataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers)
 
     def training_step(self, batch, batch_idx):
@@ -71,12 +72,18 @@ class Model(LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
+def runs(case):
+    """{tag: the global step it dies after (0: it does not)} of a case's runs, in order."""
+    kills = [int(k) for k in case.split("-")[2].split(".")]
+    return {"straight": 0, **{f"killed{i + 1}": k for i, k in enumerate(kills)}, "end": 0}
+
+
 def run(out, case, tag):
     """One run (in a forked child): `fit`, resuming from `last` when its directory has checkpoints."""
-    kind, workers = case.split("-")
+    kind, workers, _ = case.split("-")
     directory = os.path.join(out, case + ("-straight" if tag == "straight" else ""))
     torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
-    model = Model(kind, int(workers), KILLS[tag], os.path.join(out, f"{case}.{tag}.batches.pt"))
+    model = Model(kind, int(workers), runs(case)[tag], os.path.join(out, f"{case}.{tag}.batches.pt"))
     callback = ModelCheckpoint(dirpath=directory, every_n_train_steps=1, save_top_k=-1, save_last=True)
     trainer = Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
                       limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1)
@@ -88,7 +95,7 @@ def run(out, case, tag):
 def main(out, cases):
     status = {}
     for case in cases:
-        for tag in KILLS:
+        for tag in runs(case):
             pid = os.fork()
             if pid == 0:
                 code = 1

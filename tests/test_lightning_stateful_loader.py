@@ -1,9 +1,11 @@
 """
 The Lightning face with torchdata's `StatefulDataLoader`: killed twice within one epoch and resumed
-each time with `fit(ckpt_path="last")`, a run ends bit-identical to one never interrupted, with
-`num_workers` 0 and 2 (shuffle, augmentation drawing from torch, python and numpy in `__getitem__`,
-dropout, Adam), and with `trainer_ckpt.data.ResumableLoader` (0 and 2 workers). The runs:
-tests/lightning_stateful_loop.py.
+each time with `fit(ckpt_path="last")`, a run trains every batch as one never interrupted and ends
+with bit-identical weights, with `num_workers` 0 and 2 (shuffle, augmentation drawing from torch,
+python and numpy in `__getitem__`, dropout, Adam), and with `trainer_ckpt.data.ResumableLoader`.
+Resumed from the checkpoint saved after an epoch's last batch, a run goes on with the next epoch
+exactly, a stateful loader's (Lightning alone skips that epoch) and a plain `DataLoader`'s.
+The runs: tests/lightning_stateful_loop.py.
 """
 import json
 import os
@@ -20,7 +22,10 @@ from tests.conftest import ROOT
 from trainer_ckpt.core import loaders
 from trainer_ckpt.lightning import ModelCheckpoint
 
-CASES = ["stateful-0", "stateful-2", "resumable-0", "resumable-2"]
+from tests.lightning_stateful_loop import runs as runs_of
+
+# KIND-WORKERS-KILLS (see the script): two kills in the first epoch; after the first epoch's last batch (step 8)
+CASES = ["stateful-0-3.6", "stateful-2-3.6", "resumable-0-3.6", "resumable-2-3.6", "stateful-2-8.11", "plain-0-8"]
 STEPS = 16  # two epochs of 8 batches
 
 
@@ -37,19 +42,22 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_two_sigkills_within_an_epoch_each_resumed_from_last_end_bit_identical(runs, case):
+def test_each_resumed_run_starts_at_its_checkpoint_and_the_last_ends_bit_identical(runs, case):
     out, status = runs
-    assert [status[f"{case}.{tag}"] for tag in ("straight", "a", "b", "c")] == [0, -9, -9, 0]
+    tags = list(runs_of(case))  # straight, killed1, ..., end
+    assert [status[f"{case}.{tag}"] for tag in tags] == [0] + [-9] * (len(tags) - 2) + [0]
     straight = torch.load(out / f"{case}.straight.pt", weights_only=True)
     assert straight["global_step"] == STEPS
     expected = torch.load(out / f"{case}.straight.batches.pt", weights_only=True)
-    # a ran steps 0-2 (killed in step 3), b resumed at 3 (killed in step 6), c resumed at 6 and ran to the end
-    for tag, steps in (("a", range(0, 3)), ("b", range(3, 6)), ("c", range(6, STEPS))):
+    assert sorted(expected) == list(range(STEPS))
+    # killed1 trained steps 0 to its kill step - 1; each next run resumed at the step the one before died in
+    bounds = [0] + [runs_of(case)[tag] for tag in tags[1:-1]] + [STEPS]
+    for tag, first, stop in zip(tags[1:], bounds, bounds[1:]):
         batches = torch.load(out / f"{case}.{tag}.batches.pt", weights_only=True)
-        assert sorted(batches) == list(steps), tag  # each resumed run started at the step after its checkpoint
-        for step in steps:  # the same samples, the same augmentation: the loader's position and its workers' draws
+        assert sorted(batches) == list(range(first, stop)), tag
+        for step in range(first, stop):  # the same samples, the same augmentation: the loader's position and its workers' draws
             torch.testing.assert_close(batches[step], expected[step], rtol=0, atol=0, msg=f"{tag}, step {step}")
-    resumed = torch.load(out / f"{case}.c.pt", weights_only=True)
+    resumed = torch.load(out / f"{case}.end.pt", weights_only=True)
     assert resumed["global_step"] == STEPS
     assert sorted(resumed["weights"]) == sorted(straight["weights"])
     for name, weight in straight["weights"].items():

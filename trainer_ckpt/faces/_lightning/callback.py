@@ -291,15 +291,28 @@ class ModelCheckpoint(_ModelCheckpoint):
             iter(fetcher)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Listens for `save_on_signals`. Resuming within an epoch (Lightning calls no
+        """
+        Listens for `save_on_signals`. Resuming within an epoch (Lightning calls no
         `on_train_epoch_start` then): the generators back before the first batch; the data order
-        is Lightning's (see the face's guide)."""
+        is Lightning's (see the face's guide). Resuming from a checkpoint saved after an epoch's
+        last batch, Lightning marks that epoch done, but would go on with the next one as within
+        an epoch: without `on_train_epoch_start` or the next epoch's progress (a later checkpoint
+        in it would resume as at its start), and on the iterator it made while setting up (a
+        stateful loader's, put back at the epoch's end, yields nothing: the epoch is skipped). It
+        is told the epoch is over instead, so that the next one starts as in the uninterrupted
+        run; `on_train_epoch_start` puts the generators back and makes its iterator.
+        """
         self._stop_listening()
         self._preemption = preemption.Preemption(self.signals, exit=self.exit_on_signal, where=_WHERE)
-        if trainer.fit_loop.restarted_mid_epoch:
-            rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-            if rng is not None:
-                restore_rng(rng)
+        loop = trainer.fit_loop
+        if not loop.restarted_mid_epoch:
+            return
+        if loop.epoch_loop.restarted_on_train_batch_end and loop.epoch_loop.batch_progress.is_last_batch:
+            loop.reset_restart_stage()  # what Lightning does after each epoch
+            return
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if rng is not None:
+            restore_rng(rng)
 
     def _saved_rng(self, path: Any) -> Any:
         """The random state saved with checkpoint `path`, when it is one of ours that has it; else None."""
