@@ -8,7 +8,7 @@ model with dropout. The checkpointer is trainer_ckpt.fvcore's, with one line cha
     data_loader = build_detection_train_loader(cfg)                          # detectron2
     data_loader = checkpointer.resumable(build_detection_train_loader, cfg)  # exact resume
 
-    .venv/bin/python scripts/detectron2_loop.py runs/d2 --kill-at 16,27   # SIGKILL after 16, then 27
+    .venv/bin/python scripts/detectron2_loop.py runs/d2 --kill-at 16,21   # SIGKILL after 16, then 21
     .venv/bin/python scripts/detectron2_loop.py runs/d2                   # resumes
     .venv/bin/python scripts/detectron2_loop.py --compare                 # max |final - uninterrupted|
 
@@ -189,7 +189,7 @@ def run(out, kill_at="", workers=0, peer=False, as_written=False) -> int:
     return subprocess.run(command, env={**os.environ, "PYTHONWARNINGS": "ignore"}).returncode
 
 
-def compare(kill_at="16,27", workers=2) -> dict:
+def compare(kill_at="16,21", workers=2) -> dict:
     """{set-up: max difference of the final weights, killed at `kill_at` and resumed, vs uninterrupted}."""
     from scripts.plain_loop import max_difference
 
@@ -216,7 +216,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.compare:
         for name, diff in compare(workers=args.workers).items():
-            print(f"{name:40s} SIGKILL after iterations 16 and 27, resumed twice: max |final - uninterrupted| = {diff:.3g}")
+            print(f"{name:40s} SIGKILL after iterations 16 and 21, resumed twice: max |final - uninterrupted| = {diff:.3g}")
         return 0
     cfg = setup(args.out, args.workers)
     model = Model()
