@@ -370,8 +370,7 @@ class ModelCheckpoint(_ModelCheckpoint):
 
         def load_combined_loader_states() -> None:
             for loader in loop._combined_loader.flattened if loop._combined_loader is not None else ():
-                # a dataset without attributes (a list) is a plain container: its items draw nothing
-                if loaders.is_stateful(loader) and hasattr(loader.dataset, "__dict__"):
+                if loaders.is_stateful(loader):
                     loaders.prepare(loader)
             lightnings()
 
