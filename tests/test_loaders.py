@@ -2,9 +2,10 @@
 trainer_ckpt.core.loaders, on its own: torchdata's StatefulDataLoader (shuffle, a random
 augmentation in `__getitem__` from torch, random and numpy) stopped mid-epoch and resumed in a new
 loader goes on with the very batches an uninterrupted loader hands out, with 0 and 2 workers
-(forked and spawned), across the next epoch, as every face does it: `prepare` when the loader is
+(forked; a spawned worker's pickled dataset too), across the next epoch, as every face does it: `prepare` when the loader is
 given, `restore` before the random state goes back. Without either step it differs (the controls).
 """
+import pickle
 import random
 import warnings
 
@@ -46,12 +47,13 @@ def seed(n):
     torch.manual_seed(n), random.seed(n), numpy.random.seed(n)
 
 
-def batches_after_a_resume(workers, context=None, prepare=True, prime=True, dataset=Augmented):
+def batches_after_a_resume(workers, context=None, prepare=True, prime=True, dataset=Augmented, generator=False):
     """(what an uninterrupted loader hands out after batch 2 of 6, through the next epoch; what a
     new loader resumed there hands out). The main process draws too, as a model's dropout would."""
     def make():
         loader = StatefulDataLoader(dataset(), batch_size=4, shuffle=True, num_workers=workers,
-                                    multiprocessing_context=context if workers else None)
+                                    multiprocessing_context=context if workers else None,
+                                    generator=torch.Generator().manual_seed(3) if generator else None)
         return loaders.prepare(loader) if prepare else loader
 
     seed(0)
@@ -78,19 +80,32 @@ def largest_difference(expected, got):
     return max((a - b).abs().max().item() for a, b in zip(expected, got))
 
 
-@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (2, "spawn")], ids=["no workers", "2 forked", "2 spawned"])
-def test_a_resumed_loader_hands_out_the_same_batches(workers, context):
-    expected, got = batches_after_a_resume(workers, context)
+@pytest.mark.parametrize("workers, context, generator", [(0, None, False), (2, "fork", False), (2, "fork", True)],
+                         ids=["no workers", "2 forked", "2 forked, a generator of its own"])
+def test_a_resumed_loader_hands_out_the_same_batches(workers, context, generator):
+    """With a generator of its own, the loader draws the workers' base seed of the next epoch from it."""
+    expected, got = batches_after_a_resume(workers, context, generator=generator)
     for a, b in zip(expected, got):
         assert torch.equal(a, b)
+
+
+def test_a_prepared_dataset_pickles_for_spawned_workers():
+    """Spawned workers get the dataset pickled (here, the same round trip, 25 s faster)."""
+    dataset = loaders.prepare(StatefulDataLoader(Counted(), batch_size=4, num_workers=2)).dataset
+    dataset.seen = 3
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy.state_dict() == {"dataset": {"seen": 3}} and copy.state_dict.carrier.dataset is copy
+    copy.load_state_dict({"dataset": {"seen": 4}})
+    assert copy.seen == 4 and dataset.seen == 3
 
 
 def test_without_the_iterator_made_first_the_main_process_draws_shift():
     assert largest_difference(*batches_after_a_resume(0, prime=False)) > 0.01
 
 
-def test_without_prepare_the_workers_augment_differently():
-    assert largest_difference(*batches_after_a_resume(2, "fork", prepare=False)) > 0.01
+@pytest.mark.parametrize("generator", [False, True], ids=["global", "a generator of its own"])
+def test_without_prepare_the_workers_augment_differently(generator):
+    assert largest_difference(*batches_after_a_resume(2, "fork", prepare=False, generator=generator)) > 0.01
 
 
 def test_a_dataset_with_a_state_of_its_own_keeps_it():

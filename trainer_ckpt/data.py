@@ -19,7 +19,7 @@ def ResumableLoader(dataset: Any, batch_size: int = 1, shuffle: bool = True, see
     A torchdata `StatefulDataLoader` whose order comes from `seed` alone (a generator of its
     own: the global random state is not drawn from), ready to resume exactly, workers included.
     Kept for 0.1's scripts: a `StatefulDataLoader(dataset, ..., generator=...)` of your own
-    does the same in every face. Needs torchdata (`pip install trainer-ckpt[data]`).
+    does the same in every face (which `prepare`s it: `trainer_ckpt.core.loaders`). Needs torchdata (`pip install trainer-ckpt[data]`).
 
     # Parameters
 
@@ -57,18 +57,7 @@ def _loader_class() -> Tuple[type, type]:
         ) from e
 
     class _ResumableLoader(StatefulDataLoader):
-        """
-        StatefulDataLoader's own arguments (Lightning makes it again with a distributed sampler).
-        The order comes from a generator of the sampler's own (its state is the sampler's, in the
-        loader's); the workers' base seeds from the loader's generator, whose state goes into
-        the loader's state too, put back once the resumed iterator has drawn its own.
-        """
-
-        GENERATOR = "trainer_ckpt_generator"
-        _generator_state = None
-
-        def state_dict(self) -> Dict[str, Any]:
-            return {**super().state_dict(), self.GENERATOR: self.generator.get_state()}
+        """StatefulDataLoader, which refuses 0.1's positions with a warning."""
 
         def load_state_dict(self, state: Dict[str, Any]) -> None:
             if isinstance(state, dict) and set(state) == {"epoch", "batches", "seed"}:
@@ -78,16 +67,7 @@ def _loader_class() -> Tuple[type, type]:
                     stacklevel=2,
                 )
                 return
-            state = dict(state)
-            self._generator_state = state.pop(self.GENERATOR, None)
             super().load_state_dict(state)
-
-        def _get_iterator(self) -> Any:
-            iterator = super()._get_iterator()
-            if self._generator_state is not None:
-                self.generator.set_state(self._generator_state)
-                self._generator_state = None
-            return iterator
 
     _ResumableLoader.__name__ = _ResumableLoader.__qualname__ = "ResumableLoader"
     return _ResumableLoader, RandomSampler

@@ -6,7 +6,8 @@ A `StatefulDataLoader` saves its sampler's state and each worker's dataset state
 random state inside the workers, and its iterator draws from the global random state when it is
 made. So, resuming as it comes, a random augmentation differs after the resume, and the model's
 own draws (dropout) shift by one. `prepare(loader)` makes the dataset carry its worker's random
-state (in the worker only: the main process's random state is the checkpoint's own); `restore`
+state (in the worker only: the main process's random state is the checkpoint's own), and the
+loader its own generator's, when it has one; `restore`
 loads the loader's state and makes its iterator at once, before the face puts the checkpoint's
 random state back. Nothing here imports torchdata.
 """
@@ -16,6 +17,8 @@ from typing import Any, Dict, Optional
 from trainer_ckpt.core.rng import capture_rng, restore_rng
 
 WORKER_RANDOM = "trainer_ckpt_worker_random"  # the key of a worker's random state in its dataset's state
+GENERATOR = "trainer_ckpt_generator"  # the key of the loader's generator's state in the loader's state
+PREPARED, PENDING = "_trainer_ckpt_prepared", "_trainer_ckpt_generator_pending"
 
 
 def is_stateful(loader: Any) -> bool:
@@ -49,12 +52,44 @@ class _WorkerRandom:
 
 def prepare(loader: Any) -> Any:
     """
-    Makes `loader`'s dataset carry its worker's random state in the loader's state (once; a
-    dataset with its own `state_dict` keeps it, under "dataset"). Returns `loader`.
+    Makes `loader`'s dataset carry its worker's random state in the loader's state (a dataset
+    with its own `state_dict` keeps it, under "dataset"), and the loader's own `generator`, when
+    it has one, its state (the sampler's state holds the generator's from the epoch's start, not
+    the workers' base seed drawn after). Once per loader. Returns `loader`.
     """
+    if getattr(loader, PREPARED, False):
+        return loader
+    _carry_worker_random(loader)
+    if loader.generator is not None:
+        own_state, own_load = loader.state_dict, loader.load_state_dict
+
+        def state_dict() -> Dict[str, Any]:
+            return {**own_state(), GENERATOR: loader.generator.get_state()}
+
+        def load_state_dict(state: Dict[str, Any]) -> None:
+            state = dict(state)
+            setattr(loader, PENDING, state.pop(GENERATOR, None))
+            own_load(state)
+
+        own_iterator = loader._get_iterator  # DataLoader's: makes the iterator that `iter()` and `state_dict()` use
+
+        def get_iterator() -> Any:
+            iterator = own_iterator()  # drew the workers' base seed from the generator
+            pending = getattr(loader, PENDING, None)
+            if pending is not None:
+                loader.generator.set_state(pending)  # where it was when saved
+                setattr(loader, PENDING, None)
+            return iterator
+
+        loader.state_dict, loader.load_state_dict, loader._get_iterator = state_dict, load_state_dict, get_iterator
+    setattr(loader, PREPARED, True)
+    return loader
+
+
+def _carry_worker_random(loader: Any) -> None:
     dataset = loader.dataset
     if isinstance(getattr(dataset, "state_dict", None), _Bound):
-        return loader
+        return  # another loader over the same dataset did
     own = getattr(dataset, "state_dict", None), getattr(dataset, "load_state_dict", None)
     if (own[0] is None) != (own[1] is None):
         own = None, None  # not Stateful to torchdata: nothing of its own to keep
@@ -65,8 +100,7 @@ def prepare(loader: Any) -> Any:
         if loader.num_workers > 0:
             warnings.warn(
                 f"StatefulDataLoader: its dataset (a {type(dataset).__name__}) cannot carry its workers' random "
-                "state, so randomness in the workers resumes differently. Wrap it in a torch Dataset.", stacklevel=2)
-    return loader
+                "state, so randomness in the workers resumes differently. Wrap it in a torch Dataset.", stacklevel=3)
 
 
 class _Bound:
