@@ -8,8 +8,9 @@ by trainer_ckpt.mmengine's `CheckpointHook` or, for comparison, by mmengine's ow
     .venv/bin/python scripts/mmengine_run.py runs/mm --resume              # Runner(resume=True): goes on
     .venv/bin/python scripts/mmengine_run.py runs/mm --peer                # mmengine's own CheckpointHook
 
-`--no-val` leaves out the validation loop (its data loader draws from the global random state
-after each epoch's checkpoint, so a resumed run skips that draw). The final model and optimizer
+`--no-val` leaves out the validation loop (with it, our hook puts the random state back after
+validation, whose loader draws from it, so a resumed run is exact too; mmengine's own hook is not:
+tests/test_mmengine_stateful_loader.py). The final model and optimizer
 state go to `final.pt` in the work dir; every Runner notes the iterations done when it starts its
 first one in `starts.jsonl` there (0, or its checkpoint's: 16 for epoch_2.pth; tests/_resume.py).
 """
