@@ -1,7 +1,8 @@
 """
 Lightning runs for tests/test_lightning_stateful_loader.py: a loader from `train_dataloader()`,
 shuffled, over a dataset that augments each sample with torch, python and numpy random draws;
-dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint` saving every step; two epochs of 8 steps.
+dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint` saving every step; two epochs of 8 steps,
+each validated at its end on two batches of a shuffled `DataLoader` of the same dataset.
 
 A CASE is KIND-WORKERS-KILLS: KIND `stateful` (torchdata's `StatefulDataLoader`), `resumable`
 (`trainer_ckpt.data.ResumableLoader`) or `plain` (torch's `DataLoader`); WORKERS its `num_workers`;
@@ -68,6 +69,12 @@ class Model(LightningModule):
         torch.save(self.batches, self.batches_file)
         return self.layer(batch).pow(2).mean()
 
+    def validation_step(self, batch, batch_idx):
+        self.log("val", self.layer(batch).pow(2).mean())
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(Augmented(), batch_size=4, shuffle=True, num_workers=self.workers)
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
@@ -86,7 +93,7 @@ def run(out, case, tag):
     model = Model(kind, int(workers), runs(case)[tag], os.path.join(out, f"{case}.{tag}.batches.pt"))
     callback = ModelCheckpoint(dirpath=directory, every_n_train_steps=1, save_top_k=-1, save_last=True)
     trainer = Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1)
+                      limit_val_batches=2, num_sanity_val_steps=0, accelerator="cpu", devices=1)
     resume = os.path.isdir(directory) and any(name.endswith(".ckpt") for name in os.listdir(directory))
     trainer.fit(model, ckpt_path="last" if resume else None)
     torch.save({"weights": model.state_dict(), "global_step": trainer.global_step}, os.path.join(out, f"{case}.{tag}.pt"))

@@ -4,7 +4,9 @@ each time with `fit(ckpt_path="last")`, a run trains every batch as one never in
 with bit-identical weights, with `num_workers` 0 and 2 (shuffle, augmentation drawing from torch,
 python and numpy in `__getitem__`, dropout, Adam), and with `trainer_ckpt.data.ResumableLoader`.
 Resumed from the checkpoint saved after an epoch's last batch, a run goes on with the next epoch
-exactly, a stateful loader's (Lightning alone skips that epoch) and a plain `DataLoader`'s.
+exactly, a stateful loader's (Lightning alone skips that epoch) and a plain `DataLoader`'s. Every
+run validates at each epoch's end on a shuffled loader of the augmenting dataset (the validation
+after that checkpoint, which the resumed run does not redo, draws from the random state).
 The runs: tests/lightning_stateful_loop.py.
 """
 import json

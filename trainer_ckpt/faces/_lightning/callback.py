@@ -24,6 +24,11 @@ verifies. Lightning's internals it relies on, all here:
   training thread). Lightning reads such a checkpoint with its strategy's `load_checkpoint`, which
   wants its own layout (a `meta.pt` beside the parts): from `setup` to `teardown` the callback
   wraps that method of the strategy instance, and loads the checkpoints of ours itself.
+- The fit loop, from `setup` to `teardown`: its `_load_combined_loader_states` wrapped (a
+  torchdata `StatefulDataLoader` is prepared there, before its first iterator), and its validation
+  loop's `run` and `increment_progress_to_evaluation_end` (each leaves the random state as it found
+  it); its `_data_fetcher`, made again at an epoch's start on resume; its `reset_restart_stage`,
+  resuming from a checkpoint saved after an epoch's last batch (see `on_train_start`).
 Other strategies that write sharded state themselves (FSDP1's sharded mode, DeepSpeed) keep
 Lightning's own save. Files under another directory than `dirpath` (a `filename` with a folder in it) too.
 """
@@ -110,6 +115,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         self._engines: Dict[str, Engine] = {}
         self._preemption: Optional[preemption.Preemption] = None  # listening from on_train_start to on_train_end
         self._pending: Optional[_Pending] = None  # the last save submitted, and the removals that wait for its commit
+        self._rng_before_validation: Optional[Dict[str, Any]] = None  # while a validation within fit runs
 
     def _engine(self, trainer: Any, directory: str) -> Engine:
         directory = os.path.abspath(directory)
@@ -152,7 +158,7 @@ class ModelCheckpoint(_ModelCheckpoint):
                 retention = (self.retention_policy,
                              lambda e: e.record.get("callback") == key and not re.match(rf"^{re.escape(last)}(-v\d+)?\.", e.name))
             pending = self._pending = _Pending(engine.store)
-            engine.save(os.path.basename(filepath), {MAIN: checkpoint, RNG: capture_rng()}, info,
+            engine.save(os.path.basename(filepath), {MAIN: checkpoint, RNG: self._training_rng()}, info,
                         record={"callback": self.state_key, "epoch": trainer.current_epoch, "global_step": trainer.global_step},
                         after_commit=pending.commit, retention=retention)
         trainer.strategy.barrier("trainer_ckpt.lightning.ModelCheckpoint._save_checkpoint")
@@ -199,7 +205,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         finally:  # and the directory's lock goes, as at teardown: the process may live on (a notebook)
             self._stop_listening()
             vars(trainer.strategy).pop("load_checkpoint", None)
-            vars(trainer.fit_loop).pop("_load_combined_loader_states", None)
+            self._unwrap_loops(trainer)
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
@@ -336,10 +342,12 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Training loaders that are torchdata's `StatefulDataLoader` get `loaders.prepare` (see
-        `_prepare_loaders`). Under `ModelParallelStrategy`, the strategy's `load_checkpoint` reads
+        `_prepare_loaders`); validation within `fit` leaves the random state as it found it (see
+        `_isolate_validation`). Under `ModelParallelStrategy`, the strategy's `load_checkpoint` reads
         our sharded checkpoints too."""
         super().setup(trainer, pl_module, stage)
         self._prepare_loaders(trainer.fit_loop)
+        self._isolate_validation(trainer.fit_loop.epoch_loop.val_loop)
         strategy = trainer.strategy
         if not _dcp_strategy(strategy) or "load_checkpoint" in vars(strategy):
             return
@@ -375,6 +383,42 @@ class ModelCheckpoint(_ModelCheckpoint):
             lightnings()
 
         loop._load_combined_loader_states = load_combined_loader_states
+
+    def _isolate_validation(self, val_loop: Any) -> None:
+        """
+        A validation within `fit` (at an epoch's end, or every `val_check_interval` batches) puts
+        the random state back as it found it when it ends: its loader's iterator and whatever it
+        runs draw from it. A run resumed from a checkpoint saved before a validation then goes on
+        as the uninterrupted run did, whether Lightning runs that validation again or only makes
+        its iterator to skip it (after an epoch's last batch); a checkpoint saved during one
+        (`on_validation_end`) holds the state training goes on from. The fit loop's validation
+        loop's `run` and `increment_progress_to_evaluation_end` are wrapped on the instance until
+        `teardown` (by each of several callbacks: each keeps the state its own saves take).
+        """
+        for name in ("run", "increment_progress_to_evaluation_end"):
+            setattr(val_loop, name, self._isolated(getattr(val_loop, name)))
+
+    def _isolated(self, method: Any) -> Any:
+        def isolated(*args: Any, **kwargs: Any) -> Any:
+            self._rng_before_validation = capture_rng()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                restore_rng(self._rng_before_validation)
+                self._rng_before_validation = None
+
+        return isolated
+
+    @staticmethod
+    def _unwrap_loops(trainer: Any) -> None:
+        """Lightning's own methods on its loops again (see `_prepare_loaders`, `_isolate_validation`)."""
+        vars(trainer.fit_loop).pop("_load_combined_loader_states", None)
+        for name in ("run", "increment_progress_to_evaluation_end"):
+            vars(trainer.fit_loop.epoch_loop.val_loop).pop(name, None)
+
+    def _training_rng(self) -> Dict[str, Any]:
+        """The random state training goes on from: during a validation, the one it started with."""
+        return self._rng_before_validation if self._rng_before_validation is not None else capture_rng()
 
     def _sharded_of_ours(self, path: Any) -> bool:
         """Whether `path` is a sharded checkpoint of ours: a directory with a record beside it, without Lightning's `meta.pt`."""
@@ -418,7 +462,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         super().teardown(trainer, pl_module, stage)
         self._stop_listening()
         vars(trainer.strategy).pop("load_checkpoint", None)  # Lightning's methods again
-        vars(trainer.fit_loop).pop("_load_combined_loader_states", None)
+        self._unwrap_loops(trainer)
         try:
             for engine in self._engines.values():
                 engine.wait()  # a failed background save is raised here
