@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -81,3 +82,23 @@ def test_a_stateful_loader_given_to_fit_carries_each_workers_random_state_in_the
     for worker in workers.values():
         assert sorted(worker["dataset_state"][loaders.WORKER_RANDOM]) == ["numpy", "python", "torch"]
     assert "_load_combined_loader_states" not in vars(trainer.fit_loop)
+
+
+@pytest.mark.parametrize("face", ["ours", "lightning"])
+def test_lightnings_checkpoint_after_an_epochs_last_batch_resumes_with_the_next_epoch_with_ours(tmp_path, face):
+    """A checkpoint Lightning's own callback saved after the first epoch's last batch (a stateful
+    loader, 4 batches an epoch), resumed for a second epoch: with ours, the run trains its 4
+    batches; with Lightning's callback alone it trains none (the loader's iterator, put back at
+    the first epoch's end, is the one Lightning goes on with)."""
+    def fit(callback, max_epochs, ckpt_path=None):
+        trainer = Trainer(max_epochs=max_epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
+        trainer.fit(BoringModel(), train_dataloaders=StatefulDataLoader(RandomDataset(32, 16), batch_size=4),
+                    ckpt_path=ckpt_path)
+        return trainer
+
+    fit(LightningModelCheckpoint(dirpath=tmp_path / "first", every_n_train_steps=4, save_top_k=-1), 1)
+    assert os.listdir(tmp_path / "first") == ["epoch=0-step=4.ckpt"]
+    callback = (ModelCheckpoint if face == "ours" else LightningModelCheckpoint)(dirpath=tmp_path / "second")
+    trainer = fit(callback, 2, ckpt_path=tmp_path / "first" / "epoch=0-step=4.ckpt")
+    assert trainer.global_step == (8 if face == "ours" else 4)

@@ -279,6 +279,7 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._rng_to_restore = self._saved_rng(trainer.ckpt_path)
+        self._stale_iterator = False  # see on_train_start
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         """
@@ -286,14 +287,15 @@ class ModelCheckpoint(_ModelCheckpoint):
         at that save (Lightning restores none), where the uninterrupted run went on from it: the
         start of the next epoch, before the epoch's data iterator draws its seed and its shuffle.
         Lightning made the first epoch's iterator earlier, while setting up (after drawing whatever
-        building the data took): it is made again here, as the uninterrupted run makes it.
+        building the data took): it is made again here, as the uninterrupted run makes it; also
+        for a checkpoint without our random state saved after an epoch's last batch (see `on_train_start`).
         """
         rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-        if rng is None:
-            return
-        restore_rng(rng)
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)  # Lightning's, private: the one place we touch it
-        if fetcher is not None:
+        stale, self._stale_iterator = getattr(self, "_stale_iterator", False), False
+        if rng is not None:
+            restore_rng(rng)
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)  # Lightning's, private
+        if fetcher is not None and (rng is not None or stale):
             iter(fetcher)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -315,6 +317,7 @@ class ModelCheckpoint(_ModelCheckpoint):
             return
         if loop.epoch_loop.restarted_on_train_batch_end and loop.epoch_loop.batch_progress.is_last_batch:
             loop.reset_restart_stage()  # what Lightning does after each epoch
+            self._stale_iterator = True
             return
         rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if rng is not None:
@@ -400,11 +403,11 @@ class ModelCheckpoint(_ModelCheckpoint):
 
     def _isolated(self, method: Any) -> Any:
         def isolated(*args: Any, **kwargs: Any) -> Any:
-            self._rng_before_validation = capture_rng()
+            before = self._rng_before_validation = capture_rng()
             try:
                 return method(*args, **kwargs)
             finally:
-                restore_rng(self._rng_before_validation)
+                restore_rng(before)
                 self._rng_before_validation = None
 
         return isolated
