@@ -1,8 +1,9 @@
 """
 Lightning runs for tests/test_lightning_stateful_loader.py: a loader from `train_dataloader()`,
 shuffled, over a dataset that augments each sample with torch, python and numpy random draws;
-dropout, Adam; `trainer_ckpt.lightning.ModelCheckpoint` saving every step; two epochs of 8 steps,
-each validated at its end on two batches of a shuffled `DataLoader` of the same dataset.
+dropout, Adam, a learning rate halved every epoch; `trainer_ckpt.lightning.ModelCheckpoint` saving
+every step; two epochs of 8 steps, each validated at its end on two batches of a shuffled
+`DataLoader` of the same dataset.
 
 A CASE is KIND-WORKERS-KILLS: KIND `stateful` (torchdata's `StatefulDataLoader`), `resumable`
 (`trainer_ckpt.data.ResumableLoader`) or `plain` (torch's `DataLoader`); WORKERS its `num_workers`;
@@ -76,7 +77,9 @@ class Model(LightningModule):
         return torch.utils.data.DataLoader(Augmented(), batch_size=4, shuffle=True, num_workers=self.workers)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)  # stepped at each epoch's end
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
 def runs(case):
