@@ -5,9 +5,10 @@ dropout, Adam, a learning rate halved every epoch; `trainer_ckpt.lightning.Model
 every step; two epochs of 8 steps, each validated at its end on two batches of a shuffled
 `DataLoader` of the same dataset.
 
-A CASE is KIND-WORKERS-KILLS: KIND `stateful` (torchdata's `StatefulDataLoader`), `resumable`
-(`trainer_ckpt.data.ResumableLoader`) or `plain` (torch's `DataLoader`); WORKERS its `num_workers`;
-KILLS the global steps, dot-separated, after which the interrupted runs die. Each run is a process
+A CASE is KIND-WORKERS-KILLS: KIND `stateful` (torchdata's `StatefulDataLoader`), `seeded` (one
+with a generator of its own), `resumable` (`trainer_ckpt.data.ResumableLoader`) or `plain`
+(torch's `DataLoader`); WORKERS its `num_workers`; KILLS the global steps, dot-separated, after
+which the interrupted runs die. Each run is a process
 of its own, forked from this one once Lightning is imported (the import takes most of a run's
 time): `straight` (never interrupted, its own directory); then, in one directory, `killed1` SIGKILLs
 itself in the training step after the first kill step (that step's checkpoint is committed by
@@ -58,6 +59,9 @@ class Model(LightningModule):
     def train_dataloader(self):
         if self.kind == "resumable":
             return ResumableLoader(Augmented(), batch_size=2, shuffle=True, seed=3, num_workers=self.workers)
+        if self.kind == "seeded":  # the order from a generator of its own
+            return StatefulDataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers,
+                                      generator=torch.Generator().manual_seed(3))
         if self.kind == "plain":
             return torch.utils.data.DataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers)
         return StatefulDataLoader(Augmented(), batch_size=2, shuffle=True, num_workers=self.workers)

@@ -2,7 +2,8 @@
 The Lightning face with torchdata's `StatefulDataLoader`: killed twice within one epoch and resumed
 each time with `fit(ckpt_path="last")`, a run trains every batch as one never interrupted and ends
 with bit-identical weights, with `num_workers` 0 and 2 (shuffle, augmentation drawing from torch,
-python and numpy in `__getitem__`, dropout, Adam), and with `trainer_ckpt.data.ResumableLoader`.
+python and numpy in `__getitem__`, dropout, Adam), also with a generator of its own, and with
+`trainer_ckpt.data.ResumableLoader`.
 Resumed from the checkpoint saved after an epoch's last batch, a run goes on with the next epoch
 exactly, a stateful loader's (Lightning alone skips that epoch) and a plain `DataLoader`'s. Every
 run validates at each epoch's end on a shuffled loader of the augmenting dataset (the validation
@@ -28,7 +29,8 @@ from trainer_ckpt.lightning import ModelCheckpoint
 from tests.lightning_stateful_loop import runs as runs_of
 
 # KIND-WORKERS-KILLS (see the script): two kills in the first epoch; after the first epoch's last batch (step 8)
-CASES = ["stateful-0-3.6", "stateful-2-3.6", "resumable-0-3.6", "resumable-2-3.6", "stateful-2-8.11", "plain-0-8"]
+CASES = ["stateful-0-3.6", "stateful-2-3.6", "seeded-0-3.6", "seeded-2-3.6", "resumable-0-3.6", "resumable-2-3.6",
+         "stateful-2-8.11", "plain-0-8"]
 STEPS = 16  # two epochs of 8 batches
 
 
