@@ -7,13 +7,18 @@ import time
 from pathlib import Path
 from typing import List
 
-import pytest
-import torch
-from allennlp.common import Registrable
-from allennlp.training.trainer import Trainer, TrainerCheckpoint
+# One thread per process, before torch is imported: the suite runs in 2 workers on 2 cores, and most
+# tests start training processes, which inherit it. torch's default, a thread per core in each,
+# oversubscribes the cores (an AllenNLP epoch took 20 s instead of 0.5 s under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from trainer_ckpt.core.lock import LOCK_FILE
-from trainer_ckpt import stores
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from allennlp.common import Registrable  # noqa: E402
+from allennlp.training.trainer import Trainer, TrainerCheckpoint  # noqa: E402
+
+from trainer_ckpt.core.lock import LOCK_FILE  # noqa: E402
+from trainer_ckpt import stores  # noqa: E402
 
 
 class FakeTrainer(Trainer):
@@ -117,6 +122,7 @@ def bucket(endpoint, request):
 # started last would leave the other worker idle at the end.
 SLOWEST_FIRST = ("test_exact_resume.py", "test_end_to_end.py", "test_preemption_allennlp.py", "test_sharded.py",
                  "test_preemption_fvcore.py", "test_remote.py", "test_preemption_mmengine.py", "test_preemption_ignite.py",
+                 "test_mmengine_stateful_loader.py", "test_fvcore_exact_resume.py", "test_ignite_stateful_loader.py",
                  "test_lightning_sharded.py", "test_cli.py")
 
 
