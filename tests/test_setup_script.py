@@ -50,7 +50,7 @@ def test_a_good_install_prints_one_line_per_step_and_logs_pip(tmp_path):
 def test_a_failing_step_shows_pips_output(tmp_path):
     run = setup(tmp_path, fail_on="mmengine==0.10.7")
     assert run.returncode == 1
-    assert "[4/8] peers for the tests: fvcore, pytorch-ignite, mmengine, lightning (pinned); safetensors, s3fs, moto ... FAILED (exit 1)" in run.stderr
+    assert "[4/8] peers for the tests: fvcore, pytorch-ignite, mmengine, lightning, torchdata (pinned); safetensors, s3fs, moto ... FAILED (exit 1)" in run.stderr
     assert "ERROR: No matching distribution found for mmengine==0.10.7" in run.stderr
-    assert 'step "peers for the tests: fvcore, pytorch-ignite, mmengine, lightning (pinned); safetensors, s3fs, moto" failed; the whole output is in' in run.stderr
+    assert 'step "peers for the tests: fvcore, pytorch-ignite, mmengine, lightning, torchdata (pinned); safetensors, s3fs, moto" failed; the whole output is in' in run.stderr
     assert not (tmp_path / ".venv" / ".trainer_ckpt_installed").exists()  # the next run tries again
