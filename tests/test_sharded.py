@@ -40,7 +40,7 @@ def run_ranks(scenario, tmp_path, *extra, background=False):
     ranks = start(scenario, directory, tmp_path / "store", *extra, background=background)
     outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
     for rank, output in enumerate(outputs):
-        assert f"rank {rank}: {scenario} ok" in output, output[-4000:]
+        assert f"rank {rank}: {scenario} ok" in output, "\n".join(f"--- rank {r}:\n{o[-3000:]}" for r, o in enumerate(outputs))
     return directory, outputs
 
 

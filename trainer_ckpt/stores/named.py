@@ -109,7 +109,10 @@ class NamedFiles:
                 incomplete.append(name)  # lost a file its record lists
                 continue
             paths = {role: os.path.join(self.directory, b) for role, b in self.layout.files(name).items() if b in present}
-            stat = os.stat(os.path.join(self.directory, base))
+            try:
+                stat = os.stat(os.path.join(self.directory, base))
+            except FileNotFoundError:
+                continue  # deleted or moved since `listdir` (another rank's quarantine, retention)
             size = sum(f["size"] for f in expected.values()) if expected else stat.st_size
             progress = (record.get("epochs_completed", 0), record.get("batches_in_epoch_completed", 0))
             complete.append(Entry(name, name, paths, record, entry_info(progress, record.get("time", stat.st_mtime), size, record)))

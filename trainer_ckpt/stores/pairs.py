@@ -135,7 +135,10 @@ class CheckpointDir:
             leftover = (RECORD, wanted[0] if own_rank is None else own_rank) not in files and any(
                 durable.is_sharded_leftover(entry.path) for entry in files.values())  # a crash mid-save or mid-deletion
             if need <= files.keys() and not leftover:
-                complete.append(self._found(progress, files, wanted[0] if own_rank is None else own_rank))
+                try:
+                    complete.append(self._found(progress, files, wanted[0] if own_rank is None else own_rank))
+                except FileNotFoundError:
+                    continue  # deleted or moved since the directory was read (another rank's quarantine, retention)
             elif all(kind == RECORD for kind, _ in files):
                 orphans.append(progress)
             else:
