@@ -24,13 +24,19 @@ def capture_rng(cuda: bool = True) -> Dict[str, Any]:
     return state
 
 
-def restore_rng(state: Dict[str, Any]) -> None:
-    """Puts back a random state of `capture_rng`; of a sharded checkpoint's, this rank's (rank 0's under another world size)."""
-    if "per_rank" in state:  # engine.PER_RANK
-        from trainer_ckpt.core.distributed import rank
+def own_part(state: Dict[str, Any]) -> Dict[str, Any]:
+    """This rank's part of a checkpoint's random state: a sharded checkpoint's holds every rank's (rank 0's under another world size)."""
+    if "per_rank" not in state:  # engine.PER_RANK
+        return state
+    from trainer_ckpt.core.distributed import rank
 
-        ranks = state["per_rank"]
-        state = ranks[rank()] if rank() < len(ranks) else ranks[0]
+    ranks = state["per_rank"]
+    return ranks[rank()] if rank() < len(ranks) else ranks[0]
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    """Puts back a random state of `capture_rng` (this rank's part of it: `own_part`)."""
+    state = own_part(state)
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     n = state["numpy"]

@@ -23,7 +23,7 @@ from trainer_ckpt.core.logs import logs_to
 from trainer_ckpt.stores import RNG, Layout, NamedFiles, named
 from trainer_ckpt.stores.mirrored import is_url, local_place, mirrored
 from trainer_ckpt.core.background import require_host_memory
-from trainer_ckpt.core.rng import capture_rng, restore_rng
+from trainer_ckpt.core.rng import capture_rng, own_part, restore_rng
 from trainer_ckpt.faces._mmengine import patches
 from trainer_ckpt.io import loading
 from trainer_ckpt.io import durable
@@ -305,7 +305,7 @@ class CheckpointHook(_CheckpointHook):
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
         rng, self._rng = self._rng, None  # after Runner.resume, which may have reseeded
-        position = _own(rng).get(LOADER) if rng is not None else None
+        position = own_part(rng).get(LOADER) if rng is not None else None
         if position is not None and self._loader is not None:
             self._put_back_loader(position)  # first: making its iterator draws from the random state
             if self.restore_rng:
@@ -499,14 +499,6 @@ def _work_dir_url(runner: Any) -> Optional[str]:
         return str(given)
     mangled = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*):/+(.+)", os.path.relpath(runner.work_dir))
     return f"{mangled[1]}://{mangled[2]}" if mangled else None
-
-
-def _own(rng: Dict[str, Any]) -> Dict[str, Any]:
-    """This rank's part of a checkpoint's random state (a sharded checkpoint's holds every rank's; see core.rng.restore_rng)."""
-    ranks = rng.get("per_rank")
-    if ranks is None:
-        return rng
-    return ranks[distributed.rank()] if distributed.rank() < len(ranks) else ranks[0]
 
 
 def _templates(runner: Any) -> Optional[Dict[str, Any]]:
